@@ -1,0 +1,78 @@
+import Koa from 'koa';
+import Router from '@koa/router';
+import { newId } from '../../lib/ids.ts';
+import { HttpError, StoreUnavailableError, notFound } from '../errors.ts';
+import { requireUser } from './auth.ts';
+import { codesRouter } from './routes/codes.ts';
+import { schedulesRouter } from './routes/schedules.ts';
+import { tasksRouter } from './routes/tasks.ts';
+import type { ApiDeps, ApiState } from './state.ts';
+
+/** The IronWorker v2 REST API under `/2/`, plus `/healthz` and `/readyz`. */
+export function createApp(deps: ApiDeps): Koa<ApiState> {
+  const app = new Koa<ApiState>();
+  app.proxy = true;
+
+  // The one error middleware: every error body is {"msg": "..."}.
+  app.use(async (ctx, next) => {
+    ctx.state.deps = deps;
+    ctx.state.reqId = newId();
+    ctx.state.log = deps.log.child({ reqId: ctx.state.reqId });
+    ctx.set('X-Request-Id', ctx.state.reqId);
+    const started = performance.now();
+    try {
+      await next();
+      if (ctx.status === 404 && ctx.body === undefined) throw notFound(`Not found: ${ctx.method} ${ctx.path}`);
+    } catch (err) {
+      if (err instanceof HttpError) {
+        ctx.status = err.status;
+        ctx.set(err.headers);
+        ctx.body = { msg: err.message };
+      } else if (err instanceof StoreUnavailableError) {
+        ctx.status = 503;
+        ctx.set('Retry-After', String(deps.config.retryAfterSeconds));
+        ctx.body = { msg: 'Service unavailable: the database cannot be reached right now; retry with backoff' };
+        ctx.state.log.warn({ err: err.message }, 'database unavailable');
+      } else {
+        const status = (err as { status?: number }).status;
+        if (typeof status === 'number' && status >= 400 && status < 500) {
+          ctx.status = status;
+          ctx.body = { msg: (err as Error).message };
+        } else {
+          ctx.status = 500;
+          ctx.body = { msg: `Internal server error (request ${ctx.state.reqId})` };
+          ctx.state.log.error({ err }, 'unhandled error');
+        }
+      }
+    }
+    ctx.state.log.debug(
+      { method: ctx.method, path: ctx.path, status: ctx.status, ms: Math.round(performance.now() - started) },
+      'request',
+    );
+  });
+
+  const root = new Router<ApiState>();
+  root.get('/healthz', (ctx) => {
+    ctx.body = { status: 'ok' };
+  });
+  root.get('/readyz', async (ctx) => {
+    const db = await deps.store.db.ping();
+    ctx.status = db ? 200 : 503;
+    ctx.body = { ready: db, database: db ? 'ok' : 'unreachable' };
+  });
+
+  const v2 = new Router<ApiState>({ prefix: '/2' });
+  // Stacks are deprecated: Gantry runs Docker images, so the list is empty.
+  v2.get('/stacks', requireUser, (ctx) => {
+    ctx.body = [];
+  });
+  for (const r of [codesRouter(), tasksRouter(), schedulesRouter()]) v2.use(r.routes());
+
+  const methodNotAllowed = () => new HttpError(405, 'Method not allowed on this endpoint', { code: 'method_not_allowed' });
+  for (const r of [root, v2]) {
+    app.use(r.routes());
+    app.use(r.allowedMethods({ throw: true, methodNotAllowed, notImplemented: methodNotAllowed }));
+  }
+  app.on('error', (err) => deps.log.debug({ err }, 'koa error event'));
+  return app;
+}

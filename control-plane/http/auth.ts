@@ -1,0 +1,42 @@
+import type { Middleware } from 'koa';
+import { isId } from '../../lib/ids.ts';
+import { HttpError, notFound } from '../errors.ts';
+import type { ApiState } from './state.ts';
+
+/** `Authorization: OAuth <token>` (that exact case, as IronWorker requires) or `?oauth=<token>`. */
+function tokenOf(header: string, query: unknown): string | undefined {
+  const m = /^OAuth\s+(\S+)\s*$/.exec(header);
+  if (m) return m[1];
+  const q = Array.isArray(query) ? query[0] : query;
+  return typeof q === 'string' && q !== '' ? q : undefined;
+}
+
+/** Requires a valid token; sets `ctx.state.userId`. */
+export const requireUser: Middleware<ApiState> = async (ctx, next) => {
+  const token = tokenOf(ctx.get('Authorization'), ctx.query.oauth);
+  if (!token) {
+    throw new HttpError(401, 'Missing OAuth token: send "Authorization: OAuth <token>" or ?oauth=<token>', {
+      code: 'unauthorized',
+    });
+  }
+  const userId = await ctx.state.deps.store.accounts.authenticate(token);
+  if (!userId) throw new HttpError(401, 'Invalid OAuth token', { code: 'unauthorized' });
+  ctx.state.userId = userId;
+  await next();
+};
+
+/**
+ * Requires a token whose user owns the project in the path; sets `ctx.state.projectId`.
+ * Another user's project answers 404, exactly like one that does not exist.
+ */
+export const requireProject: Middleware<ApiState> = async (ctx, next) => {
+  await requireUser(ctx, async () => {
+    const projectId = (ctx.params as Record<string, string>).projectId ?? '';
+    const project = isId(projectId)
+      ? await ctx.state.deps.store.accounts.projectOfUser(projectId, ctx.state.userId!)
+      : undefined;
+    if (!project) throw notFound('Project not found');
+    ctx.state.projectId = project.id;
+    await next();
+  });
+};

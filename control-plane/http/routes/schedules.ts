@@ -1,0 +1,81 @@
+import Router, { type RouterContext } from '@koa/router';
+import { isId } from '../../../lib/ids.ts';
+import { badRequest, notFound } from '../../errors.ts';
+import type { NewSchedule } from '../../store/schedules.ts';
+import { requireProject } from '../auth.ts';
+import { readJsonObject } from '../body.ts';
+import { presentSchedule } from '../present.ts';
+import type { ApiState } from '../state.ts';
+import { optInt, optString, optTime, pagination, reqString, type Obj } from '../validate.ts';
+import { parsePayload, parseRunOptions, resolveCodes } from './tasks.ts';
+
+export const MAX_SCHEDULES = 100;
+/** IronWorker refuses run_every below a minute. */
+export const MIN_RUN_EVERY = 60;
+
+export function schedulesRouter(): Router<ApiState> {
+  const r = new Router<ApiState>();
+
+  const loadSchedule = async (ctx: RouterContext<ApiState>) => {
+    const id = ctx.params.scheduleId ?? '';
+    const s = isId(id) ? await ctx.state.deps.store.schedules.get(ctx.state.projectId!, id) : undefined;
+    if (!s) throw notFound('Schedule not found');
+    return s;
+  };
+
+  r.get('/projects/:projectId/schedules', requireProject, async (ctx) => {
+    const list = await ctx.state.deps.store.schedules.list(ctx.state.projectId!, pagination(ctx.query));
+    ctx.body = { schedules: list.map(presentSchedule) };
+  });
+
+  r.post('/projects/:projectId/schedules', requireProject, async (ctx) => {
+    const { deps, projectId } = ctx.state;
+    const body = await readJsonObject(ctx, deps.config.maxJsonBody);
+    const list = body.schedules;
+    if (!Array.isArray(list) || list.length === 0) {
+      throw badRequest(`schedules is required: an array of 1 to ${MAX_SCHEDULES} schedules`);
+    }
+    if (list.length > MAX_SCHEDULES) throw badRequest(`schedules must hold at most ${MAX_SCHEDULES} schedules, got ${list.length}`);
+    const items = list.map((s, i) => {
+      if (typeof s !== 'object' || s === null || Array.isArray(s)) throw badRequest(`schedules[${i}] must be an object`);
+      return { o: s as Obj, prefix: `schedules[${i}].`, name: reqString(s as Obj, 'code_name', `schedules[${i}].code_name`, 255) };
+    });
+    const codes = await resolveCodes(deps, projectId!, items.map((x) => ({ name: x.name, field: `${x.prefix}code_name` })));
+    const now = deps.clock.now();
+    const schedules: NewSchedule[] = items.map(({ o, prefix, name }) => {
+      const run = parseRunOptions(deps, { ...o, label: undefined }, prefix, codes.get(name)!);
+      const startAt = optTime(o, 'start_at', `${prefix}start_at`) ?? now;
+      const endAt = optTime(o, 'end_at', `${prefix}end_at`) ?? null;
+      if (endAt && endAt <= startAt) throw badRequest(`${prefix}end_at must be after start_at`);
+      const label = optString(o, 'name', `${prefix}name`, 255) ?? optString(o, 'label', `${prefix}label`, 255) ?? null;
+      return {
+        codeName: name,
+        name: label,
+        payload: parsePayload(o, `${prefix}payload`),
+        priority: run.priority,
+        timeout: run.timeout,
+        cluster: run.cluster,
+        taskDelay: run.delay,
+        startAt,
+        endAt,
+        runEvery: optInt(o, 'run_every', `${prefix}run_every`, MIN_RUN_EVERY, 10 * 365 * 86400) ?? null,
+        runTimes: optInt(o, 'run_times', `${prefix}run_times`, 1, 2 ** 31 - 1) ?? null,
+      };
+    });
+    const ids = await deps.store.schedules.create(projectId!, schedules);
+    ctx.body = { msg: 'Scheduled', schedules: ids.map((id) => ({ id })) };
+  });
+
+  r.get('/projects/:projectId/schedules/:scheduleId', requireProject, async (ctx) => {
+    ctx.body = presentSchedule(await loadSchedule(ctx));
+  });
+
+  r.post('/projects/:projectId/schedules/:scheduleId/cancel', requireProject, async (ctx) => {
+    const s = await loadSchedule(ctx);
+    const after = await ctx.state.deps.store.schedules.cancel(ctx.state.projectId!, s.id);
+    if (after?.status === 'complete') throw badRequest('Schedule already complete; nothing to cancel');
+    ctx.body = { msg: 'Cancelled' };
+  });
+
+  return r;
+}

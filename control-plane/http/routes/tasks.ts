@@ -1,0 +1,187 @@
+import Router, { type RouterContext } from '@koa/router';
+import { isId } from '../../../lib/ids.ts';
+import { badRequest, notFound } from '../../errors.ts';
+import type { Code, TaskStatus } from '../../store/codes.ts';
+import { TASK_STATUSES } from '../../store/codes.ts';
+import type { NewTask } from '../../store/tasks.ts';
+import { requireProject } from '../auth.ts';
+import { readJsonObject, readRaw } from '../body.ts';
+import { presentTask } from '../present.ts';
+import type { ApiDeps, ApiState } from '../state.ts';
+import { flag, optCluster, optInt, optString, optTime, pagination, reqString, type Obj } from '../validate.ts';
+
+export const MAX_PAYLOAD = 65536;
+export const MAX_DELAY = 604800;
+export const MAX_BATCH = 1000;
+
+/** The timeout ceiling of a cluster: higher for configured long-running clusters. */
+export function maxTimeoutFor(deps: ApiDeps, cluster: string): number {
+  return deps.config.clusterMaxTimeouts[cluster] ?? deps.config.maxTimeout;
+}
+
+/** Options shared by queued tasks, webhooks and schedules, validated against their limits. */
+export function parseRunOptions(deps: ApiDeps, o: Obj, prefix: string, code: Code) {
+  const cluster = optCluster(o, 'cluster', `${prefix}cluster`) ?? 'default';
+  const ceiling = maxTimeoutFor(deps, cluster);
+  return {
+    cluster,
+    priority: optInt(o, 'priority', `${prefix}priority`, 0, 2) ?? code.default_priority,
+    timeout: optInt(o, 'timeout', `${prefix}timeout`, 1, ceiling) ?? Math.min(deps.config.maxTimeout, ceiling),
+    delay: optInt(o, 'delay', `${prefix}delay`, 0, MAX_DELAY) ?? 0,
+    label: optString(o, 'label', `${prefix}label`, 255) ?? null,
+  };
+}
+
+/** The payload: a string of at most 64 KB (objects are refused: clients JSON-encode them). */
+export function parsePayload(o: Obj, field: string): string {
+  const v = o.payload;
+  if (v !== undefined && v !== null && typeof v !== 'string') {
+    throw badRequest(`${field} must be a string (JSON-encode structured payloads)`);
+  }
+  return optString(o, 'payload', field, MAX_PAYLOAD) ?? '';
+}
+
+/** Resolves code names to their packages; 404 naming the field for an unknown one. */
+export async function resolveCodes(deps: ApiDeps, projectId: string, names: { name: string; field: string }[]) {
+  const out = new Map<string, Code>();
+  for (const { name, field } of names) {
+    if (out.has(name)) continue;
+    const code = await deps.store.codes.getByName(projectId, name);
+    if (!code) throw notFound(`${field}: no code package named ${JSON.stringify(name)} in this project`);
+    out.set(name, code);
+  }
+  return out;
+}
+
+function newTask(projectId: string, code: Code, payload: string, opts: ReturnType<typeof parseRunOptions>): NewTask {
+  return {
+    projectId,
+    codeId: code.id,
+    codeName: code.name,
+    revisionId: code.latest_revision_id,
+    rev: code.rev,
+    retries: code.retries,
+    retriesDelay: code.retries_delay,
+    payload,
+    ...opts,
+  };
+}
+
+export function tasksRouter(): Router<ApiState> {
+  const r = new Router<ApiState>();
+
+  const loadTask = async (ctx: RouterContext<ApiState>) => {
+    const id = ctx.params.taskId ?? '';
+    const task = isId(id) ? await ctx.state.deps.store.tasks.get(ctx.state.projectId!, id) : undefined;
+    if (!task) throw notFound('Task not found');
+    return task;
+  };
+
+  r.get('/projects/:projectId/tasks', requireProject, async (ctx) => {
+    const q = ctx.query as Obj;
+    const statuses = TASK_STATUSES.filter((s) => flag(q, s)) as TaskStatus[];
+    const codeName = optString(q, 'code_name', 'code_name', 255);
+    const tasks = await ctx.state.deps.store.tasks.list(
+      ctx.state.projectId!,
+      {
+        ...(codeName ? { codeName } : {}),
+        statuses,
+        from: optTime(q, 'from_time', 'from_time'),
+        to: optTime(q, 'to_time', 'to_time'),
+      },
+      pagination(q),
+    );
+    ctx.body = { tasks: tasks.map(presentTask) };
+  });
+
+  r.post('/projects/:projectId/tasks', requireProject, async (ctx) => {
+    const { deps, projectId } = ctx.state;
+    const body = await readJsonObject(ctx, deps.config.maxJsonBody);
+    const list = body.tasks;
+    if (!Array.isArray(list) || list.length === 0) {
+      throw badRequest(`tasks is required: an array of 1 to ${MAX_BATCH} tasks`);
+    }
+    if (list.length > MAX_BATCH) throw badRequest(`tasks must hold at most ${MAX_BATCH} tasks, got ${list.length}`);
+    const items = list.map((t, i) => {
+      if (typeof t !== 'object' || t === null || Array.isArray(t)) throw badRequest(`tasks[${i}] must be an object`);
+      return { o: t as Obj, prefix: `tasks[${i}].`, name: reqString(t as Obj, 'code_name', `tasks[${i}].code_name`, 255) };
+    });
+    const codes = await resolveCodes(
+      deps,
+      projectId!,
+      items.map((x) => ({ name: x.name, field: `${x.prefix}code_name` })),
+    );
+    const tasks = items.map(({ o, prefix, name }) => {
+      const code = codes.get(name)!;
+      return newTask(projectId!, code, parsePayload(o, `${prefix}payload`), parseRunOptions(deps, o, prefix, code));
+    });
+    const ids = await deps.store.tasks.queue(tasks);
+    for (const c of new Set(tasks.map((t) => t.cluster))) deps.onTasksQueued?.(c);
+    ctx.body = { msg: 'Queued up', tasks: ids.map((id) => ({ id })) };
+  });
+
+  r.post('/projects/:projectId/tasks/webhook', requireProject, async (ctx) => {
+    const { deps, projectId } = ctx.state;
+    const q = ctx.query as Obj;
+    const name = reqString(q, 'code_name', 'code_name', 255);
+    const code = (await resolveCodes(deps, projectId!, [{ name, field: 'code_name' }])).get(name)!;
+    const opts = parseRunOptions(deps, q, '', code);
+    const payload = (await readRaw(ctx, MAX_PAYLOAD)).toString('utf8');
+    const [id] = await deps.store.tasks.queue([newTask(projectId!, code, payload, opts)]);
+    deps.onTasksQueued?.(opts.cluster);
+    ctx.body = { id, msg: 'Queued up.' };
+  });
+
+  r.get('/projects/:projectId/tasks/:taskId', requireProject, async (ctx) => {
+    ctx.body = presentTask(await loadTask(ctx));
+  });
+
+  r.get('/projects/:projectId/tasks/:taskId/log', requireProject, async (ctx) => {
+    const task = await loadTask(ctx);
+    const stream = ctx.query.stream;
+    if (stream !== undefined && stream !== 'stdout' && stream !== 'stderr') {
+      throw badRequest('stream must be stdout or stderr (omit it for both, interleaved)');
+    }
+    ctx.type = 'text/plain; charset=utf-8';
+    ctx.body = await ctx.state.deps.store.tasks.log(task.id, stream);
+  });
+
+  r.post('/projects/:projectId/tasks/:taskId/cancel', requireProject, async (ctx) => {
+    const task = await loadTask(ctx);
+    const out = await ctx.state.deps.store.tasks.cancel(ctx.state.projectId!, task.id);
+    if (!out) throw notFound('Task not found');
+    if (out.kind === 'final') {
+      if (out.task.status === 'cancelled') {
+        ctx.body = { msg: 'Cancelled' };
+        return;
+      }
+      throw badRequest(`Task already finished with status ${out.task.status}; only queued or running tasks can be cancelled`);
+    }
+    ctx.state.log.info({ taskId: task.id, kind: out.kind }, 'task cancel');
+    ctx.body = { msg: out.kind === 'cancelled' ? 'Cancelled' : 'Cancellation requested' };
+  });
+
+  r.post('/projects/:projectId/tasks/:taskId/progress', requireProject, async (ctx) => {
+    const body = await readJsonObject(ctx, ctx.state.deps.config.maxJsonBody);
+    const percent = optInt(body, 'percent', 'percent', 0, 100);
+    const msg = optString(body, 'msg', 'msg', 4096);
+    if (percent === undefined && msg === undefined) throw badRequest('percent (0 to 100) or msg is required');
+    const task = await loadTask(ctx);
+    const updated = await ctx.state.deps.store.tasks.setProgress(ctx.state.projectId!, task.id, percent, msg);
+    if (!updated) throw badRequest(`Task already finished with status ${task.status}; progress can only be set while it is queued or running`);
+    ctx.body = { msg: 'Progress set' };
+  });
+
+  r.post('/projects/:projectId/tasks/:taskId/retry', requireProject, async (ctx) => {
+    const { deps } = ctx.state;
+    const body = await readJsonObject(ctx, deps.config.maxJsonBody);
+    const delay = optInt(body, 'delay', 'delay', 0, MAX_DELAY) ?? 0;
+    const task = await loadTask(ctx);
+    const id = await deps.store.tasks.retry(ctx.state.projectId!, task.id, delay);
+    if (!id) throw badRequest(`Task is ${task.status}; only finished tasks can be retried`);
+    deps.onTasksQueued?.(task.cluster);
+    ctx.body = { msg: 'Queued up', tasks: [{ id }] };
+  });
+
+  return r;
+}

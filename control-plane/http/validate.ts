@@ -1,0 +1,73 @@
+import { badRequest } from '../errors.ts';
+
+/**
+ * Field validators for request bodies and queries. Every failure is a 400 whose message
+ * names the field (as the client wrote it, e.g. `tasks[2].priority`) and the limit.
+ */
+export type Obj = Record<string, unknown>;
+
+export function optInt(o: Obj, key: string, field: string, min: number, max: number): number | undefined {
+  const v = o[key];
+  if (v === undefined || v === null) return undefined;
+  const n = typeof v === 'string' && /^-?\d+$/.test(v.trim()) ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isInteger(n)) {
+    throw badRequest(`${field} must be an integer from ${min} to ${max}`);
+  }
+  if (n < min || n > max) throw badRequest(`${field} must be an integer from ${min} to ${max}, got ${n}`);
+  return n;
+}
+
+export function optString(o: Obj, key: string, field: string, maxBytes: number): string | undefined {
+  const v = o[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'string') throw badRequest(`${field} must be a string`);
+  const bytes = Buffer.byteLength(v, 'utf8');
+  if (bytes > maxBytes) throw badRequest(`${field} must be at most ${maxBytes} bytes, got ${bytes}`);
+  return v;
+}
+
+export function reqString(o: Obj, key: string, field: string, maxBytes: number): string {
+  const v = optString(o, key, field, maxBytes);
+  if (v === undefined || v === '') throw badRequest(`${field} is required`);
+  return v;
+}
+
+/** A time given as RFC 3339 text or as seconds since the epoch. */
+export function optTime(o: Obj, key: string, field: string): Date | undefined {
+  const v = o[key];
+  if (v === undefined || v === null || v === '') return undefined;
+  let d: Date | undefined;
+  if (typeof v === 'number' && Number.isFinite(v)) d = new Date(v * 1000);
+  else if (typeof v === 'string' && /^\d+$/.test(v)) d = new Date(Number(v) * 1000);
+  else if (typeof v === 'string' && /^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$/i.test(v)) {
+    d = new Date(v);
+  }
+  if (!d || Number.isNaN(d.getTime())) {
+    throw badRequest(`${field} must be an RFC 3339 time (e.g. 2026-01-02T15:04:05Z) or seconds since the epoch`);
+  }
+  return d;
+}
+
+export const CLUSTER_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+
+export function optCluster(o: Obj, key: string, field: string): string | undefined {
+  const v = optString(o, key, field, 64);
+  if (v === undefined || v === '') return undefined;
+  if (!CLUSTER_NAME.test(v)) throw badRequest(`${field} must be 1 to 64 letters, digits, '.', '_' or '-'`);
+  return v;
+}
+
+/** Query parameter `page` (0–100, default 0) and `per_page` (1–100, default 30). */
+export function pagination(query: Obj): { page: number; perPage: number } {
+  return {
+    page: optInt(query, 'page', 'page', 0, 100) ?? 0,
+    perPage: optInt(query, 'per_page', 'per_page', 1, 100) ?? 30,
+  };
+}
+
+/** A status filter given as `1` or `true` (IronWorker clients send either). */
+export function flag(query: Obj, key: string): boolean {
+  const v = query[key];
+  const s = Array.isArray(v) ? v[v.length - 1] : v;
+  return typeof s === 'string' && /^(1|true)$/i.test(s);
+}

@@ -1,0 +1,88 @@
+import { systemClock } from '../lib/clock.ts';
+import { ConfigError } from '../lib/errors.ts';
+import { newId } from '../lib/ids.ts';
+import { createLogger } from '../lib/logger.ts';
+import { runAdmin, UsageError, USAGE } from './admin.ts';
+import { ensureBootstrap } from './bootstrap.ts';
+import { loadConfig, redactedConfig } from './config.ts';
+import { startControlPlane } from './server.ts';
+import { openStore } from './store/index.ts';
+
+/** The `gantry` command: the only place that touches process (signals, exit codes). */
+async function main(argv: string[]): Promise<number> {
+  const cmd = argv[0] ?? 'start';
+  if (cmd === 'help' || cmd === '--help' || cmd === '-h') {
+    process.stdout.write(USAGE + '\n');
+    return 0;
+  }
+  const config = loadConfig(process.env);
+  const log = createLogger({ name: 'gantry', level: cmd === 'start' ? config.logLevel : 'warn' });
+
+  if (cmd !== 'start') {
+    const store = await openStore(config, log, systemClock, newId);
+    try {
+      process.stdout.write((cmd === 'migrate' ? 'migrations applied' : await runAdmin(store, argv)) + '\n');
+      return 0;
+    } finally {
+      await store.close();
+    }
+  }
+
+  log.info({ config: redactedConfig(config) }, 'starting');
+  const cp = await startControlPlane(config, log);
+  const boot = await ensureBootstrap(cp.store, config.dataDir, log);
+  const lines = [
+    '',
+    `Gantry is running (${cp.store.db.engine}${config.databaseUrl ? '' : `, data in ${config.dataDir}`}).`,
+    `  API base URL: ${cp.url}/2/`,
+  ];
+  if (boot) {
+    lines.push(
+      `  project id:   ${boot.projectId}`,
+      `  token:        ${boot.token}`,
+      '',
+      'Try it:',
+      `  curl -s -H 'Authorization: OAuth ${boot.token}' ${cp.url}/2/projects/${boot.projectId}/codes`,
+      'or point an IronWorker client at it (iron.json):',
+      `  {"host": "${new URL(cp.url).hostname}", "port": ${new URL(cp.url).port || 80}, "protocol": "http", "project_id": "${boot.projectId}", "token": "${boot.token}"}`,
+    );
+  } else {
+    lines.push('  Create a token with: npm run gantry -- token create --user <email>');
+  }
+  lines.push('', 'Press Ctrl-C to stop.', '');
+  process.stdout.write(lines.join('\n'));
+
+  return new Promise<number>((resolve) => {
+    let signals = 0;
+    const onSignal = (sig: string) => {
+      signals++;
+      if (signals > 1) {
+        log.warn({ signal: sig }, 'second signal: exiting now');
+        resolve(1);
+        return;
+      }
+      log.info({ signal: sig }, 'stopping');
+      cp.stop().then(
+        () => resolve(0),
+        (err) => {
+          log.error({ err }, 'stop failed');
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGTERM', () => onSignal('SIGTERM'));
+    process.on('SIGINT', () => onSignal('SIGINT'));
+  });
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    if (err instanceof UsageError || err instanceof ConfigError) {
+      process.stderr.write(`gantry: ${err.message}\n`);
+      process.exit(2);
+    }
+    process.stderr.write(`gantry: ${(err as Error)?.stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,90 @@
+import { createHash, randomBytes } from 'node:crypto';
+import type { StoreCtx } from './ctx.ts';
+
+export interface User {
+  id: string;
+  email: string;
+  created_at: Date;
+}
+export interface Project {
+  id: string;
+  user_id: string;
+  name: string;
+  created_at: Date;
+}
+
+/** Tokens are stored as their SHA-256; the plain token is shown once, when created. */
+export function hashToken(token: string): string {
+  return createHash('sha256').update(token, 'utf8').digest('hex');
+}
+
+/** Users, their OAuth tokens and their projects. */
+export class AccountsStore {
+  constructor(private readonly c: StoreCtx) {}
+
+  async createUser(email: string): Promise<User> {
+    const r = await this.c.db.query<User>(
+      'INSERT INTO users (id, email, created_at) VALUES ($1, $2, $3) RETURNING *',
+      [this.c.ids(), email, this.c.clock.now()],
+    );
+    return r.rows[0]!;
+  }
+
+  async findUser(idOrEmail: string): Promise<User | undefined> {
+    const r = await this.c.db.query<User>('SELECT * FROM users WHERE id = $1 OR email = $1', [idOrEmail]);
+    return r.rows[0];
+  }
+
+  async listUsers(): Promise<User[]> {
+    return (await this.c.db.query<User>('SELECT * FROM users ORDER BY id')).rows;
+  }
+
+  /** Creates a token for a user and returns it in plain text; only its hash is kept. */
+  async createToken(userId: string, name = ''): Promise<{ id: string; token: string }> {
+    const token = randomBytes(20).toString('hex');
+    const id = this.c.ids();
+    await this.c.db.query(
+      'INSERT INTO tokens (id, user_id, token_hash, name, created_at) VALUES ($1, $2, $3, $4, $5)',
+      [id, userId, hashToken(token), name, this.c.clock.now()],
+    );
+    return { id, token };
+  }
+
+  async revokeToken(tokenId: string): Promise<boolean> {
+    const r = await this.c.db.query('UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL', [
+      tokenId,
+      this.c.clock.now(),
+    ]);
+    return r.rowCount > 0;
+  }
+
+  /** The user a token belongs to, or undefined for an unknown or revoked token. */
+  async authenticate(token: string): Promise<string | undefined> {
+    const r = await this.c.db.query<{ user_id: string }>(
+      'SELECT user_id FROM tokens WHERE token_hash = $1 AND revoked_at IS NULL',
+      [hashToken(token)],
+    );
+    return r.rows[0]?.user_id;
+  }
+
+  async createProject(userId: string, name: string): Promise<Project> {
+    const r = await this.c.db.query<Project>(
+      'INSERT INTO projects (id, user_id, name, created_at) VALUES ($1, $2, $3, $4) RETURNING *',
+      [this.c.ids(), userId, name, this.c.clock.now()],
+    );
+    return r.rows[0]!;
+  }
+
+  /** A project, only if it belongs to the user: another user's project does not exist for them. */
+  async projectOfUser(projectId: string, userId: string): Promise<Project | undefined> {
+    const r = await this.c.db.query<Project>('SELECT * FROM projects WHERE id = $1 AND user_id = $2', [projectId, userId]);
+    return r.rows[0];
+  }
+
+  async listProjects(userId?: string): Promise<Project[]> {
+    const r = userId
+      ? await this.c.db.query<Project>('SELECT * FROM projects WHERE user_id = $1 ORDER BY id', [userId])
+      : await this.c.db.query<Project>('SELECT * FROM projects ORDER BY id');
+    return r.rows;
+  }
+}

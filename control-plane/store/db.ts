@@ -1,0 +1,177 @@
+import fs from 'node:fs';
+import pg from 'pg';
+import { PGlite } from '@electric-sql/pglite';
+import type { Logger } from '../../lib/logger.ts';
+import { StoreUnavailableError } from '../errors.ts';
+
+/** Rows of one statement, the same shape from both engines. */
+export interface QueryResult<T> {
+  rows: T[];
+  rowCount: number;
+}
+
+/** Anything SQL can be sent to: the pool, a transaction, or a migration session. */
+export interface Queryable {
+  query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<QueryResult<T>>;
+  /** Several statements, no parameters (migrations). */
+  exec(sql: string): Promise<void>;
+}
+
+/**
+ * The database behind the store: PostgreSQL through `pg`, or PGlite in-process. The same
+ * SQL runs on both. Connection failures surface as StoreUnavailableError (HTTP 503).
+ */
+export interface Db extends Queryable {
+  readonly engine: 'postgres' | 'pglite';
+  /** Runs `fn` in one transaction; commits when it resolves, rolls back when it throws. */
+  tx<T>(fn: (q: Queryable) => Promise<T>): Promise<T>;
+  /** Runs `fn` on one dedicated connection (advisory locks live per session). */
+  session<T>(fn: (q: Queryable) => Promise<T>): Promise<T>;
+  /** True when a trivial query succeeds now. */
+  ping(): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+/** SQLSTATE classes and codes meaning "the server is not reachable or not serving now". */
+const UNAVAILABLE_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300', '08000', '08003', '08006', '08001', '08004']);
+const UNAVAILABLE_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'EAI_AGAIN']);
+
+/** Translates pg's connection failures into StoreUnavailableError; other errors pass through. */
+export function translatePgError(err: unknown): unknown {
+  if (!(err instanceof Error)) return err;
+  const e = err as Error & { code?: string };
+  const msg = e.message ?? '';
+  if (
+    (e.code && (UNAVAILABLE_SQLSTATES.has(e.code) || UNAVAILABLE_ERRNOS.has(e.code))) ||
+    /Connection terminated|timeout exceeded when trying to connect|Query read timeout|connection timeout|Client has encountered a connection error|Connection ended/i.test(
+      msg,
+    )
+  ) {
+    return new StoreUnavailableError(`database unavailable: ${msg || e.code}`, err);
+  }
+  return err;
+}
+
+function pgQueryable(client: pg.Pool | pg.PoolClient): Queryable {
+  return {
+    async query<T>(sql: string, params?: unknown[]) {
+      try {
+        const r = await client.query(sql, params as unknown[]);
+        return { rows: r.rows as T[], rowCount: r.rowCount ?? 0 };
+      } catch (err) {
+        throw translatePgError(err);
+      }
+    },
+    async exec(sql: string) {
+      try {
+        await client.query(sql);
+      } catch (err) {
+        throw translatePgError(err);
+      }
+    },
+  };
+}
+
+export interface PgOptions {
+  url: string;
+  poolMax: number;
+  connectTimeoutMs: number;
+  queryTimeoutMs: number;
+  log: Logger;
+}
+
+// int8 (counts, sizes) as JS numbers, as PGlite returns them; our values stay below 2^53.
+const pgTypes = {
+  getTypeParser: ((oid: number, format?: string) =>
+    oid === 20 ? (v: string) => Number(v) : pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,
+};
+
+/** PostgreSQL through a `pg` pool that never hangs a request on a dead server. */
+export function openPostgres(o: PgOptions): Db {
+  const pool = new pg.Pool({
+    connectionString: o.url,
+    max: o.poolMax,
+    connectionTimeoutMillis: o.connectTimeoutMs,
+    query_timeout: o.queryTimeoutMs,
+    idleTimeoutMillis: 30000,
+    keepAlive: true,
+    types: pgTypes,
+  });
+  // An idle client whose server went away emits here; without a listener the process dies.
+  pool.on('error', (err) => o.log.warn({ err: err.message }, 'idle database connection lost'));
+  const base = pgQueryable(pool);
+
+  async function withClient<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    let client: pg.PoolClient;
+    try {
+      client = await pool.connect();
+    } catch (err) {
+      throw translatePgError(err);
+    }
+    let broken: Error | undefined;
+    try {
+      return await fn(client);
+    } catch (err) {
+      const t = translatePgError(err);
+      if (t instanceof StoreUnavailableError) broken = t;
+      throw t;
+    } finally {
+      // A client whose connection failed is destroyed rather than returned to the pool.
+      client.release(broken);
+    }
+  }
+
+  return {
+    engine: 'postgres',
+    query: base.query,
+    exec: base.exec,
+    tx: (fn) =>
+      withClient(async (client) => {
+        const q = pgQueryable(client);
+        await q.exec('BEGIN');
+        try {
+          const out = await fn(q);
+          await q.exec('COMMIT');
+          return out;
+        } catch (err) {
+          await client.query('ROLLBACK').catch(() => undefined);
+          throw err;
+        }
+      }),
+    session: (fn) => withClient((client) => fn(pgQueryable(client))),
+    ping: async () => {
+      try {
+        await base.query('SELECT 1');
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    close: () => pool.end(),
+  };
+}
+
+/** PGlite: PostgreSQL compiled to WASM, in this process, its data directory on disk. */
+export async function openPglite(dataDir: string): Promise<Db> {
+  fs.mkdirSync(dataDir, { recursive: true });
+  const db = await PGlite.create(dataDir);
+  const wrap = (t: { query: PGlite['query']; exec: PGlite['exec'] }): Queryable => ({
+    async query<T>(sql: string, params?: unknown[]) {
+      const r = await t.query<T>(sql, params);
+      return { rows: r.rows, rowCount: r.affectedRows || r.rows.length };
+    },
+    async exec(sql: string) {
+      await t.exec(sql);
+    },
+  });
+  const base = wrap(db);
+  return {
+    engine: 'pglite',
+    query: base.query,
+    exec: base.exec,
+    tx: (fn) => db.transaction((t) => fn(wrap(t))),
+    session: (fn) => fn(base),
+    ping: async () => !db.closed,
+    close: () => db.close(),
+  };
+}

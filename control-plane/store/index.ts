@@ -1,0 +1,64 @@
+import type { Clock } from '../../lib/clock.ts';
+import type { IdSource } from '../../lib/ids.ts';
+import type { Logger } from '../../lib/logger.ts';
+import { AccountsStore } from './accounts.ts';
+import { CodesStore } from './codes.ts';
+import type { Db } from './db.ts';
+import { openPglite, openPostgres } from './db.ts';
+import { migrate } from './migrate.ts';
+import { SchedulesStore } from './schedules.ts';
+import { TasksStore } from './tasks.ts';
+
+export type { Db } from './db.ts';
+
+/** The system of record, named by domain operations. */
+export class Store {
+  readonly accounts: AccountsStore;
+  readonly codes: CodesStore;
+  readonly tasks: TasksStore;
+  readonly schedules: SchedulesStore;
+
+  constructor(
+    readonly db: Db,
+    clock: Clock,
+    ids: IdSource,
+  ) {
+    const ctx = { db, clock, ids };
+    this.accounts = new AccountsStore(ctx);
+    this.codes = new CodesStore(ctx);
+    this.tasks = new TasksStore(ctx);
+    this.schedules = new SchedulesStore(ctx, this.tasks);
+  }
+
+  close(): Promise<void> {
+    return this.db.close();
+  }
+}
+
+export interface OpenStoreOptions {
+  databaseUrl: string | undefined;
+  dataDir: string;
+  pgPoolMax: number;
+  pgConnectTimeoutMs: number;
+  pgQueryTimeoutMs: number;
+}
+
+/** Opens PostgreSQL (DATABASE_URL) or PGlite (dataDir) and brings the schema up to date. */
+export async function openStore(o: OpenStoreOptions, log: Logger, clock: Clock, ids: IdSource): Promise<Store> {
+  const db = o.databaseUrl
+    ? openPostgres({
+        url: o.databaseUrl,
+        poolMax: o.pgPoolMax,
+        connectTimeoutMs: o.pgConnectTimeoutMs,
+        queryTimeoutMs: o.pgQueryTimeoutMs,
+        log,
+      })
+    : await openPglite(o.dataDir);
+  try {
+    await migrate(db, log);
+  } catch (err) {
+    await db.close().catch(() => undefined);
+    throw err;
+  }
+  return new Store(db, clock, ids);
+}

@@ -1,0 +1,191 @@
+import type { StoreCtx, Page } from './ctx.ts';
+import { pageSql } from './ctx.ts';
+import type { TasksStore } from './tasks.ts';
+
+export interface Schedule {
+  id: string;
+  project_id: string;
+  code_name: string;
+  name: string | null;
+  payload: string;
+  priority: number;
+  timeout: number;
+  cluster: string;
+  task_delay: number;
+  start_at: Date;
+  run_every: number | null;
+  end_at: Date | null;
+  run_times: number | null;
+  run_count: number;
+  error_count: number;
+  last_run_time: Date | null;
+  next_start: Date | null;
+  status: 'scheduled' | 'complete' | 'cancelled';
+  msg: string | null;
+  created_at: Date;
+  updated_at: Date;
+}
+
+export interface NewSchedule {
+  codeName: string;
+  name: string | null;
+  payload: string;
+  priority: number;
+  timeout: number;
+  cluster: string;
+  taskDelay: number;
+  startAt: Date;
+  runEvery: number | null;
+  endAt: Date | null;
+  runTimes: number | null;
+}
+
+/**
+ * The period boundary after `now`: start_at + k * run_every for the smallest k that lies
+ * strictly after `now`. Firing late (after downtime) therefore fires once and moves on to
+ * the next future period: no burst of missed runs.
+ */
+export function nextPeriodAfter(startAt: Date, runEvery: number, now: Date): Date {
+  const step = runEvery * 1000;
+  const k = Math.floor((now.getTime() - startAt.getTime()) / step) + 1;
+  return new Date(startAt.getTime() + Math.max(k, 1) * step);
+}
+
+/** What firing a schedule at `now` makes of it: its next start, or its end and why. */
+export function afterFiring(s: Pick<Schedule, 'start_at' | 'run_every' | 'end_at' | 'run_times' | 'run_count'>, now: Date) {
+  const runCount = s.run_count + 1;
+  if (s.run_times !== null && runCount >= s.run_times) {
+    return { runCount, nextStart: null, status: 'complete' as const, msg: 'Ran max times.' };
+  }
+  if (s.run_every === null) return { runCount, nextStart: null, status: 'complete' as const, msg: 'Ran once.' };
+  const next = nextPeriodAfter(s.start_at, s.run_every, now);
+  if (s.end_at !== null && next > s.end_at) {
+    return { runCount, nextStart: null, status: 'complete' as const, msg: 'Reached end_at.' };
+  }
+  return { runCount, nextStart: next, status: 'scheduled' as const, msg: null };
+}
+
+/** Schedules, and the firing of due ones into ordinary queued tasks. */
+export class SchedulesStore {
+  constructor(
+    private readonly c: StoreCtx,
+    private readonly tasks: TasksStore,
+  ) {}
+
+  async create(projectId: string, items: NewSchedule[]): Promise<string[]> {
+    const now = this.c.clock.now();
+    return this.c.db.tx(async (q) => {
+      const ids: string[] = [];
+      for (const s of items) {
+        const id = this.c.ids();
+        ids.push(id);
+        await q.query(
+          `INSERT INTO schedules (id, project_id, code_name, name, payload, priority, timeout, cluster, task_delay,
+             start_at, run_every, end_at, run_times, next_start, status, created_at, updated_at)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$10,'scheduled',$14,$14)`,
+          [id, projectId, s.codeName, s.name, s.payload, s.priority, s.timeout, s.cluster, s.taskDelay, s.startAt,
+            s.runEvery, s.endAt, s.runTimes, now],
+        );
+      }
+      return ids;
+    });
+  }
+
+  async list(projectId: string, p: Page): Promise<Schedule[]> {
+    const { limit, offset } = pageSql(p);
+    return (
+      await this.c.db.query<Schedule>('SELECT * FROM schedules WHERE project_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3', [
+        projectId,
+        limit,
+        offset,
+      ])
+    ).rows;
+  }
+
+  async get(projectId: string, id: string): Promise<Schedule | undefined> {
+    return (await this.c.db.query<Schedule>('SELECT * FROM schedules WHERE project_id = $1 AND id = $2', [projectId, id]))
+      .rows[0];
+  }
+
+  /** Cancels a schedule that is still scheduled; returns the schedule after, or undefined. */
+  async cancel(projectId: string, id: string): Promise<Schedule | undefined> {
+    await this.c.db.query(
+      `UPDATE schedules SET status = 'cancelled', next_start = NULL, msg = 'Cancelled by user', updated_at = $3
+       WHERE project_id = $1 AND id = $2 AND status = 'scheduled'`,
+      [projectId, id, this.c.clock.now()],
+    );
+    return this.get(projectId, id);
+  }
+
+  /**
+   * Fires every schedule due at `now` into a queued task, at most `limit` per call. Each
+   * schedule fires in its own transaction that locks its row, inserts the task keyed by
+   * (schedule, period) — a unique index, so a period can never fire twice — and advances
+   * next_start past `now`.
+   */
+  async fireDue(now: Date, limit = 100): Promise<number> {
+    const due = await this.c.db.query<{ id: string }>(
+      `SELECT id FROM schedules WHERE status = 'scheduled' AND next_start <= $1 ORDER BY next_start LIMIT $2`,
+      [now, limit],
+    );
+    let fired = 0;
+    for (const { id } of due.rows) {
+      if (await this.fireOne(id, now)) fired++;
+    }
+    return fired;
+  }
+
+  private async fireOne(id: string, now: Date): Promise<boolean> {
+    return this.c.db.tx(async (q) => {
+      const s = (
+        await q.query<Schedule>(
+          `SELECT * FROM schedules WHERE id = $1 AND status = 'scheduled' AND next_start <= $2 FOR UPDATE SKIP LOCKED`,
+          [id, now],
+        )
+      ).rows[0];
+      if (!s || !s.next_start) return false;
+      const next = afterFiring(s, now);
+      const code = (
+        await q.query<{ id: string; rev: number; revision_id: string; retries: number; retries_delay: number }>(
+          `SELECT c.id, c.rev, r.id AS revision_id, r.retries, r.retries_delay
+           FROM codes c JOIN code_revisions r ON r.id = c.latest_revision_id
+           WHERE c.project_id = $1 AND c.name = $2 AND c.deleted_at IS NULL`,
+          [s.project_id, s.code_name],
+        )
+      ).rows[0];
+      if (!code) {
+        await q.query(
+          `UPDATE schedules SET error_count = error_count + 1, run_count = $2, next_start = $3, status = $4,
+             msg = $5, last_run_time = $6, updated_at = $6 WHERE id = $1`,
+          [s.id, next.runCount, next.nextStart, next.status, `Code package "${s.code_name}" not found; no task queued.`, now],
+        );
+        return true;
+      }
+      await this.tasks.insert(q, [
+        {
+          projectId: s.project_id,
+          codeId: code.id,
+          codeName: s.code_name,
+          revisionId: code.revision_id,
+          rev: code.rev,
+          retries: code.retries,
+          retriesDelay: code.retries_delay,
+          payload: s.payload,
+          priority: s.priority,
+          cluster: s.cluster,
+          timeout: s.timeout,
+          delay: s.task_delay,
+          label: s.name,
+          scheduleId: s.id,
+          scheduledFor: s.next_start,
+        },
+      ]);
+      await q.query(
+        `UPDATE schedules SET run_count = $2, next_start = $3, status = $4, msg = $5, last_run_time = $6, updated_at = $6
+         WHERE id = $1`,
+        [s.id, next.runCount, next.nextStart, next.status, next.msg, now],
+      );
+      return true;
+    });
+  }
+}

@@ -1,0 +1,239 @@
+import type { StoreCtx, Page } from './ctx.ts';
+import { pageSql } from './ctx.ts';
+import type { Queryable } from './db.ts';
+import type { TaskStatus } from './codes.ts';
+
+export const FINAL_STATUSES: readonly TaskStatus[] = ['complete', 'error', 'cancelled', 'killed', 'timeout'];
+
+export interface Task {
+  id: string;
+  project_id: string;
+  code_id: string;
+  code_name: string;
+  code_revision_id: string;
+  code_rev: number;
+  status: TaskStatus;
+  priority: number;
+  cluster: string;
+  timeout: number;
+  delay: number;
+  payload: string;
+  label: string | null;
+  msg: string | null;
+  percent: number | null;
+  schedule_id: string | null;
+  original_task_id: string | null;
+  retry_task_id: string | null;
+  retry_count: number;
+  created_at: Date;
+  updated_at: Date;
+  eligible_at: Date;
+  start_time: Date | null;
+  end_time: Date | null;
+  log_size: number;
+  exit_code: number | null;
+  attempt: number;
+  runner_losses: number;
+}
+
+/** A task to queue, its code already resolved to the revision it will run. */
+export interface NewTask {
+  projectId: string;
+  codeId: string;
+  codeName: string;
+  revisionId: string;
+  rev: number;
+  retries: number;
+  retriesDelay: number;
+  payload: string;
+  priority: number;
+  cluster: string;
+  timeout: number;
+  delay: number;
+  label: string | null;
+  scheduleId?: string;
+  scheduledFor?: Date;
+  originalTaskId?: string;
+  retryCount?: number;
+}
+
+export interface TaskFilter {
+  codeName?: string;
+  statuses?: TaskStatus[];
+  from?: Date;
+  to?: Date;
+}
+
+/** Columns listed without the payload, which lists never carry. */
+const LIST_COLUMNS = `id, project_id, code_id, code_name, code_revision_id, code_rev, status, priority, cluster, timeout,
+  delay, label, msg, percent, schedule_id, original_task_id, retry_task_id, retry_count, created_at, updated_at,
+  eligible_at, start_time, end_time, log_size, exit_code, attempt, runner_losses`;
+
+const INSERT_COLUMNS = [
+  'id', 'project_id', 'code_id', 'code_name', 'code_revision_id', 'code_rev', 'status', 'priority', 'cluster',
+  'timeout', 'delay', 'payload', 'label', 'schedule_id', 'scheduled_for', 'original_task_id', 'retry_count',
+  'retries_left', 'retries_delay', 'created_at', 'updated_at', 'eligible_at',
+] as const;
+
+export type CancelOutcome =
+  | { kind: 'cancelled'; task: Task }
+  | { kind: 'cancelling'; task: Task }
+  | { kind: 'final'; task: Task };
+
+/** Tasks: queueing, reading, cancelling, progress and retries. */
+export class TasksStore {
+  constructor(private readonly c: StoreCtx) {}
+
+  /** Inserts tasks as `queued` in one statement; all or none. Returns their ids in order. */
+  async insert(q: Queryable, tasks: NewTask[]): Promise<string[]> {
+    if (tasks.length === 0) return [];
+    const now = this.c.clock.now();
+    const params: unknown[] = [];
+    const rows: string[] = [];
+    const ids: string[] = [];
+    for (const t of tasks) {
+      const id = this.c.ids();
+      ids.push(id);
+      const values = [
+        id, t.projectId, t.codeId, t.codeName, t.revisionId, t.rev, 'queued', t.priority, t.cluster, t.timeout,
+        t.delay, t.payload, t.label, t.scheduleId ?? null, t.scheduledFor ?? null, t.originalTaskId ?? null,
+        t.retryCount ?? 0, t.retries, t.retriesDelay, now, now, new Date(now.getTime() + t.delay * 1000),
+      ];
+      rows.push(`(${values.map((v) => `$${params.push(v)}`).join(', ')})`);
+    }
+    await q.query(`INSERT INTO tasks (${INSERT_COLUMNS.join(', ')}) VALUES ${rows.join(', ')}`, params);
+    return ids;
+  }
+
+  async queue(tasks: NewTask[]): Promise<string[]> {
+    return this.insert(this.c.db, tasks);
+  }
+
+  async list(projectId: string, f: TaskFilter, p: Page): Promise<Task[]> {
+    const { limit, offset } = pageSql(p);
+    const where = ['project_id = $1'];
+    const params: unknown[] = [projectId];
+    if (f.codeName !== undefined) where.push(`code_name = $${params.push(f.codeName)}`);
+    if (f.statuses && f.statuses.length > 0) where.push(`status = ANY($${params.push(f.statuses)}::text[])`);
+    if (f.from) where.push(`created_at >= $${params.push(f.from)}`);
+    if (f.to) where.push(`created_at <= $${params.push(f.to)}`);
+    const r = await this.c.db.query<Task>(
+      `SELECT ${LIST_COLUMNS} FROM tasks WHERE ${where.join(' AND ')} ORDER BY id DESC
+       LIMIT $${params.push(limit)} OFFSET $${params.push(offset)}`,
+      params,
+    );
+    return r.rows;
+  }
+
+  async get(projectId: string, taskId: string): Promise<Task | undefined> {
+    return (await this.c.db.query<Task>('SELECT * FROM tasks WHERE project_id = $1 AND id = $2', [projectId, taskId]))
+      .rows[0];
+  }
+
+  /**
+   * The task's log: both streams interleaved in the order they arrived, or one stream
+   * (`stdout`/`stderr`) alone.
+   */
+  async log(taskId: string, stream?: 'stdout' | 'stderr'): Promise<Buffer> {
+    const r = stream
+      ? await this.c.db.query<{ data: Uint8Array }>(
+          'SELECT data FROM task_log_chunks WHERE task_id = $1 AND stream = $2 ORDER BY byte_offset',
+          [taskId, stream === 'stdout' ? 1 : 2],
+        )
+      : await this.c.db.query<{ data: Uint8Array }>('SELECT data FROM task_log_chunks WHERE task_id = $1 ORDER BY seq', [
+          taskId,
+        ]);
+    return Buffer.concat(r.rows.map((x) => x.data));
+  }
+
+  /**
+   * Cancels a task. A queued task is cancelled at once; a running one is marked for its
+   * runner to stop (its final state comes from the runner); a final state is never
+   * overwritten. Undefined when there is no such task.
+   */
+  async cancel(projectId: string, taskId: string): Promise<CancelOutcome | undefined> {
+    const now = this.c.clock.now();
+    const done = await this.c.db.query<Task>(
+      `UPDATE tasks SET status = 'cancelled', msg = 'Cancelled by user', end_time = $3, updated_at = $3
+       WHERE project_id = $1 AND id = $2 AND status = 'queued' RETURNING *`,
+      [projectId, taskId, now],
+    );
+    if (done.rows[0]) return { kind: 'cancelled', task: done.rows[0] };
+    const running = await this.c.db.query<Task>(
+      `UPDATE tasks SET cancel_requested_at = coalesce(cancel_requested_at, $3), updated_at = $3
+       WHERE project_id = $1 AND id = $2 AND status = 'running' RETURNING *`,
+      [projectId, taskId, now],
+    );
+    if (running.rows[0]) return { kind: 'cancelling', task: running.rows[0] };
+    const t = await this.get(projectId, taskId);
+    return t ? { kind: 'final', task: t } : undefined;
+  }
+
+  /** Sets percent and/or msg of a queued or running task; the task after, or undefined. */
+  async setProgress(projectId: string, taskId: string, percent: number | undefined, msg: string | undefined) {
+    const r = await this.c.db.query<Task>(
+      `UPDATE tasks SET percent = coalesce($3, percent), msg = coalesce($4, msg), updated_at = $5
+       WHERE project_id = $1 AND id = $2 AND status IN ('queued', 'running') RETURNING *`,
+      [projectId, taskId, percent ?? null, msg ?? null, this.c.clock.now()],
+    );
+    return r.rows[0];
+  }
+
+  /**
+   * Queues a new task that re-runs a finished one, on the code's latest revision when the
+   * package still exists, and links the two. Undefined if the task is not final.
+   */
+  async retry(projectId: string, taskId: string, delay: number): Promise<string | undefined> {
+    return this.c.db.tx(async (q) => {
+      const t = (
+        await q.query<Task & { retries_left: number; retries_delay: number }>(
+          `SELECT * FROM tasks WHERE project_id = $1 AND id = $2 AND status = ANY($3::text[]) FOR UPDATE`,
+          [projectId, taskId, FINAL_STATUSES],
+        )
+      ).rows[0];
+      if (!t) return undefined;
+      const latest = (
+        await q.query<{ id: string; rev: number; retries: number; retries_delay: number }>(
+          `SELECT r.id, r.rev, r.retries, r.retries_delay FROM codes c JOIN code_revisions r ON r.id = c.latest_revision_id
+           WHERE c.id = $1 AND c.deleted_at IS NULL`,
+          [t.code_id],
+        )
+      ).rows[0];
+      const [id] = await this.insert(q, [
+        {
+          projectId,
+          codeId: t.code_id,
+          codeName: t.code_name,
+          revisionId: latest?.id ?? t.code_revision_id,
+          rev: latest?.rev ?? t.code_rev,
+          retries: latest?.retries ?? t.retries_left,
+          retriesDelay: latest?.retries_delay ?? t.retries_delay,
+          payload: t.payload,
+          priority: t.priority,
+          cluster: t.cluster,
+          timeout: t.timeout,
+          delay,
+          label: t.label,
+          originalTaskId: t.id,
+          retryCount: t.retry_count + 1,
+        },
+      ]);
+      await q.query('UPDATE tasks SET retry_task_id = $2 WHERE id = $1', [t.id, id]);
+      return id;
+    });
+  }
+
+  /**
+   * Queued tasks of a cluster that may be handed out now: eligible (past their delay), code
+   * not paused; highest priority first, then oldest. The dispatcher's view of the queue.
+   */
+  async eligible(cluster: string, limit: number): Promise<Task[]> {
+    const r = await this.c.db.query<Task>(
+      `SELECT t.* FROM tasks t JOIN codes c ON c.id = t.code_id
+       WHERE t.status = 'queued' AND t.cluster = $1 AND t.eligible_at <= $2 AND NOT c.paused
+       ORDER BY t.priority DESC, t.eligible_at, t.id LIMIT $3`,
+      [cluster, this.c.clock.now(), limit],
+    );
+    return r.rows;
+  }
+}
