@@ -7,14 +7,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/services.sh
 
-# npm dependencies, exactly as locked; reinstalled only when the lockfile changed.
-stamp=node_modules/.gantry-lock-hash
-hash=$(sha256sum package-lock.json | cut -d' ' -f1)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$hash" ]; then
-  echo "[test] npm ci"
-  npm ci --no-audit --no-fund --loglevel=error
-  echo "$hash" >"$stamp"
-fi
+bash scripts/npm-deps.sh
 
 echo "[test] typecheck"
 npx tsc --noEmit -p .
