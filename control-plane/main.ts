@@ -7,6 +7,7 @@ import { ensureBootstrap } from './bootstrap.ts';
 import { loadConfig, redactedConfig } from './config.ts';
 import { startControlPlane } from './server.ts';
 import { openStore } from './store/index.ts';
+import { DataDirInUseError } from './store/db.ts';
 
 /** The `gantry` command: the only place that touches process (signals, exit codes). */
 async function main(argv: string[]): Promise<number> {
@@ -78,7 +79,7 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
-    if (err instanceof UsageError || err instanceof ConfigError) {
+    if (err instanceof UsageError || err instanceof ConfigError || err instanceof DataDirInUseError) {
       process.stderr.write(`gantry: ${err.message}\n`);
       process.exit(2);
     }

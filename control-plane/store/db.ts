@@ -154,7 +154,14 @@ export function openPostgres(o: PgOptions): Db {
 /** PGlite: PostgreSQL compiled to WASM, in this process, its data directory on disk. */
 export async function openPglite(dataDir: string): Promise<Db> {
   fs.mkdirSync(dataDir, { recursive: true });
-  const db = await PGlite.create(dataDir);
+  const releaseLock = lockDataDir(dataDir);
+  let db: PGlite;
+  try {
+    db = await PGlite.create(dataDir);
+  } catch (err) {
+    releaseLock();
+    throw err;
+  }
   const wrap = (t: { query: PGlite['query']; exec: PGlite['exec'] }): Queryable => ({
     async query<T>(sql: string, params?: unknown[]) {
       const r = await t.query<T>(sql, params);
@@ -172,6 +179,49 @@ export async function openPglite(dataDir: string): Promise<Db> {
     tx: (fn) => db.transaction((t) => fn(wrap(t))),
     session: (fn) => fn(base),
     ping: async () => !db.closed,
-    close: () => db.close(),
+    close: async () => {
+      try {
+        await db.close();
+      } finally {
+        releaseLock();
+      }
+    },
   };
+}
+
+/** Thrown when another live process has the PGlite data directory open. */
+export class DataDirInUseError extends Error {}
+
+/**
+ * PGlite is single-process: two processes on one data directory corrupt it. A lock file
+ * holding the owner's pid keeps a second one out; a lock left by a dead process (kill -9)
+ * is taken over.
+ */
+function lockDataDir(dataDir: string): () => void {
+  const file = `${dataDir}/gantry.lock`;
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      fs.writeFileSync(file, String(process.pid), { flag: 'wx' });
+      return () => fs.rmSync(file, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const pid = Number(fs.readFileSync(file, 'utf8'));
+      if (pid && pid !== process.pid && isAlive(pid)) {
+        throw new DataDirInUseError(
+          `the embedded database in ${dataDir} is in use by process ${pid}; stop that process first, or use PostgreSQL (DATABASE_URL) to run several`,
+        );
+      }
+      fs.rmSync(file, { force: true });
+    }
+  }
+  throw new DataDirInUseError(`could not lock ${dataDir}`);
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
