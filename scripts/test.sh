@@ -16,4 +16,21 @@ export GANTRY_TEST_PG_URL=${GANTRY_TEST_PG_URL:-postgres://gantry:gantry@127.0.0
 export GANTRY_TEST_ETCD=${GANTRY_TEST_ETCD:-http://127.0.0.1:2379}
 export GANTRY_TEST_IMAGE=${GANTRY_TEST_IMAGE:-gantry-test/busybox:latest}
 echo "[test] tap"
-exec npx tap "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+npx tap "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+# tap closes with "# { total: N, pass: P, fail: F, ... }"; restate it as a plain line.
+summary=$(grep -E '^# \{ total: ' "$log" | tail -1)
+total=$(sed -nE 's/.*total: ([0-9]+).*/\1/p' <<<"$summary")
+pass=$(sed -nE 's/.*pass: ([0-9]+).*/\1/p' <<<"$summary")
+if [ -z "$total" ] || [ "${total:-0}" -eq 0 ]; then
+  echo "[test] no test ran" >&2
+  exit 1
+fi
+fail=$(sed -nE 's/.*fail: ([0-9]+).*/\1/p' <<<"$summary")
+skip=$(sed -nE 's/.*skip: ([0-9]+).*/\1/p' <<<"$summary")
+echo "tests: ${pass:-0} passed, ${fail:-0} failed, ${skip:-0} skipped"
+exit "$rc"
