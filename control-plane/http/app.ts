@@ -23,6 +23,16 @@ export function createApp(deps: ApiDeps): Koa<ApiState> {
     try {
       await next();
       if (ctx.status === 404 && ctx.body === undefined) throw notFound(`Not found: ${ctx.method} ${ctx.path}`);
+      // The router's bodyless 405 (or 501 for a method it knows nothing of), with its Allow;
+      // a path no route has is 404 whatever the method.
+      if ((ctx.status === 405 || ctx.status === 501) && ctx.body === undefined) {
+        const allow = ctx.response.get('Allow');
+        if (!allow) {
+          ctx.remove('Allow');
+          throw notFound(`Not found: ${ctx.method} ${ctx.path}`);
+        }
+        throw new HttpError(405, 'Method not allowed on this endpoint', { code: 'method_not_allowed', headers: { Allow: allow } });
+      }
     } catch (err) {
       if (err instanceof HttpError) {
         ctx.status = err.status;
@@ -68,10 +78,11 @@ export function createApp(deps: ApiDeps): Koa<ApiState> {
   });
   for (const r of [codesRouter(), tasksRouter(), schedulesRouter()]) v2.use(r.routes());
 
-  const methodNotAllowed = () => new HttpError(405, 'Method not allowed on this endpoint', { code: 'method_not_allowed' });
+  // Not thrown: the router then sets Allow, which a 405 must carry (RFC 9110 15.5.6); the
+  // error middleware above turns its bodyless 405/501 into the JSON 405.
   for (const r of [root, v2]) {
     app.use(r.routes());
-    app.use(r.allowedMethods({ throw: true, methodNotAllowed, notImplemented: methodNotAllowed }));
+    app.use(r.allowedMethods());
   }
   app.on('error', (err) => deps.log.debug({ err }, 'koa error event'));
   return app;

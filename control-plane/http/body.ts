@@ -65,7 +65,9 @@ export async function readUploadForm(ctx: Context, limit: number): Promise<Uploa
     try {
       bb = new Busboy({
         headers: { ...ctx.req.headers, 'content-type': ct },
-        limits: { fileSize: limit, files: 1, fields: 20, fieldSize: 1024 * 1024 },
+        // files: 2 because some clients send the `data` part as a file (with a filename) too;
+        // with 1, the zip after it was dropped without a word.
+        limits: { fileSize: limit, files: 2, fields: 20, fieldSize: 1024 * 1024 },
         isPartAFile: (name, _type, fileName) => name === 'file' || fileName !== undefined,
       });
     } catch (err) {
@@ -93,6 +95,12 @@ export async function readUploadForm(ctx: Context, limit: number): Promise<Uploa
       });
     });
     bb.on('error', (err: Error) => reject(badRequest(`Malformed multipart body: ${err.message}`)));
+    // A client gone mid-upload ends neither the pipe nor busboy: settle here, or the handler
+    // (and every chunk read so far) waits forever.
+    ctx.req.once('error', (err) => reject(badRequest(`Could not read the request body: ${err.message}`)));
+    ctx.req.once('close', () => {
+      if (!ctx.req.complete) reject(badRequest('The request was aborted before its body was complete'));
+    });
     bb.on('finish', () => {
       if (failed) return reject(failed);
       if (dataText === undefined) return reject(badRequest('data: the multipart form needs a "data" part with JSON'));

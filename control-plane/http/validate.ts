@@ -21,6 +21,8 @@ export function optString(o: Obj, key: string, field: string, maxBytes: number):
   const v = o[key];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'string') throw badRequest(`${field} must be a string`);
+  // PostgreSQL text cannot hold NUL: refuse it here rather than fail the query with a 500.
+  if (v.includes('\u0000')) throw badRequest(`${field} must not contain NUL characters (\\u0000)`);
   const bytes = Buffer.byteLength(v, 'utf8');
   if (bytes > maxBytes) throw badRequest(`${field} must be at most ${maxBytes} bytes, got ${bytes}`);
   return v;

@@ -144,7 +144,6 @@ export class SchedulesStore {
         )
       ).rows[0];
       if (!s || !s.next_start) return false;
-      const next = afterFiring(s, now);
       const code = (
         await q.query<{ id: string; rev: number; revision_id: string; retries: number; retries_delay: number }>(
           `SELECT c.id, c.rev, r.id AS revision_id, r.retries, r.retries_delay
@@ -154,13 +153,18 @@ export class SchedulesStore {
         )
       ).rows[0];
       if (!code) {
+        // Nothing was queued: an error, not a run. run_count is "the number of times the
+        // scheduled task was queued" (IronWorker), so it and last_run_time stay, and run_times
+        // cannot end the schedule; the period still passes (no burst when the code returns).
+        const skip = afterFiring({ ...s, run_times: null }, now);
         await q.query(
-          `UPDATE schedules SET error_count = error_count + 1, run_count = $2, next_start = $3, status = $4,
-             msg = $5, last_run_time = $6, updated_at = $6 WHERE id = $1`,
-          [s.id, next.runCount, next.nextStart, next.status, `Code package "${s.code_name}" not found; no task queued.`, now],
+          `UPDATE schedules SET error_count = error_count + 1, next_start = $2, status = $3, msg = $4, updated_at = $5
+           WHERE id = $1`,
+          [s.id, skip.nextStart, skip.status, `Code package "${s.code_name}" not found; no task queued.`, now],
         );
         return true;
       }
+      const next = afterFiring(s, now);
       await this.tasks.insert(q, [
         {
           projectId: s.project_id,

@@ -61,6 +61,18 @@ export function parseCodeData(d: Obj): { name: string; settings: CodeSettings } 
   return { name, settings };
 }
 
+/**
+ * `attachment; filename=<name>` as IronWorker sends it: a bare token when the name allows
+ * (clients look for `filename=yourworker_rev.zip`), else a quoted ASCII fallback plus the
+ * exact name as RFC 5987 `filename*` (RFC 6266: filename= is never percent-decoded).
+ */
+export function contentDisposition(fileName: string): string {
+  if (/^[!#$&+.^_`|~0-9A-Za-z-]+$/.test(fileName)) return `attachment; filename=${fileName}`;
+  const ascii = fileName.replace(/[^\x20-\x7e]|["\\%]/g, '_');
+  const ext = encodeURIComponent(fileName).replace(/['()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+  return `attachment; filename="${ascii}"; filename*=UTF-8''${ext}`;
+}
+
 function isZip(b: Buffer): boolean {
   // local file header, or the end-of-central-directory record of an empty archive
   return b.length >= 22 && b[0] === 0x50 && b[1] === 0x4b && ((b[2] === 3 && b[3] === 4) || (b[2] === 5 && b[3] === 6));
@@ -116,7 +128,7 @@ export function codesRouter(): Router<ApiState> {
     if (!revision) throw notFound(`Revision ${rev} of code package ${code.name} not found (latest is ${code.rev})`);
     const zip = await ctx.state.deps.store.codes.archive(revision.id);
     if (!zip) throw notFound(`Revision ${rev} of code package ${code.name} has no zip file: it runs the image ${revision.image}`);
-    ctx.set('Content-Disposition', `attachment; filename=${encodeURIComponent(code.name)}_${rev}.zip`);
+    ctx.set('Content-Disposition', contentDisposition(`${code.name}_${rev}.zip`));
     ctx.type = 'application/zip';
     ctx.body = zip;
   });
@@ -130,9 +142,11 @@ export function codesRouter(): Router<ApiState> {
   r.get('/projects/:projectId/codes/:codeId/stats', requireProject, async (ctx) => {
     const code = await loadCode(ctx);
     const now = ctx.state.deps.clock.now();
-    const end = optTime(ctx.query, 'end_date', 'end_date') ?? now;
+    const endDate = optTime(ctx.query, 'end_date', 'end_date');
+    const end = endDate ?? now;
     const start = optTime(ctx.query, 'start_date', 'start_date') ?? new Date(end.getTime() - 24 * 3600 * 1000);
-    if (start > end) throw badRequest('start_date must not be after end_date');
+    // Only two explicit bounds can contradict; a start_date alone after now is an empty window.
+    if (endDate && start > endDate) throw badRequest('start_date must not be after end_date');
     ctx.body = await ctx.state.deps.store.codes.stats(code.id, start, new Date(end.getTime() + 1));
   });
 

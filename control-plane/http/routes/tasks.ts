@@ -41,6 +41,23 @@ export function parsePayload(o: Obj, field: string): string {
   return optString(o, 'payload', field, MAX_PAYLOAD) ?? '';
 }
 
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * A webhook body as the payload, byte for byte. Payloads are text, so bytes that text
+ * cannot hold exactly (invalid UTF-8, NUL) are refused rather than silently replaced.
+ */
+export function webhookPayload(raw: Buffer): string {
+  let s: string;
+  try {
+    s = strictUtf8.decode(raw);
+  } catch {
+    throw badRequest('The webhook body is the task payload and must be UTF-8 text');
+  }
+  if (s.includes('\u0000')) throw badRequest('The webhook body must not contain NUL bytes');
+  return s;
+}
+
 /** Resolves code names to their packages; 404 naming the field for an unknown one. */
 export async function resolveCodes(deps: ApiDeps, projectId: string, names: { name: string; field: string }[]) {
   const out = new Map<string, Code>();
@@ -126,7 +143,7 @@ export function tasksRouter(): Router<ApiState> {
     const name = reqString(q, 'code_name', 'code_name', 255);
     const code = (await resolveCodes(deps, projectId!, [{ name, field: 'code_name' }])).get(name)!;
     const opts = parseRunOptions(deps, q, '', code);
-    const payload = (await readRaw(ctx, MAX_PAYLOAD)).toString('utf8');
+    const payload = webhookPayload(await readRaw(ctx, MAX_PAYLOAD));
     const [id] = await deps.store.tasks.queue([newTask(projectId!, code, payload, opts)]);
     deps.onTasksQueued?.(opts.cluster);
     ctx.body = { id, msg: 'Queued up.' };
