@@ -1,9 +1,9 @@
-import http from 'node:http';
 import { createHash } from 'node:crypto';
 import t from 'tap';
 import type { Test } from 'tap';
 import { ENGINES } from '../helpers/db.ts';
 import { startTestApi, uploadCode, type ApiUser, type Reply, type TestApi } from '../helpers/api.ts';
+import { isError, sendChunked } from '../helpers/assert.ts';
 
 /**
  * Authentication, tenancy and the generic HTTP behaviour IronWorker clients rely on, over
@@ -16,37 +16,6 @@ const ID = /^[0-9a-f]{24}$/;
 const MAX_JSON = 65536;
 /** An empty zip archive: just the end-of-central-directory record. */
 const EMPTY_ZIP = Buffer.concat([Buffer.from([0x50, 0x4b, 0x05, 0x06]), Buffer.alloc(18)]);
-
-/** An error reply: the status, JSON, and a body that is exactly {"msg": "…"}. */
-function isError(t: Test, r: Reply, status: number, msg?: RegExp | string, what = ''): void {
-  t.equal(r.status, status, `${what} status (${r.text})`);
-  t.match(r.headers.get('content-type') ?? '', /^application\/json/, `${what} error is JSON`);
-  t.same(Object.keys(typeof r.body === 'object' && r.body !== null ? r.body : {}), ['msg'], `${what} body is exactly {msg}`);
-  t.type(r.body?.msg, 'string', `${what} msg is a string`);
-  t.ok((r.body?.msg ?? '').length > 0, `${what} msg is not empty`);
-  if (typeof msg === 'string') t.equal(r.body?.msg, msg, `${what} msg`);
-  else if (msg) t.match(r.body?.msg, msg, `${what} msg`);
-}
-
-/** A request with a body sent chunked, without Content-Length (node:http, not fetch). */
-function rawRequest(url: string, method: string, path: string, headers: Record<string, string>, body: Buffer) {
-  return new Promise<{ status: number; headers: http.IncomingHttpHeaders; text: string }>((resolve, reject) => {
-    let answered = false;
-    const req = http.request(new URL(path, url), { method, headers }, (res) => {
-      answered = true;
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString() }));
-      res.on('error', reject);
-    });
-    // The server may answer (413) before it has read everything; that is not a failure.
-    req.on('error', (err) => {
-      if (!answered) reject(err);
-    });
-    for (let i = 0; i < body.length; i += 8192) req.write(body.subarray(i, i + 8192));
-    req.end();
-  });
-}
 
 async function taskCount(api: TestApi, projectId: string): Promise<number> {
   return (await api.store.db.query<{ n: number }>('SELECT count(*)::int AS n FROM tasks WHERE project_id = $1', [projectId]))
@@ -328,7 +297,7 @@ for (const engine of ENGINES) {
       const huge = JSON.stringify({ tasks: [{ code_name: 'a-code', payload: 'x'.repeat(MAX_JSON + 1000) }] });
       isError(t, await a.project('POST', '/tasks', { body: huge, headers: { 'Content-Type': 'application/json' } }), 413, /larger than the limit of 65536 bytes/, 'declared length');
 
-      const chunked = await rawRequest(
+      const chunked = await sendChunked(
         api.url,
         'POST',
         `/2/projects/${a.projectId}/tasks`,

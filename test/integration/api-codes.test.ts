@@ -5,6 +5,7 @@ import type { Test } from 'tap';
 import { ManualClock } from '../../lib/clock.ts';
 import { ENGINES } from '../helpers/db.ts';
 import { startTestApi, uploadCode, type ApiUser, type Reply, type TestApi } from '../helpers/api.ts';
+import { isError, sendChunked } from '../helpers/assert.ts';
 
 /**
  * The Code Packages endpoints of the IronWorker v2 API over HTTP, on both engines: list,
@@ -151,16 +152,6 @@ function uploaded(t: Test, r: Reply, what = 'upload'): string {
   return r.body?.id as string;
 }
 
-/** An error reply: the status, JSON, and a body that is exactly {"msg": "…"} matching `msg`. */
-function isError(t: Test, r: Reply, status: number, msg: RegExp | string, what = ''): void {
-  t.equal(r.status, status, `${what} status (${r.text})`);
-  t.match(r.headers.get('content-type') ?? '', /^application\/json/, `${what} error is JSON`);
-  t.same(Object.keys(typeof r.body === 'object' && r.body !== null ? r.body : {}), ['msg'], `${what} body is exactly {msg}`);
-  t.type(r.body?.msg, 'string');
-  if (typeof msg === 'string') t.equal(r.body?.msg, msg, `${what} msg`);
-  else t.match(r.body?.msg, msg, `${what} msg`);
-}
-
 /** Raw bytes of a reply (the test client reads bodies as text, which would mangle a zip). */
 async function fetchBytes(api: TestApi, u: ApiUser, path: string) {
   const res = await fetch(`${api.url}/2/projects/${u.projectId}${path}`, { headers: { Authorization: `OAuth ${u.token}` } });
@@ -168,26 +159,6 @@ async function fetchBytes(api: TestApi, u: ApiUser, path: string) {
   let body: any;
   if ((res.headers.get('content-type') ?? '').includes('json')) body = JSON.parse(bytes.toString('utf8'));
   return { status: res.status, headers: res.headers, bytes, body, text: bytes.toString('utf8') };
-}
-
-/** A POST whose body goes out chunked, without Content-Length (node:http, not fetch). */
-function postChunked(url: string, path: string, headers: Record<string, string>, body: Buffer) {
-  return new Promise<{ status: number; headers: http.IncomingHttpHeaders; text: string }>((resolve, reject) => {
-    let answered = false;
-    const req = http.request(new URL(path, url), { method: 'POST', headers }, (res) => {
-      answered = true;
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString() }));
-      res.on('error', reject);
-    });
-    // The server may answer (413) before it has read everything; that is not a failure.
-    req.on('error', (err) => {
-      if (!answered) reject(err);
-    });
-    for (let i = 0; i < body.length; i += 8192) req.write(body.subarray(i, i + 8192));
-    req.end();
-  });
 }
 
 /** Sends part of a body, then drops the connection; resolves when the socket is closed. */
@@ -895,7 +866,7 @@ for (const engine of ENGINES) {
       { name: 'data', data: JSON.stringify({ name: 'big', image: IMAGE }) },
       { name: 'file', filename: 'big.zip', type: 'application/zip', data: big },
     ]);
-    const r = await postChunked(api.url, `/2/projects/${u.projectId}/codes`, {
+    const r = await sendChunked(api.url, 'POST', `/2/projects/${u.projectId}/codes`, {
       'Content-Type': m.contentType,
       Authorization: `OAuth ${u.token}`,
     }, m.body);
@@ -920,8 +891,7 @@ for (const engine of ENGINES) {
     const small = makeZip({ blob: randomBytes(60_000) });
     const ok = await upload(u, { name: 'small', image: IMAGE }, { data: small });
     uploaded(t, ok, 'under the limit');
-    const again = await postChunked(
-      api.url,
+    const again = await sendChunked(api.url, 'POST',
       `/2/projects/${u.projectId}/codes`,
       { 'Content-Type': m.contentType, Authorization: `OAuth ${u.token}` },
       multipart(

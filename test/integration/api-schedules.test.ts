@@ -1,7 +1,8 @@
 import t, { type Test } from 'tap';
 import { ManualClock } from '../../lib/clock.ts';
 import { ENGINES } from '../helpers/db.ts';
-import { startTestApi, uploadCode, type ApiUser, type Reply, type TestApi } from '../helpers/api.ts';
+import { startTestApi, type ApiUser, type Reply, type TestApi } from '../helpers/api.ts';
+import { codeOk, isError } from '../helpers/assert.ts';
 
 /**
  * Scheduled tasks over HTTP, and their firing, on both engines. Firing runs in virtual
@@ -13,19 +14,6 @@ import { startTestApi, uploadCode, type ApiUser, type Reply, type TestApi } from
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/;
 const ID = /^[0-9a-f]{24}$/;
 const MIN = 60_000;
-
-function isError(t: Test, r: Reply, status: number, re: RegExp) {
-  t.equal(r.status, status, `status ${status}: ${r.text}`);
-  t.match(r.headers.get('content-type') ?? '', /application\/json/);
-  t.same(Object.keys(r.body ?? {}), ['msg'], 'error body has exactly one key, msg');
-  t.match(r.body?.msg, re, `msg names the problem: ${r.body?.msg}`);
-}
-
-async function code(t: Test, u: ApiUser, name: string, extra: Record<string, unknown> = {}) {
-  const r = await uploadCode(u, { name, ...extra });
-  t.equal(r.status, 200, r.text);
-  return r.body as { id: string; latest_history_id: string; rev: number };
-}
 
 async function schedule(u: ApiUser, schedules: unknown[]): Promise<Reply> {
   return u.project('POST', '/schedules', { json: { schedules } });
@@ -65,7 +53,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('create: reply and stored fields', async (t) => {
-      await code(t, u, 'sc-create', { default_priority: 1 });
+      await codeOk(t, u, 'sc-create', { default_priority: 1 });
       const r = await schedule(u, [
         { code_name: 'sc-create', payload: '{"x":"abc"}', name: 'MyScheduledTask', run_every: 3600 },
         {
@@ -144,7 +132,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('create: validation, all or nothing', async (t) => {
-      await code(t, u, 'sc-valid');
+      await codeOk(t, u, 'sc-valid');
       const before = await scheduleCount(api);
       const ok = { code_name: 'sc-valid', payload: 'x', run_every: 60 };
       const cases: [unknown[], number, RegExp][] = [
@@ -183,7 +171,7 @@ for (const engine of ENGINES) {
 
     t.test('list: paginated, newest first', async (t) => {
       const lu = await api.newUser();
-      await code(t, lu, 'sc-list');
+      await codeOk(t, lu, 'sc-list');
       const empty = await lu.project('GET', '/schedules');
       t.equal(empty.status, 200);
       t.same(empty.body, { schedules: [] });
@@ -212,7 +200,7 @@ for (const engine of ENGINES) {
     t.test('get: not found', async (t) => {
       isError(t, await u.project('GET', '/schedules/0123456789abcdef01234567'), 404, /Schedule not found/);
       isError(t, await u.project('GET', '/schedules/xyz'), 404, /Schedule not found/);
-      await code(t, u, 'sc-get');
+      await codeOk(t, u, 'sc-get');
       const id = await scheduleOne(t, u, { code_name: 'sc-get', run_every: 60 });
       const other = await api.newUser();
       isError(t, await other.project('GET', `/schedules/${id}`), 404, /Schedule not found/);
@@ -221,7 +209,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('fires exactly once per period', async (t) => {
-      await code(t, u, 'sc-period');
+      await codeOk(t, u, 'sc-period');
       const start = clock.now();
       const id = await scheduleOne(t, u, { code_name: 'sc-period', payload: 'tick', run_every: 60 });
       t.equal(await fire(), 1);
@@ -257,7 +245,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('after downtime: fires once, then on the next future boundary', async (t) => {
-      await code(t, u, 'sc-downtime');
+      await codeOk(t, u, 'sc-downtime');
       const start = clock.now();
       const id = await scheduleOne(t, u, { code_name: 'sc-downtime', run_every: 60 });
       t.equal(await fire(), 1);
@@ -285,7 +273,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('run_times stops it', async (t) => {
-      await code(t, u, 'sc-times');
+      await codeOk(t, u, 'sc-times');
       const start = clock.now();
       const id = await scheduleOne(t, u, { code_name: 'sc-times', run_every: 60, run_times: 3 });
       for (let i = 0; i < 3; i++) {
@@ -308,7 +296,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('end_at stops it', async (t) => {
-      await code(t, u, 'sc-end');
+      await codeOk(t, u, 'sc-end');
       const start = clock.now();
       const mid = await scheduleOne(t, u, { code_name: 'sc-end', run_every: 60, end_at: new Date(start.getTime() + 150_000).toISOString() });
       const edge = await scheduleOne(t, u, { code_name: 'sc-end', run_every: 60, end_at: new Date(start.getTime() + 2 * MIN).toISOString() });
@@ -332,7 +320,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('without run_every: fires once, at start_at', async (t) => {
-      await code(t, u, 'sc-once');
+      await codeOk(t, u, 'sc-once');
       const at = new Date(clock.now().getTime() + 5 * MIN);
       const id = await scheduleOne(t, u, { code_name: 'sc-once', payload: 'once', start_at: at.toISOString() });
       t.equal(await fire(), 0, 'not before start_at');
@@ -352,7 +340,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('fired tasks are ordinary queued tasks with the schedule settings', async (t) => {
-      const c = await code(t, u, 'sc-task');
+      const c = await codeOk(t, u, 'sc-task');
       const cluster = `sched-${engine}`;
       const id = await scheduleOne(t, u, {
         code_name: 'sc-task',
@@ -401,7 +389,7 @@ for (const engine of ENGINES) {
       clock.advance(1);
       t.same(await eligible(), [task!.id]);
       // a new revision uploaded since creating the schedule is what the next task runs
-      const c2 = await code(t, u, 'sc-task');
+      const c2 = await codeOk(t, u, 'sc-task');
       clock.advance(3600_000);
       t.equal(await fire(), 1);
       const tasks = await tasksOf(api, id);
@@ -410,7 +398,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('a schedule whose code package was deleted counts an error and queues nothing', async (t) => {
-      const c = await code(t, u, 'sc-gone');
+      const c = await codeOk(t, u, 'sc-gone');
       const start = clock.now();
       const id = await scheduleOne(t, u, { code_name: 'sc-gone', run_every: 60, run_times: 2 });
       const del = await u.project('DELETE', `/codes/${c.id}`, { json: {} });
@@ -435,7 +423,7 @@ for (const engine of ENGINES) {
       t.equal(s.status, 'scheduled', 'errors do not use up run_times');
 
       // the code comes back under the same name: the next period queues a task
-      await code(t, u, 'sc-gone');
+      await codeOk(t, u, 'sc-gone');
       clock.advance(MIN);
       t.equal(await fire(), 1);
       s = await getSchedule(t, u, id);
@@ -445,7 +433,7 @@ for (const engine of ENGINES) {
       t.equal((await tasksOf(api, id)).length, 1);
 
       // a one-off schedule whose code is gone ends, with the error
-      const c2 = await code(t, u, 'sc-gone-once');
+      const c2 = await codeOk(t, u, 'sc-gone-once');
       const once = await scheduleOne(t, u, { code_name: 'sc-gone-once' });
       t.equal((await u.project('DELETE', `/codes/${c2.id}`)).status, 200);
       t.equal(await fire(), 1);
@@ -458,7 +446,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('cancel: status cancelled, never fires after', async (t) => {
-      await code(t, u, 'sc-cancel');
+      await codeOk(t, u, 'sc-cancel');
       const id = await scheduleOne(t, u, { code_name: 'sc-cancel', run_every: 60 });
       t.equal(await fire(), 1);
       clock.advance(1000);
@@ -490,7 +478,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('concurrent fireDue calls: one task per schedule per period', async (t) => {
-      await code(t, u, 'sc-race');
+      await codeOk(t, u, 'sc-race');
       const start = clock.now();
       const ids: string[] = [];
       const r = await schedule(u, Array.from({ length: 12 }, (_, i) => ({ code_name: 'sc-race', payload: `s${i}`, run_every: 60 })));
@@ -524,7 +512,7 @@ for (const engine of ENGINES) {
   t.test(`the schedule loop fires on its own on ${engine}`, async (t) => {
     const api = await startTestApi(t, engine, { scheduler: true, env: { GANTRY_SCHEDULER_TICK_MS: '50' } });
     const u = api.user;
-    await code(t, u, 'sc-loop');
+    await codeOk(t, u, 'sc-loop');
     const id = await scheduleOne(t, u, { code_name: 'sc-loop', payload: 'from the loop', start_at: new Date().toISOString(), run_every: 3600 });
     const deadline = Date.now() + 15_000;
     let tasks: any[] = [];

@@ -1,7 +1,8 @@
 import t, { type Test } from 'tap';
 import { ManualClock } from '../../lib/clock.ts';
 import { ENGINES, type Engine } from '../helpers/db.ts';
-import { startTestApi, uploadCode, type ApiUser, type Reply, type TestApi } from '../helpers/api.ts';
+import { startTestApi, type ApiUser, type Reply, type TestApi } from '../helpers/api.ts';
+import { codeOk, isError } from '../helpers/assert.ts';
 
 /**
  * The Tasks endpoints of the IronWorker v2 API over HTTP, on both engines. One control
@@ -12,14 +13,6 @@ import { startTestApi, uploadCode, type ApiUser, type Reply, type TestApi } from
 
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/;
 const ID = /^[0-9a-f]{24}$/;
-
-/** An error reply: the status, and a body that is exactly {"msg": "..."} matching `re`. */
-function isError(t: Test, r: Reply, status: number, re: RegExp) {
-  t.equal(r.status, status, `status ${status}: ${r.text}`);
-  t.match(r.headers.get('content-type') ?? '', /application\/json/);
-  t.same(Object.keys(r.body ?? {}), ['msg'], 'error body has exactly one key, msg');
-  t.match(r.body?.msg, re, `msg names the problem: ${r.body?.msg}`);
-}
 
 async function taskCount(api: TestApi): Promise<number> {
   return (await api.store.db.query<{ n: number }>('SELECT count(*)::int AS n FROM tasks')).rows[0]!.n;
@@ -33,12 +26,6 @@ async function row(api: TestApi, id: string): Promise<Record<string, any>> {
 
 async function setStatus(api: TestApi, id: string, status: string) {
   await api.store.db.query('UPDATE tasks SET status = $2 WHERE id = $1', [id, status]);
-}
-
-async function code(t: Test, u: ApiUser, name: string, extra: Record<string, unknown> = {}) {
-  const r = await uploadCode(u, { name, ...extra });
-  t.equal(r.status, 200, r.text);
-  return r.body as { id: string; latest_history_id: string; rev: number };
 }
 
 async function queue(u: ApiUser, tasks: unknown[]): Promise<Reply> {
@@ -62,7 +49,7 @@ for (const engine of ENGINES) {
     const u = api.user;
 
     t.test('queue: several tasks in one request', async (t) => {
-      const c = await code(t, u, 'q-many');
+      const c = await codeOk(t, u, 'q-many');
       const before = await taskCount(api);
       const r = await queue(u, [
         { code_name: 'q-many', payload: '{"n":1}' },
@@ -88,7 +75,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('queue: all or nothing', async (t) => {
-      await code(t, u, 'q-aon');
+      await codeOk(t, u, 'q-aon');
       const before = await taskCount(api);
       const cases: { tasks: unknown[]; status: number; re: RegExp }[] = [
         { tasks: [{ code_name: 'q-aon' }, { code_name: 'no-such-code' }], status: 404, re: /tasks\[1\]\.code_name.*no-such-code/ },
@@ -107,7 +94,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('queue: the request itself', async (t) => {
-      await code(t, u, 'q-req');
+      await codeOk(t, u, 'q-req');
       const before = await taskCount(api);
       isError(t, await u.project('POST', '/tasks', { json: {} }), 400, /^tasks is required/);
       isError(t, await u.project('POST', '/tasks', { json: { tasks: [] } }), 400, /^tasks is required/);
@@ -133,7 +120,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('queue: payload', async (t) => {
-      await code(t, u, 'q-payload');
+      await codeOk(t, u, 'q-payload');
       const before = await taskCount(api);
       // 65536 bytes exactly (two-byte characters: the limit counts bytes, not characters)
       const max = 'é'.repeat(32768);
@@ -156,8 +143,8 @@ for (const engine of ENGINES) {
     });
 
     t.test('queue: priority defaults to the code package default', async (t) => {
-      await code(t, u, 'q-prio0');
-      await code(t, u, 'q-prio2', { default_priority: 2 });
+      await codeOk(t, u, 'q-prio0');
+      await codeOk(t, u, 'q-prio2', { default_priority: 2 });
       t.equal((await row(api, await queueOne(t, u, { code_name: 'q-prio0' }))).priority, 0);
       t.equal((await row(api, await queueOne(t, u, { code_name: 'q-prio2' }))).priority, 2);
       t.equal((await row(api, await queueOne(t, u, { code_name: 'q-prio2', priority: 0 }))).priority, 0);
@@ -171,7 +158,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('queue: cluster', async (t) => {
-      await code(t, u, 'q-cluster');
+      await codeOk(t, u, 'q-cluster');
       t.equal((await row(api, await queueOne(t, u, { code_name: 'q-cluster' }))).cluster, 'default');
       t.equal((await row(api, await queueOne(t, u, { code_name: 'q-cluster', cluster: '' }))).cluster, 'default');
       t.equal((await row(api, await queueOne(t, u, { code_name: 'q-cluster', cluster: 'high-mem' }))).cluster, 'high-mem');
@@ -184,7 +171,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('queue: timeout', async (t) => {
-      await code(t, u, 'q-timeout');
+      await codeOk(t, u, 'q-timeout');
       t.equal((await row(api, await queueOne(t, u, { code_name: 'q-timeout' }))).timeout, 3600, 'default 3600');
       t.equal((await row(api, await queueOne(t, u, { code_name: 'q-timeout', timeout: 1 }))).timeout, 1);
       t.equal((await row(api, await queueOne(t, u, { code_name: 'q-timeout', timeout: 3600 }))).timeout, 3600);
@@ -204,7 +191,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('queue: delay and label', async (t) => {
-      await code(t, u, 'q-delay');
+      await codeOk(t, u, 'q-delay');
       t.equal((await row(api, await queueOne(t, u, { code_name: 'q-delay' }))).delay, 0);
       t.equal((await row(api, await queueOne(t, u, { code_name: 'q-delay', delay: 604800 }))).delay, 604800);
       const labelled = await queueOne(t, u, { code_name: 'q-delay', label: 'nightly run' });
@@ -219,8 +206,8 @@ for (const engine of ENGINES) {
     });
 
     t.test('queue from a webhook', async (t) => {
-      await code(t, u, 'hook');
-      await code(t, u, 'hook-p2', { default_priority: 2 });
+      await codeOk(t, u, 'hook');
+      await codeOk(t, u, 'hook-p2', { default_priority: 2 });
       const hook = (body: string | Buffer | undefined, query: Record<string, string | number> = {}, headers: Record<string, string> = {}) =>
         u.project('POST', '/tasks/webhook', { query: { code_name: 'hook', ...query }, ...(body === undefined ? {} : { body }), headers });
       const payloadOf = async (r: Reply) => {
@@ -311,8 +298,8 @@ for (const engine of ENGINES) {
 
     t.test('list', async (t) => {
       const lu = await api.newUser();
-      await code(t, lu, 'list-a');
-      await code(t, lu, 'list-b');
+      await codeOk(t, lu, 'list-a');
+      await codeOk(t, lu, 'list-b');
       const empty = await lu.project('GET', '/tasks');
       t.equal(empty.status, 200);
       t.same(empty.body, { tasks: [] }, 'a project without tasks: an empty list, as JSON');
@@ -376,7 +363,7 @@ for (const engine of ENGINES) {
 
     t.test('list: status filters', async (t) => {
       const lu = await api.newUser();
-      await code(t, lu, 'status-w');
+      await codeOk(t, lu, 'status-w');
       const statuses = ['queued', 'running', 'complete', 'error', 'cancelled', 'killed', 'timeout'];
       const byStatus: Record<string, string> = {};
       const made = ids(await queue(lu, statuses.map(() => ({ code_name: 'status-w' }))));
@@ -401,8 +388,8 @@ for (const engine of ENGINES) {
     });
 
     t.test('get: every documented field', async (t) => {
-      const c1 = await code(t, u, 'get-w');
-      const c2 = await code(t, u, 'get-w', { default_priority: 1 });
+      const c1 = await codeOk(t, u, 'get-w');
+      const c2 = await codeOk(t, u, 'get-w', { default_priority: 1 });
       t.equal(c2.rev, 2);
       t.equal(c2.id, c1.id);
       const id = await queueOne(t, u, { code_name: 'get-w', payload: '{"foo":"bar"}', timeout: 600, delay: 7, cluster: 'high-mem', label: 'optionalLabel' });
@@ -442,7 +429,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('log', async (t) => {
-      await code(t, u, 'log-w');
+      await codeOk(t, u, 'log-w');
       const id = await queueOne(t, u, { code_name: 'log-w' });
       const log = (q: Record<string, string> = {}) => u.project('GET', `/tasks/${id}/log`, { query: q });
       let r = await log();
@@ -484,7 +471,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('cancel', async (t) => {
-      await code(t, u, 'cancel-w');
+      await codeOk(t, u, 'cancel-w');
       const [queued, complete, running, errored, killed, timedOut] = ids(
         await queue(u, Array.from({ length: 6 }, () => ({ code_name: 'cancel-w' }))),
       ) as [string, string, string, string, string, string];
@@ -539,7 +526,7 @@ for (const engine of ENGINES) {
 
       isError(t, await u.project('POST', '/tasks/0123456789abcdef01234567/cancel'), 404, /Task not found/);
       const other = await api.newUser();
-      const o = await code(t, other, 'cancel-w');
+      const o = await codeOk(t, other, 'cancel-w');
       t.ok(o.id);
       const theirs = await queueOne(t, other, { code_name: 'cancel-w' });
       isError(t, await u.project('POST', `/tasks/${theirs}/cancel`), 404, /Task not found/);
@@ -547,7 +534,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('progress', async (t) => {
-      await code(t, u, 'progress-w');
+      await codeOk(t, u, 'progress-w');
       const [id, done] = ids(await queue(u, [{ code_name: 'progress-w' }, { code_name: 'progress-w' }])) as [string, string];
       await setStatus(api, id, 'running');
       const progress = (tid: string, json: unknown) => u.project('POST', `/tasks/${tid}/progress`, { json });
@@ -598,7 +585,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('retry', async (t) => {
-      await code(t, u, 'retry-w');
+      await codeOk(t, u, 'retry-w');
       const orig = await queueOne(t, u, { code_name: 'retry-w', payload: '{"again":true}', priority: 2, cluster: 'high-mem', timeout: 99, label: 'L' });
       const before = await taskCount(api);
       // only final tasks
@@ -616,7 +603,7 @@ for (const engine of ENGINES) {
       t.equal(await taskCount(api), before);
 
       // a new revision since: the retry runs the latest one
-      const c2 = await code(t, u, 'retry-w');
+      const c2 = await codeOk(t, u, 'retry-w');
       let r = await u.project('POST', `/tasks/${orig}/retry`, { json: {} });
       t.equal(r.status, 200, r.text);
       t.same(Object.keys(r.body), ['msg', 'tasks']);
@@ -660,7 +647,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('delayed tasks become eligible after their delay', async (t) => {
-      await code(t, u, 'delay-w');
+      await codeOk(t, u, 'delay-w');
       const cluster = `delay-${engine}`;
       const [now0, later] = ids(
         await queue(u, [
@@ -682,7 +669,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('eligible(): priority 2, then 1, then 0; oldest first within one', async (t) => {
-      await code(t, u, 'prio-w');
+      await codeOk(t, u, 'prio-w');
       const cluster = `prio-${engine}`;
       const made = ids(
         await queue(u, [0, 1, 2, 0, 2, 1].map((priority) => ({ code_name: 'prio-w', cluster, priority }))),

@@ -6,7 +6,7 @@ import { systemClock } from '../../lib/clock.ts';
 import { silentLogger } from '../../lib/logger.ts';
 import { openStore } from '../../control-plane/store/index.ts';
 import { loadMigrations, migrate } from '../../control-plane/store/migrate.ts';
-import { ENGINES, freshPgDatabase, freshStore, freshStoreOptions } from '../helpers/db.ts';
+import { ENGINES, freshPgDatabase, freshStore } from '../helpers/db.ts';
 
 t.test('migrations applied by several replicas starting at once run exactly once', async (t) => {
   const url = await freshPgDatabase(t);
