@@ -28,6 +28,8 @@ export interface ControlPlaneConfig {
   readonly pgQueryTimeoutMs: number;
   /** Seconds a client is told to wait (Retry-After) when the database is unavailable. */
   readonly retryAfterSeconds: number;
+  /** How long `start` waits for an unreachable PostgreSQL before giving up (0: forever). */
+  readonly dbStartWaitSeconds: number;
 }
 
 /** Parses `GANTRY_CLUSTER_MAX_TIMEOUTS="long-running=86400,etl=43200"`. */
@@ -68,6 +70,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     pgConnectTimeoutMs: e.int('GANTRY_PG_CONNECT_TIMEOUT_MS', 3000, { min: 100 }),
     pgQueryTimeoutMs: e.int('GANTRY_PG_QUERY_TIMEOUT_MS', 15000, { min: 100 }),
     retryAfterSeconds: e.int('GANTRY_RETRY_AFTER_SECONDS', 2, { min: 1, max: 3600 }),
+    dbStartWaitSeconds: e.int('GANTRY_DB_START_WAIT_SECONDS', 0, { min: 0 }),
   });
 }
 

@@ -8,6 +8,7 @@ import { loadConfig, redactedConfig } from './config.ts';
 import { startControlPlane } from './server.ts';
 import { openStore } from './store/index.ts';
 import { DataDirInUseError } from './store/db.ts';
+import { StoreUnavailableError } from './errors.ts';
 
 /** The `gantry` command: the only place that touches process (signals, exit codes). */
 async function main(argv: string[]): Promise<number> {
@@ -82,6 +83,10 @@ main(process.argv.slice(2)).then(
     if (err instanceof UsageError || err instanceof ConfigError || err instanceof DataDirInUseError) {
       process.stderr.write(`gantry: ${err.message}\n`);
       process.exit(2);
+    }
+    if (err instanceof StoreUnavailableError) {
+      process.stderr.write(`gantry: ${err.message}\nIs PostgreSQL running and DATABASE_URL right?\n`);
+      process.exit(3);
     }
     process.stderr.write(`gantry: ${(err as Error)?.stack ?? String(err)}\n`);
     process.exit(1);

@@ -29,7 +29,8 @@ export interface StartOptions {
 export async function startControlPlane(config: ControlPlaneConfig, log: Logger, o: StartOptions = {}): Promise<ControlPlane> {
   const clock = o.clock ?? systemClock;
   const ids = o.ids ?? newId;
-  const store = o.store ?? (await openStore(config, log.child({ component: 'store' }), clock, ids));
+  const waitMs = config.dbStartWaitSeconds === 0 ? Number.MAX_SAFE_INTEGER : config.dbStartWaitSeconds * 1000;
+  const store = o.store ?? (await openStore(config, log.child({ component: 'store' }), clock, ids, waitMs));
   const app = createApp({ store, config, clock, log: log.child({ component: 'http' }) });
   const server = http.createServer(app.callback());
   server.keepAliveTimeout = 5000;

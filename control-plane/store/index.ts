@@ -6,6 +6,7 @@ import { CodesStore } from './codes.ts';
 import type { Db } from './db.ts';
 import { openPglite, openPostgres } from './db.ts';
 import { migrate } from './migrate.ts';
+import { StoreUnavailableError } from '../errors.ts';
 import { SchedulesStore } from './schedules.ts';
 import { TasksStore } from './tasks.ts';
 
@@ -43,8 +44,31 @@ export interface OpenStoreOptions {
   pgQueryTimeoutMs: number;
 }
 
-/** Opens PostgreSQL (DATABASE_URL) or PGlite (dataDir) and brings the schema up to date. */
-export async function openStore(o: OpenStoreOptions, log: Logger, clock: Clock, ids: IdSource): Promise<Store> {
+/**
+ * Opens PostgreSQL (DATABASE_URL) or PGlite (dataDir) and brings the schema up to date.
+ * With `waitMs`, an unreachable PostgreSQL is retried with backoff for that long (a
+ * replica started before its database comes up waits rather than crash-looping).
+ */
+export async function openStore(
+  o: OpenStoreOptions,
+  log: Logger,
+  clock: Clock,
+  ids: IdSource,
+  waitMs = 0,
+): Promise<Store> {
+  const deadline = Date.now() + waitMs;
+  for (let delay = 250; ; delay = Math.min(delay * 2, 5000)) {
+    try {
+      return await openOnce(o, log, clock, ids);
+    } catch (err) {
+      if (!(err instanceof StoreUnavailableError) || Date.now() + delay > deadline) throw err;
+      log.warn({ err: err.message, retryInMs: delay }, 'database unreachable at start; waiting for it');
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+}
+
+async function openOnce(o: OpenStoreOptions, log: Logger, clock: Clock, ids: IdSource): Promise<Store> {
   const db = o.databaseUrl
     ? openPostgres({
         url: o.databaseUrl,

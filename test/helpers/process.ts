@@ -20,7 +20,12 @@ export interface GantryProcess {
  * Starts `gantry start` as a real child process with `env`, and resolves once it printed
  * its API base URL (with the project id and token of its first start). Killed at teardown.
  */
-export async function startGantryProcess(t: Test, env: Record<string, string>, timeoutMs = 60000): Promise<GantryProcess> {
+export async function startGantryProcess(
+  t: Test,
+  env: Record<string, string>,
+  timeoutMs = 60000,
+  onOutput?: (all: string) => void,
+): Promise<GantryProcess> {
   const proc = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'control-plane/main.ts'), 'start'], {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? '', GANTRY_PORT: '0', LOG_LEVEL: 'warn', ...env },
@@ -38,13 +43,17 @@ export async function startGantryProcess(t: Test, env: Record<string, string>, t
     const timer = setTimeout(() => reject(new Error(`gantry did not start within ${timeoutMs} ms:\n${out}`)), timeoutMs);
     const onData = (d: Buffer) => {
       out += d.toString();
+      onOutput?.(out);
       if (/Press Ctrl-C to stop/.test(out)) {
         clearTimeout(timer);
         resolve();
       }
     };
     proc.stdout!.on('data', onData);
-    proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    proc.stderr!.on('data', (d: Buffer) => {
+      out += d.toString();
+      onOutput?.(out);
+    });
     void exited.then((code) => {
       clearTimeout(timer);
       reject(new Error(`gantry exited (${code}) before it was ready:\n${out}`));

@@ -6,6 +6,7 @@ import { loadConfig } from '../../control-plane/config.ts';
 import { startControlPlane } from '../../control-plane/server.ts';
 import { PgInstance } from '../helpers/pg-instance.ts';
 import { tempDir } from '../helpers/db.ts';
+import { startGantryProcess } from '../helpers/process.ts';
 
 t.test('database outage: 503 while down, recovery without restart', async (t) => {
   const pg = await PgInstance.create(t);
@@ -126,4 +127,21 @@ t.test('a database that stops answering (SIGSTOP) gives 503 within the timeouts,
     await new Promise((r) => setTimeout(r, 100));
   }
   t.equal(status, 200, 'serves again once the database answers');
+});
+
+t.test('a replica started before its database waits for it, then serves', async (t) => {
+  const pg = await PgInstance.create(t);
+  pg.stop();
+  let started = false;
+  const g = await startGantryProcess(t, { DATABASE_URL: pg.url, GANTRY_DATA_DIR: tempDir(t) }, 60000, (out) => {
+    // Bring the database up once the process says it is waiting for it.
+    if (!started && /waiting for it/.test(out)) {
+      started = true;
+      pg.start();
+    }
+  });
+  t.ok(started, 'the process waited for the database instead of exiting');
+  t.ok(g.token, 'then it bootstrapped and printed a token');
+  const res = await fetch(`${g.url}/2/projects/${g.projectId}/codes`, { headers: { Authorization: `OAuth ${g.token}` } });
+  t.equal(res.status, 200);
 });
