@@ -9,6 +9,14 @@ bash scripts/services.sh
 
 bash scripts/npm-deps.sh
 
+echo "[test] generated code"
+command -v protoc >/dev/null 2>&1 || {
+  echo "[test] installing protobuf-compiler (protoc) from Debian's packages"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends protobuf-compiler >/dev/null ||
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends protobuf-compiler >/dev/null; }
+}
+bash scripts/gen-proto.sh --check
+
 echo "[test] typecheck"
 npx tsc --noEmit -p .
 
