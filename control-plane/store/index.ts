@@ -9,6 +9,9 @@ import { migrate } from './migrate.ts';
 import { StoreUnavailableError } from '../errors.ts';
 import { SchedulesStore } from './schedules.ts';
 import { TasksStore } from './tasks.ts';
+import { ClustersStore } from './clusters.ts';
+import { LeasesStore } from './leases.ts';
+import { RunnersStore } from './runners.ts';
 
 export type { Db } from './db.ts';
 
@@ -18,6 +21,9 @@ export class Store {
   readonly codes: CodesStore;
   readonly tasks: TasksStore;
   readonly schedules: SchedulesStore;
+  readonly clusters: ClustersStore;
+  readonly runners: RunnersStore;
+  readonly leases: LeasesStore;
 
   constructor(
     readonly db: Db,
@@ -29,6 +35,9 @@ export class Store {
     this.codes = new CodesStore(ctx);
     this.tasks = new TasksStore(ctx);
     this.schedules = new SchedulesStore(ctx, this.tasks);
+    this.clusters = new ClustersStore(ctx);
+    this.runners = new RunnersStore(ctx);
+    this.leases = new LeasesStore(ctx, this.tasks);
   }
 
   close(): Promise<void> {

@@ -135,12 +135,13 @@ export class TasksStore {
    * (`stdout`/`stderr`) alone.
    */
   async log(taskId: string, stream?: 'stdout' | 'stderr'): Promise<Buffer> {
+    // Gantry's own notes (stream 0: truncation, attempts) belong to the combined log only.
     const r = stream
       ? await this.c.db.query<{ data: Uint8Array }>(
           'SELECT data FROM task_log_chunks WHERE task_id = $1 AND stream = $2 ORDER BY byte_offset',
           [taskId, stream === 'stdout' ? 1 : 2],
         )
-      : await this.c.db.query<{ data: Uint8Array }>('SELECT data FROM task_log_chunks WHERE task_id = $1 ORDER BY seq', [
+      : await this.c.db.query<{ data: Uint8Array }>('SELECT data FROM task_log_chunks WHERE task_id = $1 ORDER BY byte_offset', [
           taskId,
         ]);
     return Buffer.concat(r.rows.map((x) => x.data));

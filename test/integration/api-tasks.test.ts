@@ -437,13 +437,14 @@ for (const engine of ENGINES) {
       t.match(r.headers.get('content-type') ?? '', /^text\/plain/);
       t.equal(r.text, '', 'no output yet: an empty log');
 
-      // chunks as the runner's log stream writes them: stream 1 stdout, 2 stderr
+      // chunks as the runner's log stream writes them: stream 1 stdout, 2 stderr, each at its
+      // byte offset in the combined log (inserted out of order on purpose)
       const chunks: [number, number, string][] = [
         [1, 0, 'out one\n'],
-        [2, 0, 'err one\n'],
-        [1, 8, 'out two\n'],
-        [1, 16, 'out ✓\n'],
-        [2, 8, 'err two\n'],
+        [1, 16, 'out two\n'],
+        [2, 8, 'err one\n'],
+        [2, 32, 'err two\n'],
+        [1, 24, 'out ✓\n'],
       ];
       for (const [stream, offset, data] of chunks) {
         await api.store.db.query('INSERT INTO task_log_chunks (task_id, stream, byte_offset, data) VALUES ($1, $2, $3, $4)', [
@@ -456,7 +457,7 @@ for (const engine of ENGINES) {
       r = await log();
       t.equal(r.status, 200);
       t.match(r.headers.get('content-type') ?? '', /^text\/plain/);
-      t.equal(r.text, 'out one\nerr one\nout two\nout ✓\nerr two\n', 'both streams, interleaved by arrival');
+      t.equal(r.text, 'out one\nerr one\nout two\nout ✓\nerr two\n', 'both streams, in combined-offset order');
       r = await log({ stream: 'stdout' });
       t.equal(r.status, 200);
       t.match(r.headers.get('content-type') ?? '', /^text\/plain/);

@@ -1,0 +1,534 @@
+import type { StoreCtx } from './ctx.ts';
+import type { Queryable } from './db.ts';
+import type { TaskStatus } from './codes.ts';
+import type { TasksStore } from './tasks.ts';
+
+/**
+ * Leases: the runner protocol's state in the store (research/dispatch.md 4.4, 4.5). Every
+ * transition is one UPDATE guarded by lease id, attempt, runner and state; zero rows means
+ * the caller is stale and is told so. PostgreSQL (or PGlite) is the only source of truth:
+ * concurrency limits count live lease rows, so a crashed holder cannot leak a slot.
+ */
+
+export type LeaseState = 'offered' | 'accepted' | 'running' | 'done';
+
+export interface Lease {
+  id: string;
+  task_id: string;
+  attempt: number;
+  runner_id: string;
+  session_epoch: number;
+  code_id: string;
+  cluster: string;
+  state: LeaseState;
+  granted_at: Date;
+  expires_at: Date;
+  started_at: Date | null;
+  ended_at: Date | null;
+  outcome: string | null;
+  container_id: string | null;
+  cancel_sent_at: Date | null;
+}
+
+/** A claimed task with everything an Offer carries. */
+export interface OfferRow {
+  lease_id: string;
+  attempt: number;
+  task_id: string;
+  project_id: string;
+  code_id: string;
+  code_name: string;
+  code_rev: number;
+  code_revision_id: string;
+  image: string;
+  command: string | null;
+  env_vars: Record<string, string>;
+  config: string | null;
+  checksum: string | null;
+  payload: string;
+  timeout: number;
+  priority: number;
+  cluster: string;
+  schedule_id: string | null;
+  expires_at: Date;
+}
+
+export interface RunnerRef {
+  id: string;
+  epoch: number;
+  cluster: string;
+}
+
+export interface ClaimOptions {
+  /** How long the runner has to Accept (research/dispatch.md 4.6: 10 s). */
+  acceptDeadlineMs: number;
+  /** A queued task gains one priority level per this many seconds waited (no starvation). */
+  ageingS: number;
+}
+
+/** What a runner reports at the end of a lease. */
+export interface Completion {
+  leaseId: string;
+  attempt: number;
+  outcome: 'succeeded' | 'failed' | 'timed_out' | 'cancelled' | 'runner_error';
+  exitCode: number;
+  oomKilled: boolean;
+  msg: string;
+  startedAt: number;
+  finishedAt: number;
+}
+
+export type Disposition = 'recorded' | 'duplicate' | 'stale';
+
+/** Outcomes a lease ends with when it was taken away rather than completed. */
+const RECLAIMED = new Set(['offer_expired', 'rejected', 'reclaimed', 'revoked', 'handed_back']);
+
+const OUTCOME_STATUS: Record<Completion['outcome'], TaskStatus | 'retry'> = {
+  succeeded: 'complete',
+  failed: 'error',
+  timed_out: 'timeout',
+  cancelled: 'cancelled',
+  runner_error: 'retry',
+};
+
+export interface LeaseConfig {
+  leaseTtlMs: number;
+  /** Internal retries after runner loss or runner errors before the task ends. */
+  runnerLossBudget: number;
+}
+
+export class LeasesStore {
+  constructor(
+    private readonly c: StoreCtx,
+    private readonly tasks: TasksStore,
+  ) {}
+
+  /**
+   * Claims up to `n` eligible tasks of the runner's cluster for it, in one transaction:
+   * strict priority with ageing, round-robin across code packages within a level, paused
+   * packages skipped, `max_concurrency` counted from live leases under a per-package
+   * advisory lock (two dispatchers can never both admit the last slot). Each claimed task
+   * gets a lease in state `offered` that expires at the accept deadline. The task's status
+   * stays `queued` until the runner reports Started.
+   */
+  async claim(runner: RunnerRef, n: number, o: ClaimOptions): Promise<OfferRow[]> {
+    if (n <= 0) return [];
+    const now = this.c.clock.now();
+    return this.c.db.tx(async (q) => {
+      const cand = await q.query<{ id: string; code_id: string; max_concurrency: number | null }>(
+        `WITH c AS (
+           SELECT t.id, t.code_id, t.eligible_at, r.max_concurrency,
+             LEAST(2, t.priority + floor(extract(epoch FROM ($2::timestamptz - t.eligible_at)) / $4)::int) AS eff
+           FROM tasks t JOIN codes c ON c.id = t.code_id JOIN code_revisions r ON r.id = c.latest_revision_id
+           WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.cluster = $1 AND t.eligible_at <= $2 AND NOT c.paused
+           ORDER BY eff DESC, t.eligible_at, t.id
+           LIMIT $3
+         )
+         SELECT id, code_id, max_concurrency FROM (
+           SELECT c.*, row_number() OVER (PARTITION BY code_id, eff ORDER BY eligible_at, id) AS rr FROM c
+         ) x ORDER BY eff DESC, rr, eligible_at, id`,
+        [runner.cluster, now, Math.max(n * 8, 64), o.ageingS],
+      );
+      if (cand.rows.length === 0) return [];
+      const locked = new Set(
+        (
+          await q.query<{ id: string }>(
+            `SELECT id FROM tasks WHERE id = ANY($1::text[]) AND status = 'queued' AND lease_id IS NULL
+             FOR UPDATE SKIP LOCKED`,
+            [cand.rows.map((r) => r.id)],
+          )
+        ).rows.map((r) => r.id),
+      );
+      // Concurrency: free slots per limited package, from live lease rows.
+      const limited = [...new Set(cand.rows.filter((r) => r.max_concurrency !== null).map((r) => r.code_id))].sort();
+      const free = new Map<string, number>();
+      if (limited.length > 0) {
+        for (const codeId of limited) {
+          await q.query('SELECT pg_advisory_xact_lock(hashtext($1))', [codeId]);
+        }
+        const live = await q.query<{ code_id: string; n: number }>(
+          `SELECT code_id, count(*)::int AS n FROM task_leases WHERE ended_at IS NULL AND code_id = ANY($1::text[])
+           GROUP BY code_id`,
+          [limited],
+        );
+        const liveBy = new Map(live.rows.map((r) => [r.code_id, r.n]));
+        for (const r of cand.rows) {
+          if (r.max_concurrency !== null && !free.has(r.code_id)) free.set(r.code_id, r.max_concurrency - (liveBy.get(r.code_id) ?? 0));
+        }
+      }
+      const chosen: string[] = [];
+      for (const r of cand.rows) {
+        if (chosen.length >= n) break;
+        if (!locked.has(r.id)) continue;
+        const f = free.get(r.code_id);
+        if (f !== undefined) {
+          if (f <= 0) continue;
+          free.set(r.code_id, f - 1);
+        }
+        chosen.push(r.id);
+      }
+      if (chosen.length === 0) return [];
+      const leaseIds = chosen.map(() => this.c.ids());
+      const expires = new Date(now.getTime() + o.acceptDeadlineMs);
+      const rows = await q.query<OfferRow>(
+        `WITH v AS (SELECT * FROM unnest($1::text[], $2::text[]) AS v(task_id, lease_id)),
+         upd AS (
+           UPDATE tasks t SET lease_id = v.lease_id, runner_id = $3, attempt = t.attempt + 1, updated_at = $4
+           FROM v WHERE t.id = v.task_id
+           RETURNING t.id, t.project_id, t.code_id, t.code_name, t.code_rev, t.code_revision_id, t.payload, t.timeout,
+             t.priority, t.cluster, t.schedule_id, t.attempt, v.lease_id
+         ),
+         ins AS (  -- executed although not referenced: data-modifying CTEs always run
+           INSERT INTO task_leases (id, task_id, attempt, runner_id, session_epoch, code_id, cluster, granted_at, expires_at, state)
+           SELECT lease_id, id, attempt, $3, $5, code_id, cluster, $4, $6, 'offered' FROM upd
+           RETURNING id
+         )
+         SELECT upd.lease_id, upd.attempt, upd.id AS task_id, upd.project_id, upd.code_id, upd.code_name, upd.code_rev,
+           upd.code_revision_id, r.image, r.command, r.env_vars, r.config, r.checksum, upd.payload, upd.timeout,
+           upd.priority, upd.cluster, upd.schedule_id, $6::timestamptz AS expires_at
+         FROM upd JOIN code_revisions r ON r.id = upd.code_revision_id`,
+        [chosen, leaseIds, runner.id, now, runner.epoch, expires],
+      );
+      // Keep the claim order (priority, round-robin) for the offers.
+      const order = new Map(chosen.map((id, i) => [id, i]));
+      return rows.rows.sort((a, b) => order.get(a.task_id)! - order.get(b.task_id)!);
+    });
+  }
+
+  /** Offered → accepted: the runner reserved a slot. False if the lease is no longer offered to it. */
+  async accept(leaseId: string, attempt: number, runnerId: string, ttlMs: number): Promise<boolean> {
+    const now = this.c.clock.now();
+    const r = await this.c.db.query(
+      `UPDATE task_leases SET state = 'accepted', expires_at = $4
+       WHERE id = $1 AND attempt = $2 AND runner_id = $3 AND state = 'offered'`,
+      [leaseId, attempt, runnerId, new Date(now.getTime() + ttlMs)],
+    );
+    return r.rowCount > 0;
+  }
+
+  /**
+   * Ends an offered or accepted lease without a run (Reject, an accept deadline passed, a
+   * hand-back before start): the task goes back to the queue, no retry is spent.
+   */
+  async release(leaseId: string, attempt: number, runnerId: string | null, outcome: string): Promise<boolean> {
+    const now = this.c.clock.now();
+    return this.c.db.tx(async (q) => {
+      const r = await q.query<{ task_id: string }>(
+        `UPDATE task_leases SET state = 'done', ended_at = $4, outcome = $5
+         WHERE id = $1 AND attempt = $2 AND ($3::text IS NULL OR runner_id = $3) AND state IN ('offered', 'accepted')
+         RETURNING task_id`,
+        [leaseId, attempt, runnerId, now, outcome],
+      );
+      const taskId = r.rows[0]?.task_id;
+      if (!taskId) return false;
+      await q.query(
+        `UPDATE tasks SET lease_id = NULL, runner_id = NULL, updated_at = $3 WHERE id = $1 AND lease_id = $2 AND status = 'queued'`,
+        [taskId, leaseId, now],
+      );
+      return true;
+    });
+  }
+
+  /**
+   * Accepted → running: the container started. The task becomes `running`; a previous
+   * attempt's log is cleared (each attempt has its own log).
+   */
+  async started(leaseId: string, attempt: number, runnerId: string, containerId: string, startedAt: Date, ttlMs: number) {
+    const now = this.c.clock.now();
+    return this.c.db.tx(async (q) => {
+      const r = await q.query<{ task_id: string }>(
+        `UPDATE task_leases SET state = 'running', started_at = $4, container_id = $5, expires_at = $6
+         WHERE id = $1 AND attempt = $2 AND runner_id = $3 AND state IN ('offered', 'accepted') RETURNING task_id`,
+        [leaseId, attempt, runnerId, startedAt, containerId, new Date(now.getTime() + ttlMs)],
+      );
+      const taskId = r.rows[0]?.task_id;
+      if (!taskId) return false;
+      await q.query('DELETE FROM task_log_chunks WHERE task_id = $1', [taskId]);
+      await q.query(
+        `UPDATE tasks SET status = 'running', start_time = $3, end_time = NULL, updated_at = $4, log_size = 0,
+           log_complete = false
+         WHERE id = $1 AND lease_id = $2`,
+        [taskId, leaseId, startedAt, now],
+      );
+      return true;
+    });
+  }
+
+  /**
+   * A Beat: renews the runner's session and every live lease it listed. Returns the listed
+   * leases the store does not hold as live for this runner (to be revoked).
+   */
+  async renew(runnerId: string, leases: { leaseId: string; attempt: number }[], ttlMs: number, stats?: unknown): Promise<string[]> {
+    const now = this.c.clock.now();
+    await this.c.db.query('UPDATE runners SET last_beat_at = $2, stats = coalesce($3::jsonb, stats) WHERE id = $1', [
+      runnerId,
+      now,
+      stats === undefined ? null : JSON.stringify(stats),
+    ]);
+    if (leases.length === 0) return [];
+    const ids = leases.map((l) => l.leaseId);
+    const r = await this.c.db.query<{ id: string }>(
+      `UPDATE task_leases SET expires_at = $3
+       WHERE id = ANY($1::text[]) AND runner_id = $2 AND ended_at IS NULL AND state IN ('accepted', 'running')
+       RETURNING id`,
+      [ids, runnerId, new Date(now.getTime() + ttlMs)],
+    );
+    const live = new Set(r.rows.map((x) => x.id));
+    // Offered leases are live too (the runner may list one it accepted before the Accept landed).
+    const offered = await this.c.db.query<{ id: string }>(
+      `SELECT id FROM task_leases WHERE id = ANY($1::text[]) AND runner_id = $2 AND state = 'offered' AND ended_at IS NULL`,
+      [ids, runnerId],
+    );
+    for (const o of offered.rows) live.add(o.id);
+    return ids.filter((id) => !live.has(id));
+  }
+
+  /** Progress from inside the task, relayed by its runner; false when the lease is not live. */
+  async progress(leaseId: string, attempt: number, runnerId: string, percent: number | undefined, msg: string | undefined) {
+    const r = await this.c.db.query(
+      `UPDATE tasks t SET percent = coalesce($4, t.percent), msg = coalesce($5, t.msg), updated_at = $6
+       FROM task_leases l
+       WHERE l.id = $1 AND l.attempt = $2 AND l.runner_id = $3 AND l.ended_at IS NULL AND t.id = l.task_id
+         AND t.lease_id = l.id`,
+      [leaseId, attempt, runnerId, percent ?? null, msg ?? null, this.c.clock.now()],
+    );
+    return r.rowCount > 0;
+  }
+
+  /**
+   * Records a runner's result, fenced by lease id, attempt and runner. Idempotent: the same
+   * result again is `duplicate`; a result for a lease that was reclaimed is `stale`.
+   * Errors and timeouts spend the task's user-visible retries as new linked tasks; a runner
+   * error spends the internal budget and requeues the same task.
+   */
+  async complete(c: Completion, runnerId: string, cfg: LeaseConfig): Promise<Disposition> {
+    const now = this.c.clock.now();
+    return this.c.db.tx(async (q) => {
+      const lease = (
+        await q.query<Lease>('SELECT * FROM task_leases WHERE id = $1 FOR UPDATE', [c.leaseId])
+      ).rows[0];
+      if (!lease || lease.attempt !== c.attempt || lease.runner_id !== runnerId) return 'stale';
+      if (lease.state === 'done') return lease.outcome && RECLAIMED.has(lease.outcome) ? 'stale' : 'duplicate';
+      const task = (
+        await q.query<{ id: string; lease_id: string | null; runner_losses: number; retries_left: number; cancel_requested_at: Date | null }>(
+          'SELECT id, lease_id, runner_losses, retries_left, cancel_requested_at FROM tasks WHERE id = $1 FOR UPDATE',
+          [lease.task_id],
+        )
+      ).rows[0];
+      if (!task || task.lease_id !== lease.id) return 'stale';
+      let status = OUTCOME_STATUS[c.outcome];
+      let msg = c.msg;
+      if (status === 'retry') {
+        if (task.cancel_requested_at) {
+          status = 'cancelled';
+          msg = 'Cancelled by user';
+        } else if (task.runner_losses + 1 <= cfg.runnerLossBudget) {
+          await this.endLease(q, lease.id, now, 'handed_back');
+          await q.query(
+            `UPDATE tasks SET status = 'queued', lease_id = NULL, runner_id = NULL, runner_losses = runner_losses + 1,
+               start_time = NULL, msg = $2, updated_at = $3 WHERE id = $1`,
+            [task.id, `Runner could not run the task (${c.msg}); retrying on another runner`, now],
+          );
+          return 'recorded';
+        } else {
+          status = 'error';
+          msg = `Runner could not run the task: ${c.msg}`;
+        }
+      }
+      if (status === 'cancelled' && !msg) msg = 'Cancelled by user';
+      await this.endLease(q, lease.id, now, status);
+      await this.finish(q, task.id, lease.id, status, msg || null, {
+        exitCode: c.exitCode,
+        startedAt: c.startedAt ? new Date(c.startedAt) : null,
+        endedAt: c.finishedAt ? new Date(c.finishedAt) : now,
+      });
+      if ((status === 'error' || status === 'timeout') && task.retries_left > 0) await this.retryFailed(q, task.id);
+      return 'recorded';
+    });
+  }
+
+  private async endLease(q: Queryable, leaseId: string, now: Date, outcome: string) {
+    await q.query(`UPDATE task_leases SET state = 'done', ended_at = $2, outcome = $3 WHERE id = $1`, [leaseId, now, outcome]);
+  }
+
+  /** Sets a task's final state; a final state is never overwritten (guarded by lease). */
+  private async finish(
+    q: Queryable,
+    taskId: string,
+    leaseId: string,
+    status: TaskStatus,
+    msg: string | null,
+    o: { exitCode?: number; startedAt?: Date | null; endedAt: Date },
+  ) {
+    await q.query(
+      `UPDATE tasks SET status = $3, msg = coalesce($4, msg), exit_code = $5, start_time = coalesce(start_time, $6),
+         end_time = $7, lease_id = NULL, updated_at = $8,
+         percent = CASE WHEN $3 = 'complete' THEN 100 ELSE percent END
+       WHERE id = $1 AND lease_id = $2 AND status IN ('queued', 'running')`,
+      [taskId, leaseId, status, msg, o.exitCode ?? null, o.startedAt ?? null, o.endedAt, this.c.clock.now()],
+    );
+  }
+
+  /** A failed task with retries left: a new linked task, after the code's retries_delay. */
+  private async retryFailed(q: Queryable, taskId: string) {
+    const t = (
+      await q.query<{
+        project_id: string; code_id: string; code_name: string; code_revision_id: string; code_rev: number;
+        retries_left: number; retries_delay: number; payload: string; priority: number; cluster: string;
+        timeout: number; label: string | null; retry_count: number; original_task_id: string | null;
+      }>('SELECT * FROM tasks WHERE id = $1', [taskId])
+    ).rows[0]!;
+    const [id] = await this.tasks.insert(q, [
+      {
+        projectId: t.project_id,
+        codeId: t.code_id,
+        codeName: t.code_name,
+        revisionId: t.code_revision_id,
+        rev: t.code_rev,
+        retries: t.retries_left - 1,
+        retriesDelay: t.retries_delay,
+        payload: t.payload,
+        priority: t.priority,
+        cluster: t.cluster,
+        timeout: t.timeout,
+        delay: t.retries_delay,
+        label: t.label,
+        originalTaskId: taskId,
+        retryCount: t.retry_count + 1,
+      },
+    ]);
+    await q.query('UPDATE tasks SET retry_task_id = $2 WHERE id = $1', [taskId, id]);
+  }
+
+  /**
+   * The lease sweeper (leader work): offers past their accept deadline go back to the
+   * queue; accepted or running leases whose runner went silent past the lease TTL are
+   * reclaimed — runner loss is not a task error: the task is requeued until the internal
+   * budget is spent, then ends `killed` ("runner lost"); a task whose cancel was requested
+   * ends `cancelled`. Returns what it did.
+   */
+  async sweep(cfg: LeaseConfig, limit = 500): Promise<{ expiredOffers: number; reclaimed: number; killed: number }> {
+    const now = this.c.clock.now();
+    const out = { expiredOffers: 0, reclaimed: 0, killed: 0 };
+    const due = await this.c.db.query<{ id: string; attempt: number; state: LeaseState }>(
+      `SELECT id, attempt, state FROM task_leases WHERE ended_at IS NULL AND expires_at < $1 ORDER BY expires_at LIMIT $2`,
+      [now, limit],
+    );
+    for (const l of due.rows) {
+      if (l.state === 'offered') {
+        if (await this.release(l.id, l.attempt, null, 'offer_expired')) out.expiredOffers++;
+        continue;
+      }
+      const r = await this.reclaim(l.id, l.attempt, cfg, 'reclaimed');
+      if (r === 'requeued') out.reclaimed++;
+      else if (r === 'ended') out.killed++;
+    }
+    return out;
+  }
+
+  /**
+   * Takes a live lease away from its runner (runner lost, or handed back by a drain):
+   * requeue within the internal budget, else end the task. Fenced by `expires_at < now`
+   * unless `force`.
+   */
+  async reclaim(leaseId: string, attempt: number, cfg: LeaseConfig, outcome: 'reclaimed' | 'handed_back', force = false) {
+    const now = this.c.clock.now();
+    return this.c.db.tx(async (q): Promise<'requeued' | 'ended' | 'none'> => {
+      const lease = (
+        await q.query<Lease>(
+          `SELECT * FROM task_leases WHERE id = $1 AND attempt = $2 AND ended_at IS NULL AND ($3 OR expires_at < $4)
+           FOR UPDATE SKIP LOCKED`,
+          [leaseId, attempt, force, now],
+        )
+      ).rows[0];
+      if (!lease) return 'none';
+      const task = (
+        await q.query<{ id: string; lease_id: string | null; runner_losses: number; cancel_requested_at: Date | null; status: string }>(
+          'SELECT id, lease_id, runner_losses, cancel_requested_at, status FROM tasks WHERE id = $1 FOR UPDATE',
+          [lease.task_id],
+        )
+      ).rows[0];
+      await this.endLease(q, lease.id, now, outcome);
+      if (!task || task.lease_id !== lease.id) return 'none';
+      if (task.cancel_requested_at) {
+        await this.finish(q, task.id, lease.id, 'cancelled', 'Cancelled by user', { endedAt: now });
+        return 'ended';
+      }
+      const losses = task.runner_losses + (lease.state === 'running' ? 1 : 0);
+      if (losses > cfg.runnerLossBudget) {
+        await q.query('UPDATE tasks SET runner_losses = $2 WHERE id = $1', [task.id, losses]);
+        await this.finish(q, task.id, lease.id, 'killed', `Runner lost ${losses} times; giving up (runner lost)`, { endedAt: now });
+        return 'ended';
+      }
+      await q.query(
+        `UPDATE tasks SET status = 'queued', lease_id = NULL, runner_id = NULL, runner_losses = $2, start_time = NULL,
+           msg = $3, updated_at = $4 WHERE id = $1`,
+        [task.id, losses, outcome === 'handed_back' ? 'Handed back by a draining runner; requeued' : 'Runner lost; requeued', now],
+      );
+      return 'requeued';
+    });
+  }
+
+  /** Live leases of a runner (for reconcile, drains and cancels). */
+  async liveOf(runnerId: string): Promise<Lease[]> {
+    return (await this.c.db.query<Lease>('SELECT * FROM task_leases WHERE runner_id = $1 AND ended_at IS NULL', [runnerId])).rows;
+  }
+
+  async get(leaseId: string): Promise<Lease | undefined> {
+    return (await this.c.db.query<Lease>('SELECT * FROM task_leases WHERE id = $1', [leaseId])).rows[0];
+  }
+
+  /** Rebinds a runner's live leases to its new session after a reconnect. */
+  async rebind(runnerId: string, leaseIds: string[], epoch: number, ttlMs: number): Promise<void> {
+    if (leaseIds.length === 0) return;
+    await this.c.db.query(
+      `UPDATE task_leases SET session_epoch = $3, expires_at = greatest(expires_at, $4)
+       WHERE runner_id = $1 AND id = ANY($2::text[]) AND ended_at IS NULL`,
+      [runnerId, leaseIds, epoch, new Date(this.c.clock.now().getTime() + ttlMs)],
+    );
+  }
+
+  /** Running leases of a runner whose task has a cancel requested and no Cancel sent yet. */
+  async pendingCancels(runnerId: string): Promise<{ lease_id: string; attempt: number }[]> {
+    return (
+      await this.c.db.query<{ lease_id: string; attempt: number }>(
+        `SELECT l.id AS lease_id, l.attempt FROM task_leases l JOIN tasks t ON t.id = l.task_id
+         WHERE l.runner_id = $1 AND l.ended_at IS NULL AND t.cancel_requested_at IS NOT NULL AND l.cancel_sent_at IS NULL`,
+        [runnerId],
+      )
+    ).rows;
+  }
+
+  async markCancelSent(leaseId: string): Promise<void> {
+    await this.c.db.query('UPDATE task_leases SET cancel_sent_at = $2 WHERE id = $1', [leaseId, this.c.clock.now()]);
+  }
+
+  /** Running leases past their task's timeout plus grace: the control plane's backstop. */
+  async overdue(graceMs: number): Promise<{ lease_id: string; attempt: number; runner_id: string }[]> {
+    return (
+      await this.c.db.query<{ lease_id: string; attempt: number; runner_id: string }>(
+        `SELECT l.id AS lease_id, l.attempt, l.runner_id FROM task_leases l JOIN tasks t ON t.id = l.task_id
+         WHERE l.state = 'running' AND l.ended_at IS NULL AND l.cancel_sent_at IS NULL
+           AND l.started_at + make_interval(secs => t.timeout + $2::float8 / 1000) < $1`,
+        [this.c.clock.now(), graceMs],
+      )
+    ).rows;
+  }
+
+  /** Ends a lease whose runner stayed silent past its timeout: the task times out. */
+  async timeOut(leaseId: string, attempt: number): Promise<boolean> {
+    const now = this.c.clock.now();
+    return this.c.db.tx(async (q) => {
+      const l = (
+        await q.query<Lease>('SELECT * FROM task_leases WHERE id = $1 AND attempt = $2 AND ended_at IS NULL FOR UPDATE', [
+          leaseId,
+          attempt,
+        ])
+      ).rows[0];
+      if (!l) return false;
+      await this.endLease(q, l.id, now, 'timeout');
+      await this.finish(q, l.task_id, l.id, 'timeout', 'Timed out (enforced by the control plane)', { endedAt: now });
+      return true;
+    });
+  }
+}

@@ -1,0 +1,82 @@
+import type { StoreCtx } from './ctx.ts';
+
+export interface RunnerRow {
+  id: string;
+  cluster_id: string;
+  session_epoch: number;
+  session_id: string | null;
+  server_id: string | null;
+  hostname: string | null;
+  agent_version: string | null;
+  docker_version: string | null;
+  instance_id: string | null;
+  slots: number;
+  memory_mb: number | null;
+  connected: boolean;
+  draining: boolean;
+  connected_at: Date | null;
+  last_beat_at: Date | null;
+  disconnected_at: Date | null;
+  stats: Record<string, unknown> | null;
+}
+
+export interface RunnerHello {
+  runnerId: string;
+  clusterId: string;
+  bootId: string;
+  hostname: string;
+  agentVersion: string;
+  dockerVersion: string;
+  instanceId: string;
+  slots: number;
+  memoryMb: number;
+}
+
+/** The runner registry: sessions, their epochs, and what runners last reported. */
+export class RunnersStore {
+  constructor(private readonly c: StoreCtx) {}
+
+  /**
+   * A runner opened a session: bumps its epoch (fencing everything its earlier sessions
+   * say) and records it as connected to `serverId`. Refused (undefined) when the runner id
+   * belongs to another cluster.
+   */
+  async connect(h: RunnerHello, sessionId: string, serverId: string): Promise<RunnerRow | undefined> {
+    const now = this.c.clock.now();
+    const r = await this.c.db.query<RunnerRow>(
+      `INSERT INTO runners (id, cluster_id, session_epoch, session_id, server_id, boot_id, hostname, agent_version,
+         docker_version, instance_id, slots, memory_mb, connected, draining, connected_at, last_beat_at, created_at)
+       VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, $9, $10, $11, true, false, $12, $12, $12)
+       ON CONFLICT (id) DO UPDATE SET session_epoch = runners.session_epoch + 1, session_id = $3, server_id = $4,
+         boot_id = $5, hostname = $6, agent_version = $7, docker_version = $8, instance_id = $9, slots = $10,
+         memory_mb = $11, connected = true, draining = false, connected_at = $12, last_beat_at = $12, disconnected_at = NULL
+         WHERE runners.cluster_id = $2
+       RETURNING *`,
+      [h.runnerId, h.clusterId, sessionId, serverId, h.bootId, h.hostname, h.agentVersion, h.dockerVersion,
+        h.instanceId || null, h.slots, h.memoryMb, now],
+    );
+    return r.rows[0];
+  }
+
+  /** The session ended; only the session that is current may mark the runner disconnected. */
+  async disconnect(runnerId: string, sessionId: string): Promise<void> {
+    await this.c.db.query(
+      `UPDATE runners SET connected = false, disconnected_at = $3 WHERE id = $1 AND session_id = $2`,
+      [runnerId, sessionId, this.c.clock.now()],
+    );
+  }
+
+  async setDraining(runnerId: string, draining: boolean): Promise<void> {
+    await this.c.db.query('UPDATE runners SET draining = $2 WHERE id = $1', [runnerId, draining]);
+  }
+
+  async get(runnerId: string): Promise<RunnerRow | undefined> {
+    return (await this.c.db.query<RunnerRow>('SELECT * FROM runners WHERE id = $1', [runnerId])).rows[0];
+  }
+
+  async list(clusterId?: string): Promise<RunnerRow[]> {
+    return clusterId
+      ? (await this.c.db.query<RunnerRow>('SELECT * FROM runners WHERE cluster_id = $1 ORDER BY id', [clusterId])).rows
+      : (await this.c.db.query<RunnerRow>('SELECT * FROM runners ORDER BY id')).rows;
+  }
+}
