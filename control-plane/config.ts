@@ -1,3 +1,4 @@
+import os from 'node:os';
 import path from 'node:path';
 import { EnvReader } from '../lib/env.ts';
 import { ConfigError } from '../lib/errors.ts';
@@ -30,6 +31,37 @@ export interface ControlPlaneConfig {
   readonly retryAfterSeconds: number;
   /** How long `start` waits for an unreachable PostgreSQL before giving up (0: forever). */
   readonly dbStartWaitSeconds: number;
+  /** The runner gateway (gRPC): address, and TLS when both files are given. */
+  readonly grpcHost: string;
+  readonly grpcPort: number;
+  readonly grpcTlsCert: string | undefined;
+  readonly grpcTlsKey: string | undefined;
+  /** This replica's name in runner sessions. */
+  readonly serverId: string;
+  /** Runner protocol timers (research/dispatch.md 4.6), sent to runners in Settings. */
+  readonly timers: Readonly<RunnerTimers>;
+  /** Internal retries after runner loss or runner errors before a task ends. */
+  readonly runnerLossBudget: number;
+  /** A queued task gains one priority level per this many seconds waited. */
+  readonly priorityAgeingS: number;
+  /** Per-task log cap in bytes; beyond it the runner truncates with a visible note. */
+  readonly logMaxBytes: number;
+  /** How often the lease sweeper runs. */
+  readonly sweepIntervalMs: number;
+  /** Runners the embedded start launches on this host (0: none). */
+  readonly localRunners: number;
+}
+
+export interface RunnerTimers {
+  beatIntervalMs: number;
+  sessionDeadAfterMs: number;
+  leaseTtlMs: number;
+  acceptDeadlineMs: number;
+  handshakeTimeoutMs: number;
+  logFlushIntervalMs: number;
+  cancelGraceMs: number;
+  reconnectBaseMs: number;
+  reconnectCapMs: number;
 }
 
 /** Parses `GANTRY_CLUSTER_MAX_TIMEOUTS="long-running=86400,etl=43200"`. */
@@ -71,6 +103,27 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     pgQueryTimeoutMs: e.int('GANTRY_PG_QUERY_TIMEOUT_MS', 15000, { min: 100 }),
     retryAfterSeconds: e.int('GANTRY_RETRY_AFTER_SECONDS', 2, { min: 1, max: 3600 }),
     dbStartWaitSeconds: e.int('GANTRY_DB_START_WAIT_SECONDS', 0, { min: 0 }),
+    grpcHost: e.str('GANTRY_GRPC_HOST', '127.0.0.1'),
+    grpcPort: e.int('GANTRY_GRPC_PORT', 9090, { min: 0, max: 65535 }),
+    grpcTlsCert: e.str('GANTRY_GRPC_TLS_CERT'),
+    grpcTlsKey: e.str('GANTRY_GRPC_TLS_KEY'),
+    serverId: e.str('GANTRY_SERVER_ID', `${os.hostname()}-${process.pid}`),
+    timers: Object.freeze({
+      beatIntervalMs: e.int('GANTRY_BEAT_INTERVAL_MS', 5000, { min: 50 }),
+      sessionDeadAfterMs: e.int('GANTRY_SESSION_DEAD_AFTER_MS', 15000, { min: 100 }),
+      leaseTtlMs: e.int('GANTRY_LEASE_TTL_MS', 60000, { min: 200 }),
+      acceptDeadlineMs: e.int('GANTRY_ACCEPT_DEADLINE_MS', 10000, { min: 100 }),
+      handshakeTimeoutMs: e.int('GANTRY_HANDSHAKE_TIMEOUT_MS', 10000, { min: 100 }),
+      logFlushIntervalMs: e.int('GANTRY_LOG_FLUSH_INTERVAL_MS', 1000, { min: 10 }),
+      cancelGraceMs: e.int('GANTRY_CANCEL_GRACE_MS', 10000, { min: 0 }),
+      reconnectBaseMs: e.int('GANTRY_RECONNECT_BASE_MS', 500, { min: 10 }),
+      reconnectCapMs: e.int('GANTRY_RECONNECT_CAP_MS', 30000, { min: 10 }),
+    }),
+    runnerLossBudget: e.int('GANTRY_RUNNER_LOSS_BUDGET', 3, { min: 0, max: 100 }),
+    priorityAgeingS: e.int('GANTRY_PRIORITY_AGEING_S', 600, { min: 1 }),
+    logMaxBytes: e.int('GANTRY_LOG_MAX_BYTES', 8 * 1024 * 1024, { min: 1024 }),
+    sweepIntervalMs: e.int('GANTRY_SWEEP_INTERVAL_MS', 1000, { min: 10 }),
+    localRunners: e.int('GANTRY_LOCAL_RUNNERS', 1, { min: 0, max: 64 }),
   });
 }
 

@@ -65,6 +65,11 @@ export function createApp(deps: ApiDeps): Koa<ApiState> {
   root.get('/healthz', (ctx) => {
     ctx.body = { status: 'ok' };
   });
+  root.get('/metrics', async (ctx) => {
+    if (!deps.metrics) throw notFound('Metrics are not enabled');
+    ctx.type = deps.metrics.registry.contentType;
+    ctx.body = await deps.metrics.registry.metrics();
+  });
   root.get('/readyz', async (ctx) => {
     const db = await deps.store.db.ping();
     ctx.status = db ? 200 : 503;

@@ -11,6 +11,10 @@ export interface ApiDeps {
   readonly log: Logger;
   /** Called after tasks were queued, so dispatch can offer them at once. */
   readonly onTasksQueued?: (cluster: string) => void;
+  /** Called when a running task's cancel was requested, so its runner hears at once. */
+  readonly onCancelRequested?: (runnerId: string) => void;
+  /** Prometheus registry served at /metrics. */
+  readonly metrics?: { registry: { metrics(): Promise<string>; contentType: string } };
 }
 
 export interface ApiState {

@@ -12,6 +12,7 @@ import { TasksStore } from './tasks.ts';
 import { ClustersStore } from './clusters.ts';
 import { LeasesStore } from './leases.ts';
 import { RunnersStore } from './runners.ts';
+import { LogsStore } from './logs.ts';
 
 export type { Db } from './db.ts';
 
@@ -24,6 +25,7 @@ export class Store {
   readonly clusters: ClustersStore;
   readonly runners: RunnersStore;
   readonly leases: LeasesStore;
+  readonly logs: LogsStore;
 
   constructor(
     readonly db: Db,
@@ -38,6 +40,7 @@ export class Store {
     this.clusters = new ClustersStore(ctx);
     this.runners = new RunnersStore(ctx);
     this.leases = new LeasesStore(ctx, this.tasks);
+    this.logs = new LogsStore(ctx);
   }
 
   close(): Promise<void> {

@@ -56,7 +56,7 @@ export async function startTestApi(
 ): Promise<TestApi> {
   const clock = o.clock ?? systemClock;
   const store = await freshStore(t, engine, clock);
-  const config = loadConfig({ GANTRY_PORT: '0', LOG_LEVEL: 'silent', ...o.env });
+  const config = loadConfig({ GANTRY_PORT: '0', GANTRY_GRPC_PORT: '0', GANTRY_LOCAL_RUNNERS: '0', LOG_LEVEL: 'silent', ...o.env });
   const cp = await startControlPlane(config, silentLogger(), { store, clock, scheduler: o.scheduler ?? false });
   t.teardown(() => cp.stop());
 

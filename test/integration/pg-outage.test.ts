@@ -12,7 +12,7 @@ t.test('database outage: 503 while down, recovery without restart', async (t) =>
   const pg = await PgInstance.create(t);
   const config = loadConfig({
     DATABASE_URL: pg.url,
-    GANTRY_PORT: '0',
+    GANTRY_PORT: '0', GANTRY_GRPC_PORT: '0', GANTRY_LOCAL_RUNNERS: '0',
     GANTRY_DATA_DIR: tempDir(t),
     GANTRY_PG_CONNECT_TIMEOUT_MS: '2000',
     GANTRY_SCHEDULER_TICK_MS: '100',
@@ -83,7 +83,7 @@ t.test('a database that stops answering (SIGSTOP) gives 503 within the timeouts,
   const pg = await PgInstance.create(t);
   const config = loadConfig({
     DATABASE_URL: pg.url,
-    GANTRY_PORT: '0',
+    GANTRY_PORT: '0', GANTRY_GRPC_PORT: '0', GANTRY_LOCAL_RUNNERS: '0',
     GANTRY_DATA_DIR: tempDir(t),
     GANTRY_PG_CONNECT_TIMEOUT_MS: '1000',
     GANTRY_PG_QUERY_TIMEOUT_MS: '1500',

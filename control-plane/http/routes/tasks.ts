@@ -175,6 +175,7 @@ export function tasksRouter(): Router<ApiState> {
       throw badRequest(`Task already finished with status ${out.task.status}; only queued or running tasks can be cancelled`);
     }
     ctx.state.log.info({ taskId: task.id, kind: out.kind }, 'task cancel');
+    if (out.kind === 'cancelling' && out.task.runner_id) ctx.state.deps.onCancelRequested?.(out.task.runner_id);
     ctx.body = { msg: out.kind === 'cancelled' ? 'Cancelled' : 'Cancellation requested' };
   });
 

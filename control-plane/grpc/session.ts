@@ -1,0 +1,448 @@
+import { randomUUID } from 'node:crypto';
+import type { ServerDuplexStream } from '@grpc/grpc-js';
+import type { Logger } from '../../lib/logger.ts';
+import {
+  CancelReason,
+  Disposition,
+  DrainMode,
+  LeasePhase,
+  Outcome,
+  ReconnectReason,
+  RevokeReason,
+  type Completed,
+  type Hello,
+  type RunnerFrame,
+  type ServerFrame,
+  type Settings,
+} from '../../proto/gen/gantry/runner/v1/runner.ts';
+import type { ControlPlaneConfig } from '../config.ts';
+import type { ControlPlaneMetrics } from '../metrics.ts';
+import type { Store } from '../store/index.ts';
+import type { Completion, OfferRow, RunnerRef } from '../store/leases.ts';
+
+export type SessionState = 'handshake' | 'open' | 'draining' | 'closed';
+
+/** What a session needs from the control plane. */
+export interface SessionDeps {
+  store: Store;
+  config: ControlPlaneConfig;
+  metrics: ControlPlaneMetrics;
+  log: Logger;
+  /** Free capacity appeared (or a lease ended): offer more work. */
+  wake(cluster: string): void;
+  register(s: RunnerSession): void;
+  unregister(s: RunnerSession): void;
+}
+
+const OUTCOMES: Record<number, Completion['outcome']> = {
+  [Outcome.OUTCOME_SUCCEEDED]: 'succeeded',
+  [Outcome.OUTCOME_FAILED]: 'failed',
+  [Outcome.OUTCOME_TIMED_OUT]: 'timed_out',
+  [Outcome.OUTCOME_CANCELLED]: 'cancelled',
+  [Outcome.OUTCOME_RUNNER_ERROR]: 'runner_error',
+};
+const DISPOSITIONS = {
+  recorded: Disposition.DISPOSITION_RECORDED,
+  duplicate: Disposition.DISPOSITION_DUPLICATE,
+  stale: Disposition.DISPOSITION_STALE,
+} as const;
+
+/** Outbound frames not yet flushed before a runner that stopped reading is dropped. */
+const MAX_UNFLUSHED = 2000;
+
+/**
+ * One runner's control stream (research/dispatch.md 4.2–4.7): handshake with reconcile,
+ * absolute credits, offers, the lease lifecycle, beats both ways, cancel and drain. Frames
+ * from the runner are handled one at a time, in order.
+ */
+export class RunnerSession {
+  state: SessionState = 'handshake';
+  readonly sessionId = randomUUID();
+  runner: RunnerRef | undefined;
+  clusterId: string;
+  private readonly log: Logger;
+  private chain: Promise<void> = Promise.resolve();
+  private creditSeq = -1;
+  private creditFree = 0;
+  private seenThrough = 0;
+  private offerSeq = 0;
+  /** offer_seq of each offer sent, so credits can be corrected for offers in flight. */
+  private readonly inFlightOffers: number[] = [];
+  private accepting = false;
+  private penaltyUntil = 0;
+  private penaltyMs = 0;
+  private lastFrameAt = Date.now();
+  private beatSeq = 0;
+  private unflushed = 0;
+  private timers: NodeJS.Timeout[] = [];
+  pumping = false;
+  pumpAgain = false;
+
+  constructor(
+    private readonly call: ServerDuplexStream<RunnerFrame, ServerFrame>,
+    clusterId: string,
+    private readonly deps: SessionDeps,
+  ) {
+    this.clusterId = clusterId;
+    this.log = deps.log.child({ sessionId: this.sessionId });
+    call.on('data', (f: RunnerFrame) => {
+      this.lastFrameAt = Date.now();
+      this.chain = this.chain.then(() => this.onFrame(f)).catch((err) => this.fail(err));
+    });
+    call.on('end', () => this.close('stream ended by runner'));
+    call.on('error', (err) => this.close(`stream error: ${err.message}`));
+    call.on('cancelled', () => this.close('stream cancelled'));
+    this.timers.push(
+      setTimeout(() => {
+        if (this.state === 'handshake') this.close('no Hello within the handshake deadline', true);
+      }, deps.config.timers.handshakeTimeoutMs),
+    );
+  }
+
+  get settings(): Settings {
+    const t = this.deps.config.timers;
+    return {
+      beatIntervalMs: t.beatIntervalMs,
+      sessionDeadAfterMs: t.sessionDeadAfterMs,
+      leaseTtlMs: t.leaseTtlMs,
+      acceptDeadlineMs: t.acceptDeadlineMs,
+      logFlushIntervalMs: t.logFlushIntervalMs,
+      logMaxBytes: this.deps.config.logMaxBytes,
+      cancelGraceMs: t.cancelGraceMs,
+      reconnectBaseMs: t.reconnectBaseMs,
+      reconnectCapMs: t.reconnectCapMs,
+    };
+  }
+
+  /** Slots the runner can take now: its last absolute credit less offers it had not seen. */
+  freeSlots(): number {
+    if (this.state !== 'open' || !this.accepting || Date.now() < this.penaltyUntil) return 0;
+    if (Date.now() - this.lastFrameAt > this.deps.config.timers.sessionDeadAfterMs) return 0;
+    const unseen = this.inFlightOffers.filter((s) => s > this.seenThrough).length;
+    return Math.max(0, this.creditFree - unseen);
+  }
+
+  send(frame: ServerFrame['frame']): void {
+    if (this.state === 'closed' || !frame) return;
+    this.deps.metrics.frames.inc({ type: frame.$case, dir: 'out' });
+    if (this.unflushed >= MAX_UNFLUSHED) {
+      this.close(`runner is not reading (${this.unflushed} frames unflushed)`, true);
+      return;
+    }
+    this.unflushed++;
+    try {
+      this.call.write({ frame }, () => {
+        this.unflushed--;
+      });
+    } catch (err) {
+      this.close(`write failed: ${(err as Error).message}`);
+    }
+  }
+
+  /** Sends claimed work; called by the dispatcher after the claim committed. */
+  offer(rows: OfferRow[]): void {
+    for (const r of rows) {
+      const seq = ++this.offerSeq;
+      this.inFlightOffers.push(seq);
+      this.deps.metrics.offers.inc();
+      this.send({
+        $case: 'offer',
+        value: {
+          offerSeq: seq,
+          leaseId: r.lease_id,
+          taskId: r.task_id,
+          attempt: r.attempt,
+          sessionEpoch: this.runner!.epoch,
+          code: {
+            codeId: r.code_id,
+            name: r.code_name,
+            rev: r.code_rev,
+            revisionId: r.code_revision_id,
+            image: r.image,
+            command: r.command ?? '',
+            env: r.env_vars ?? {},
+            config: r.config ?? '',
+            hasArchive: r.checksum !== null,
+            archiveChecksum: r.checksum ?? '',
+          },
+          payload: r.payload,
+          timeoutS: r.timeout,
+          priority: r.priority,
+          cluster: r.cluster,
+          projectId: r.project_id,
+          scheduleId: r.schedule_id ?? '',
+          acceptBy: r.expires_at.getTime(),
+          logMaxBytes: this.deps.config.logMaxBytes,
+          memoryMb: this.memoryMb,
+          dockerAuth: '',
+        },
+      });
+    }
+  }
+
+  private memoryMb = 512;
+
+  /** Sends Cancel for every lease of this runner whose task has a cancel requested. */
+  async sendPendingCancels(): Promise<void> {
+    if (!this.runner || this.state === 'closed') return;
+    for (const c of await this.deps.store.leases.pendingCancels(this.runner.id)) {
+      this.send({
+        $case: 'cancel',
+        value: { leaseId: c.lease_id, attempt: c.attempt, reason: CancelReason.CANCEL_REASON_USER, graceMs: this.deps.config.timers.cancelGraceMs },
+      });
+      await this.deps.store.leases.markCancelSent(c.lease_id);
+    }
+  }
+
+  /** Asks the runner to stop a lease that ran past its timeout (the control plane's backstop). */
+  cancelForTimeout(leaseId: string, attempt: number): void {
+    this.send({
+      $case: 'cancel',
+      value: { leaseId, attempt, reason: CancelReason.CANCEL_REASON_TIMEOUT, graceMs: this.deps.config.timers.cancelGraceMs },
+    });
+  }
+
+  /** Tells the runner to drain (no new work; finish or hand back). */
+  drain(mode: 'finish' | 'hand_back', deadlineMs: number): void {
+    this.state = this.state === 'open' ? 'draining' : this.state;
+    this.send({
+      $case: 'drain',
+      value: { deadline: deadlineMs, mode: mode === 'finish' ? DrainMode.DRAIN_MODE_FINISH_RUNNING : DrainMode.DRAIN_MODE_HAND_BACK_NOW },
+    });
+  }
+
+  /** Asks the runner to reconnect (this replica is shutting down); its tasks keep running. */
+  reconnect(reason: ReconnectReason, retryAfterMs: number): void {
+    this.send({ $case: 'reconnect', value: { reason, retryAfterMs, endpointHint: '' } });
+    this.call.end();
+    this.close('asked the runner to reconnect');
+  }
+
+  private async onFrame(f: RunnerFrame): Promise<void> {
+    const fr = f.frame;
+    if (!fr || this.state === 'closed') return;
+    this.deps.metrics.frames.inc({ type: fr.$case, dir: 'in' });
+    if (this.state === 'handshake') {
+      if (fr.$case !== 'hello') return this.close(`first frame must be Hello, got ${fr.$case}`, true);
+      return this.onHello(fr.value);
+    }
+    const runner = this.runner!;
+    const { store, config } = this.deps;
+    const ttl = config.timers.leaseTtlMs;
+    switch (fr.$case) {
+      case 'hello':
+        return this.close('a second Hello on one stream', true);
+      case 'credit': {
+        const c = fr.value;
+        if (c.seq <= this.creditSeq) return; // an older credit: absolute values, keep the newest
+        this.creditSeq = c.seq;
+        this.creditFree = c.freeSlots;
+        this.seenThrough = c.offersSeenThrough;
+        this.accepting = c.accepting && this.state === 'open';
+        while (this.inFlightOffers.length > 0 && this.inFlightOffers[0]! <= this.seenThrough) this.inFlightOffers.shift();
+        if (this.freeSlots() > 0) this.deps.wake(runner.cluster);
+        return;
+      }
+      case 'accept': {
+        const ok = await store.leases.accept(fr.value.leaseId, fr.value.attempt, runner.id, ttl);
+        this.deps.metrics.offerResults.inc({ result: ok ? 'accepted' : 'late' });
+        if (!ok) this.revoke(fr.value.leaseId, fr.value.attempt, RevokeReason.REVOKE_REASON_UNKNOWN_LEASE);
+        return;
+      }
+      case 'reject': {
+        this.deps.metrics.offerResults.inc({ result: 'rejected' });
+        await store.leases.release(fr.value.leaseId, fr.value.attempt, runner.id, 'rejected');
+        // A runner that rejects is penalised (5 s doubling to 10 min) so it cannot stall the queue.
+        this.penaltyMs = Math.min(Math.max(this.penaltyMs * 2, 5000), 600_000);
+        this.penaltyUntil = Date.now() + this.penaltyMs;
+        this.log.warn({ leaseId: fr.value.leaseId, reason: fr.value.reason, detail: fr.value.detail, penaltyMs: this.penaltyMs }, 'offer rejected');
+        this.deps.wake(runner.cluster);
+        return;
+      }
+      case 'started': {
+        const s = fr.value;
+        const ok = await store.leases.started(s.leaseId, s.attempt, runner.id, s.containerId, new Date(Number(s.startedAt)), ttl);
+        if (!ok) return this.revoke(s.leaseId, s.attempt, RevokeReason.REVOKE_REASON_UNKNOWN_LEASE);
+        const lease = await store.leases.get(s.leaseId);
+        if (lease) this.deps.metrics.dispatchLatency.observe(Math.max(0, Number(s.startedAt) - lease.granted_at.getTime()) / 1000);
+        this.penaltyMs = 0;
+        return;
+      }
+      case 'beat': {
+        const b = fr.value;
+        const unknown = await store.leases.renew(
+          runner.id,
+          b.leases.map((l) => ({ leaseId: l.leaseId, attempt: l.attempt })),
+          ttl,
+          b.stats,
+        );
+        for (const id of unknown) {
+          const l = b.leases.find((x) => x.leaseId === id)!;
+          this.revoke(id, l.attempt, RevokeReason.REVOKE_REASON_RECLAIMED);
+        }
+        return;
+      }
+      case 'progress': {
+        const p = fr.value;
+        await store.leases.progress(p.leaseId, p.attempt, runner.id, p.percent, p.msg);
+        return;
+      }
+      case 'completed':
+        return this.onCompleted(fr.value);
+      case 'cancelAck':
+        return;
+      case 'drainNotice': {
+        this.state = 'draining';
+        this.accepting = false;
+        await store.runners.setDraining(runner.id, true);
+        this.log.info({ runnerId: runner.id }, 'runner is draining');
+        return;
+      }
+      case 'goodbye': {
+        this.log.info({ runnerId: runner.id, reason: fr.value.reason }, 'runner said goodbye');
+        this.call.end();
+        return this.close('goodbye');
+      }
+    }
+  }
+
+  private revoke(leaseId: string, attempt: number, reason: RevokeReason) {
+    this.send({ $case: 'revoke', value: { leaseId, attempt, reason } });
+  }
+
+  private async onCompleted(c: Completed): Promise<void> {
+    const runner = this.runner!;
+    const outcome = OUTCOMES[c.outcome] ?? 'runner_error';
+    const disposition = await this.deps.store.leases.complete(
+      {
+        leaseId: c.leaseId,
+        attempt: c.attempt,
+        outcome,
+        exitCode: c.exitCode,
+        oomKilled: c.oomKilled,
+        msg: c.msg,
+        startedAt: Number(c.startedAt),
+        finishedAt: Number(c.finishedAt),
+      },
+      runner.id,
+      { leaseTtlMs: this.deps.config.timers.leaseTtlMs, runnerLossBudget: this.deps.config.runnerLossBudget },
+    );
+    this.deps.metrics.completions.inc({ outcome, disposition });
+    this.send({ $case: 'completedAck', value: { leaseId: c.leaseId, attempt: c.attempt, disposition: DISPOSITIONS[disposition] } });
+    this.deps.wake(runner.cluster);
+  }
+
+  private async onHello(h: Hello): Promise<void> {
+    const { store, config } = this.deps;
+    if (h.clusterId !== this.clusterId) return this.close('Hello names another cluster than the credentials', true);
+    if (!h.runnerId || h.runnerId.length > 128) return this.close('Hello needs a runner_id of at most 128 characters', true);
+    const cluster = await store.clusters.byId(this.clusterId);
+    if (!cluster) return this.close('unknown cluster', true);
+    this.memoryMb = cluster.memory_mb;
+    const row = await store.runners.connect(
+      {
+        runnerId: h.runnerId,
+        clusterId: this.clusterId,
+        bootId: h.bootId,
+        hostname: h.hostname,
+        agentVersion: h.agentVersion,
+        dockerVersion: h.dockerVersion,
+        instanceId: h.instanceId,
+        slots: h.capacity?.slots ?? 0,
+        memoryMb: h.capacity?.memoryMb ?? 0,
+      },
+      this.sessionId,
+      config.serverId,
+    );
+    if (!row) return this.close(`runner id ${h.runnerId} belongs to another cluster`, true);
+    this.runner = { id: row.id, epoch: Number(row.session_epoch), cluster: cluster.name };
+
+    // Reconcile the runner's ledger with the store (research/dispatch.md 4.3, 4.7).
+    const live = new Map((await store.leases.liveOf(row.id)).map((l) => [l.id, l]));
+    const keep: string[] = [];
+    const revoke: string[] = [];
+    const resend: string[] = [];
+    for (const e of h.inFlight) {
+      const l = live.get(e.leaseId);
+      if (l && l.attempt === e.attempt) {
+        if (e.phase === LeasePhase.LEASE_PHASE_FINISHED) resend.push(e.leaseId);
+        keep.push(e.leaseId);
+        live.delete(e.leaseId);
+        continue;
+      }
+      const past = l ? undefined : await store.leases.get(e.leaseId);
+      if (e.phase === LeasePhase.LEASE_PHASE_FINISHED && past && past.runner_id === row.id && past.attempt === e.attempt) {
+        resend.push(e.leaseId); // its result was recorded but the ack was lost: it will be a duplicate
+      } else {
+        revoke.push(e.leaseId);
+      }
+    }
+    // Leases the store holds for this runner that its ledger does not know (a restarted
+    // runner, an offer lost in flight) are gone: take them back now rather than at expiry.
+    const cfg = { leaseTtlMs: config.timers.leaseTtlMs, runnerLossBudget: config.runnerLossBudget };
+    for (const l of live.values()) {
+      if (l.state === 'offered' || l.state === 'accepted') await store.leases.release(l.id, l.attempt, row.id, 'revoked');
+      else await store.leases.reclaim(l.id, l.attempt, cfg, 'reclaimed', true);
+      this.deps.metrics.reclaimed.inc({ reason: 'unknown_to_runner' });
+    }
+    await store.leases.rebind(row.id, keep, this.runner.epoch, config.timers.leaseTtlMs);
+
+    this.state = 'open';
+    this.deps.register(this);
+    this.send({
+      $case: 'welcome',
+      value: {
+        sessionId: this.sessionId,
+        sessionEpoch: this.runner.epoch,
+        serverId: config.serverId,
+        serverTime: Date.now(),
+        settings: this.settings,
+        keep,
+        revoke,
+        resendCompletion: resend,
+      },
+    });
+    this.log.info(
+      { runnerId: row.id, cluster: cluster.name, epoch: this.runner.epoch, keep: keep.length, revoke: revoke.length },
+      'runner connected',
+    );
+    const beat = config.timers.beatIntervalMs;
+    this.timers.push(
+      setInterval(() => {
+        if (Date.now() - this.lastFrameAt > config.timers.leaseTtlMs) {
+          this.close('runner silent for a whole lease TTL');
+          return;
+        }
+        this.send({ $case: 'beat', value: { seq: ++this.beatSeq, sentAt: Date.now(), leases: [], stats: undefined } });
+      }, beat),
+    );
+    await this.sendPendingCancels();
+  }
+
+  private fail(err: unknown): void {
+    this.log.warn({ err: (err as Error).message }, 'runner session failed');
+    this.close(`internal error: ${(err as Error).message}`, true);
+  }
+
+  /** Ends the session (leases stay: the runner may reconnect within the lease TTL). */
+  close(why: string, endStream = false): void {
+    if (this.state === 'closed') return;
+    const wasOpen = this.state !== 'handshake';
+    this.state = 'closed';
+    for (const t of this.timers) clearTimeout(t);
+    if (endStream) {
+      try {
+        this.call.end();
+      } catch {
+        /* already gone */
+      }
+    }
+    if (wasOpen && this.runner) {
+      this.deps.unregister(this);
+      void this.deps.store.runners.disconnect(this.runner.id, this.sessionId).catch(() => undefined);
+      this.log.info({ runnerId: this.runner.id, why }, 'runner session closed');
+    } else {
+      this.log.debug({ why }, 'runner stream closed before handshake');
+    }
+  }
+}

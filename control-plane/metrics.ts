@@ -1,0 +1,44 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** The control plane's Prometheus metrics (research/dispatch.md 4.9), one registry per instance. */
+export class ControlPlaneMetrics {
+  readonly registry = new Registry();
+  readonly offers = new Counter({ name: 'gantry_offers_total', help: 'Offers sent to runners', registers: [this.registry] });
+  readonly offerResults = new Counter({
+    name: 'gantry_offer_results_total',
+    help: 'What became of offers',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly completions = new Counter({
+    name: 'gantry_completions_total',
+    help: 'Task results reported by runners',
+    labelNames: ['outcome', 'disposition'] as const,
+    registers: [this.registry],
+  });
+  readonly reclaimed = new Counter({
+    name: 'gantry_leases_reclaimed_total',
+    help: 'Leases taken back from runners',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly sessions = new Gauge({ name: 'gantry_runner_sessions', help: 'Connected runner sessions', registers: [this.registry] });
+  readonly creditSlots = new Gauge({ name: 'gantry_runner_credit_slots', help: 'Free slots runners report', registers: [this.registry] });
+  readonly frames = new Counter({
+    name: 'gantry_stream_frames_total',
+    help: 'Runner protocol frames',
+    labelNames: ['type', 'dir'] as const,
+    registers: [this.registry],
+  });
+  readonly logBytes = new Counter({ name: 'gantry_log_bytes_total', help: 'Task log bytes stored', registers: [this.registry] });
+  readonly dispatchLatency = new Histogram({
+    name: 'gantry_dispatch_latency_seconds',
+    help: 'Time from a task being offered to its container starting',
+    buckets: [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'gantry_cp_' });
+  }
+}
