@@ -48,7 +48,7 @@ export interface ControlPlaneConfig {
   readonly logMaxBytes: number;
   /** How often the lease sweeper runs. */
   readonly sweepIntervalMs: number;
-  /** Runners the embedded start launches on this host (0: none). */
+  /** Runners `start` launches on this host (default 1 embedded, 0 with DATABASE_URL). */
   readonly localRunners: number;
 }
 
@@ -123,7 +123,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     priorityAgeingS: e.int('GANTRY_PRIORITY_AGEING_S', 600, { min: 1 }),
     logMaxBytes: e.int('GANTRY_LOG_MAX_BYTES', 8 * 1024 * 1024, { min: 1024 }),
     sweepIntervalMs: e.int('GANTRY_SWEEP_INTERVAL_MS', 1000, { min: 10 }),
-    localRunners: e.int('GANTRY_LOCAL_RUNNERS', 1, { min: 0, max: 64 }),
+    localRunners: e.int('GANTRY_LOCAL_RUNNERS', databaseUrl ? 0 : 1, { min: 0, max: 64 }),
   });
 }
 

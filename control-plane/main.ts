@@ -3,7 +3,8 @@ import { ConfigError } from '../lib/errors.ts';
 import { newId } from '../lib/ids.ts';
 import { createLogger } from '../lib/logger.ts';
 import { runAdmin, UsageError, USAGE } from './admin.ts';
-import { ensureBootstrap } from './bootstrap.ts';
+import { ensureBootstrap, ensureLocalCluster } from './bootstrap.ts';
+import { startLocalRunners } from './local-runners.ts';
 import { loadConfig, redactedConfig } from './config.ts';
 import { startControlPlane } from './server.ts';
 import { openStore } from './store/index.ts';
@@ -33,10 +34,19 @@ async function main(argv: string[]): Promise<number> {
   log.info({ config: redactedConfig(config) }, 'starting');
   const cp = await startControlPlane(config, log);
   const boot = await ensureBootstrap(cp.store, config.dataDir, log);
+  let runners: ReturnType<typeof startLocalRunners> | undefined;
+  if (config.localRunners > 0) {
+    const cluster = await ensureLocalCluster(cp.store, config.dataDir, log);
+    runners = startLocalRunners(
+      { count: config.localRunners, grpcPort: cp.grpcPort, clusterId: cluster.clusterId, token: cluster.token, dataDir: config.dataDir, logLevel: config.logLevel },
+      log.child({ component: 'local-runners' }),
+    );
+  }
   const lines = [
     '',
     `Gantry is running (${cp.store.db.engine}${config.databaseUrl ? '' : `, data in ${config.dataDir}`}).`,
     `  API base URL: ${cp.url}/2/`,
+    `  runner gRPC:  127.0.0.1:${cp.grpcPort} (${config.localRunners} local runner${config.localRunners === 1 ? '' : 's'})`,
   ];
   if (boot) {
     lines.push(
@@ -64,7 +74,7 @@ async function main(argv: string[]): Promise<number> {
         return;
       }
       log.info({ signal: sig }, 'stopping');
-      cp.stop().then(
+      (runners?.stop() ?? Promise.resolve()).then(() => cp.stop()).then(
         () => resolve(0),
         (err) => {
           log.error({ err }, 'stop failed');

@@ -31,17 +31,17 @@ export function handleLogStream(
         if (closed) return;
         const rid = await runnerId();
         if (!rid) {
-          call.write({ leaseId: f.leaseId, attempt: f.attempt, committedOffset: 0, complete: false, stop: true });
+          call.write({ leaseId: f.leaseId, attempt: f.attempt, committedOffset: 0, complete: false, stop: true, frameOffset: Number(f.offset) });
           return;
         }
         const offset = Number(f.offset);
         // An empty frame asks where the server is; a data frame appends at its offset.
         const r = await deps.store.logs.append(f.leaseId, f.attempt, rid, offset, f.stream, f.data);
         if (!r.stop && f.data.length > 0 && r.committed === offset + f.data.length) deps.metrics.logBytes.inc(f.data.length);
-        let ack: LogAck = { leaseId: f.leaseId, attempt: f.attempt, committedOffset: r.committed, complete: false, stop: r.stop };
+        let ack: LogAck = { leaseId: f.leaseId, attempt: f.attempt, committedOffset: r.committed, complete: false, stop: r.stop, frameOffset: offset };
         if (f.final && !r.stop) {
           const fin = await deps.store.logs.finish(f.leaseId, f.attempt, rid, Number(f.totalBytes), f.crc32);
-          ack = { leaseId: f.leaseId, attempt: f.attempt, committedOffset: fin.committed, complete: fin.complete, stop: fin.stop };
+          ack = { leaseId: f.leaseId, attempt: f.attempt, committedOffset: fin.committed, complete: fin.complete, stop: fin.stop, frameOffset: offset };
         }
         if (!closed) call.write(ack);
       })

@@ -252,10 +252,7 @@ export class RunnerSession {
       case 'reject': {
         this.deps.metrics.offerResults.inc({ result: 'rejected' });
         await store.leases.release(fr.value.leaseId, fr.value.attempt, runner.id, 'rejected');
-        // A runner that rejects is penalised (5 s doubling to 10 min) so it cannot stall the queue.
-        this.penaltyMs = Math.min(Math.max(this.penaltyMs * 2, 5000), 600_000);
-        this.penaltyUntil = Date.now() + this.penaltyMs;
-        this.log.warn({ leaseId: fr.value.leaseId, reason: fr.value.reason, detail: fr.value.detail, penaltyMs: this.penaltyMs }, 'offer rejected');
+        this.penalise(`offer rejected (${fr.value.detail || fr.value.reason})`);
         this.deps.wake(runner.cluster);
         return;
       }
@@ -306,6 +303,17 @@ export class RunnerSession {
     }
   }
 
+  /**
+   * A runner that rejects work or fails to run it gets no offers for a while (5 s doubling
+   * to 10 min, reset by a start): a black-hole runner cannot stall the queue
+   * (research/dispatch.md 4.6, M13).
+   */
+  private penalise(why: string): void {
+    this.penaltyMs = Math.min(Math.max(this.penaltyMs * 2, 5000), 600_000);
+    this.penaltyUntil = Date.now() + this.penaltyMs;
+    this.log.warn({ runnerId: this.runner?.id, why, penaltyMs: this.penaltyMs }, 'runner penalised');
+  }
+
   private revoke(leaseId: string, attempt: number, reason: RevokeReason) {
     this.send({ $case: 'revoke', value: { leaseId, attempt, reason } });
   }
@@ -320,7 +328,8 @@ export class RunnerSession {
         outcome,
         exitCode: c.exitCode,
         oomKilled: c.oomKilled,
-        msg: c.msg,
+        // A success keeps whatever the task said through its progress; other outcomes explain themselves.
+        msg: outcome === 'succeeded' ? '' : c.msg,
         startedAt: Number(c.startedAt),
         finishedAt: Number(c.finishedAt),
       },
@@ -328,6 +337,7 @@ export class RunnerSession {
       { leaseTtlMs: this.deps.config.timers.leaseTtlMs, runnerLossBudget: this.deps.config.runnerLossBudget },
     );
     this.deps.metrics.completions.inc({ outcome, disposition });
+    if (outcome === 'runner_error') this.penalise(`could not run a task: ${c.msg}`);
     this.send({ $case: 'completedAck', value: { leaseId: c.leaseId, attempt: c.attempt, disposition: DISPOSITIONS[disposition] } });
     this.deps.wake(runner.cluster);
   }

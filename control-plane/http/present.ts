@@ -86,7 +86,7 @@ export function presentTask(t: Task): Json {
     original_task_id: t.original_task_id,
     retry_task_id: t.retry_task_id,
     retry_count: t.retry_count,
-    run_times: t.attempt > 0 ? t.attempt : undefined,
+    run_times: t.run_times > 0 ? t.run_times : undefined,
     start_time: t.start_time,
     end_time: t.end_time,
     duration,

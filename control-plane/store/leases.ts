@@ -195,15 +195,25 @@ export class LeasesStore {
     });
   }
 
-  /** Offered → accepted: the runner reserved a slot. False if the lease is no longer offered to it. */
+  /**
+   * Offered → accepted: the runner reserved a slot. A previous attempt's log is cleared here
+   * (each attempt has its own log, and this attempt's output may arrive before Started).
+   * False if the lease is no longer offered to it.
+   */
   async accept(leaseId: string, attempt: number, runnerId: string, ttlMs: number): Promise<boolean> {
     const now = this.c.clock.now();
-    const r = await this.c.db.query(
-      `UPDATE task_leases SET state = 'accepted', expires_at = $4
-       WHERE id = $1 AND attempt = $2 AND runner_id = $3 AND state = 'offered'`,
-      [leaseId, attempt, runnerId, new Date(now.getTime() + ttlMs)],
-    );
-    return r.rowCount > 0;
+    return this.c.db.tx(async (q) => {
+      const r = await q.query<{ task_id: string }>(
+        `UPDATE task_leases SET state = 'accepted', expires_at = $4
+         WHERE id = $1 AND attempt = $2 AND runner_id = $3 AND state = 'offered' RETURNING task_id`,
+        [leaseId, attempt, runnerId, new Date(now.getTime() + ttlMs)],
+      );
+      const taskId = r.rows[0]?.task_id;
+      if (!taskId) return false;
+      await q.query('DELETE FROM task_log_chunks WHERE task_id = $1', [taskId]);
+      await q.query('UPDATE tasks SET log_size = 0, log_complete = false WHERE id = $1 AND lease_id = $2', [taskId, leaseId]);
+      return true;
+    });
   }
 
   /**
@@ -229,10 +239,7 @@ export class LeasesStore {
     });
   }
 
-  /**
-   * Accepted → running: the container started. The task becomes `running`; a previous
-   * attempt's log is cleared (each attempt has its own log).
-   */
+  /** Accepted → running: the container started and the task becomes `running`. */
   async started(leaseId: string, attempt: number, runnerId: string, containerId: string, startedAt: Date, ttlMs: number) {
     const now = this.c.clock.now();
     return this.c.db.tx(async (q) => {
@@ -243,10 +250,8 @@ export class LeasesStore {
       );
       const taskId = r.rows[0]?.task_id;
       if (!taskId) return false;
-      await q.query('DELETE FROM task_log_chunks WHERE task_id = $1', [taskId]);
       await q.query(
-        `UPDATE tasks SET status = 'running', start_time = $3, end_time = NULL, updated_at = $4, log_size = 0,
-           log_complete = false
+        `UPDATE tasks SET status = 'running', start_time = $3, end_time = NULL, updated_at = $4, run_times = run_times + 1
          WHERE id = $1 AND lease_id = $2`,
         [taskId, leaseId, startedAt, now],
       );

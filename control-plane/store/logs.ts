@@ -17,17 +17,25 @@ export interface AppendResult {
 export class LogsStore {
   constructor(private readonly c: StoreCtx) {}
 
+  /**
+   * The task a log frame belongs to: the lease's, while the lease is the task's current
+   * attempt. `pending` while the lease is still offered (its Accept has not been processed
+   * yet: the log stream can overtake the control stream); undefined when stale or unknown.
+   */
   private async current(leaseId: string, attempt: number, runnerId: string) {
-    const r = await this.c.db.query<{ task_id: string; log_size: number; log_complete: boolean }>(
-      `SELECT t.id AS task_id, t.log_size, t.log_complete FROM task_leases l JOIN tasks t ON t.id = l.task_id
-       WHERE l.id = $1 AND l.attempt = $2 AND l.runner_id = $3 AND t.attempt = l.attempt AND l.started_at IS NOT NULL`,
+    const r = await this.c.db.query<{ task_id: string; log_size: number; log_complete: boolean; state: string }>(
+      `SELECT t.id AS task_id, t.log_size, t.log_complete, l.state FROM task_leases l JOIN tasks t ON t.id = l.task_id
+       WHERE l.id = $1 AND l.attempt = $2 AND l.runner_id = $3 AND t.attempt = l.attempt`,
       [leaseId, attempt, runnerId],
     );
-    return r.rows[0];
+    const row = r.rows[0];
+    if (row?.state === 'offered') return 'pending' as const;
+    return row;
   }
 
   async append(leaseId: string, attempt: number, runnerId: string, offset: number, stream: number, data: Uint8Array): Promise<AppendResult> {
     const cur = await this.current(leaseId, attempt, runnerId);
+    if (cur === 'pending') return { committed: 0, stop: false };
     if (!cur) return { committed: 0, stop: true };
     if (offset !== cur.log_size || data.length === 0) return { committed: cur.log_size, stop: false };
     return this.c.db.tx(async (q) => {
@@ -55,6 +63,7 @@ export class LogsStore {
    */
   async finish(leaseId: string, attempt: number, runnerId: string, totalBytes: number, crc: number) {
     const cur = await this.current(leaseId, attempt, runnerId);
+    if (cur === 'pending') return { committed: 0, stop: false, complete: false };
     if (!cur) return { committed: 0, stop: true, complete: false };
     if (cur.log_complete) return { committed: cur.log_size, stop: false, complete: true };
     if (cur.log_size !== totalBytes) return { committed: cur.log_size, stop: false, complete: false };

@@ -35,6 +35,7 @@ export interface Task {
   attempt: number;
   runner_losses: number;
   runner_id: string | null;
+  run_times: number;
 }
 
 /** A task to queue, its code already resolved to the revision it will run. */
@@ -68,7 +69,7 @@ export interface TaskFilter {
 /** Columns listed without the payload, which lists never carry. */
 const LIST_COLUMNS = `id, project_id, code_id, code_name, code_revision_id, code_rev, status, priority, cluster, timeout,
   delay, label, msg, percent, schedule_id, original_task_id, retry_task_id, retry_count, created_at, updated_at,
-  eligible_at, start_time, end_time, log_size, exit_code, attempt, runner_losses, runner_id`;
+  eligible_at, start_time, end_time, log_size, exit_code, attempt, runner_losses, runner_id, run_times`;
 
 const INSERT_COLUMNS = [
   'id', 'project_id', 'code_id', 'code_name', 'code_revision_id', 'code_rev', 'status', 'priority', 'cluster',

@@ -47,7 +47,10 @@ ALTER TABLE task_leases
 CREATE INDEX task_leases_runner_open ON task_leases (runner_id) WHERE ended_at IS NULL;
 CREATE INDEX task_leases_expiry ON task_leases (expires_at) WHERE ended_at IS NULL;
 
-ALTER TABLE tasks ADD COLUMN log_complete boolean NOT NULL DEFAULT false;
+ALTER TABLE tasks
+  ADD COLUMN log_complete boolean NOT NULL DEFAULT false,
+  -- how many times a container was started for the task (IronWorker's run_times)
+  ADD COLUMN run_times integer NOT NULL DEFAULT 0;
 
 -- Logs are addressed by their byte offset in the combined log of the task's current attempt
 -- (all streams in arrival order); each chunk records its stream, so stdout and stderr can be

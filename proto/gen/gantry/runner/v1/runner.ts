@@ -741,6 +741,8 @@ export interface LogAck {
   complete: boolean;
   /** unknown or stale lease: discard the spool */
   stop: boolean;
+  /** the offset of the frame this answers (the final frame: total_bytes) */
+  frameOffset: number;
 }
 
 export interface FetchCodeRequest {
@@ -5493,7 +5495,7 @@ export const LogFrame: MessageFns<LogFrame> = {
 };
 
 function createBaseLogAck(): LogAck {
-  return { leaseId: "", attempt: 0, committedOffset: 0, complete: false, stop: false };
+  return { leaseId: "", attempt: 0, committedOffset: 0, complete: false, stop: false, frameOffset: 0 };
 }
 
 export const LogAck: MessageFns<LogAck> = {
@@ -5512,6 +5514,9 @@ export const LogAck: MessageFns<LogAck> = {
     }
     if (message.stop !== false) {
       writer.uint32(40).bool(message.stop);
+    }
+    if (message.frameOffset !== 0) {
+      writer.uint32(48).uint64(message.frameOffset);
     }
     return writer;
   },
@@ -5569,6 +5574,14 @@ export const LogAck: MessageFns<LogAck> = {
             message.stop = reader.bool();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.frameOffset = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5596,6 +5609,11 @@ export const LogAck: MessageFns<LogAck> = {
         : 0,
       complete: isSet(object.complete) ? globalThis.Boolean(object.complete) : false,
       stop: isSet(object.stop) ? globalThis.Boolean(object.stop) : false,
+      frameOffset: isSet(object.frameOffset)
+        ? globalThis.Number(object.frameOffset)
+        : isSet(object.frame_offset)
+        ? globalThis.Number(object.frame_offset)
+        : 0,
     };
   },
 
@@ -5616,6 +5634,9 @@ export const LogAck: MessageFns<LogAck> = {
     if (message.stop !== false) {
       obj.stop = message.stop;
     }
+    if (message.frameOffset !== 0) {
+      obj.frameOffset = Math.round(message.frameOffset);
+    }
     return obj;
   },
 
@@ -5629,6 +5650,7 @@ export const LogAck: MessageFns<LogAck> = {
     message.committedOffset = object.committedOffset ?? 0;
     message.complete = object.complete ?? false;
     message.stop = object.stop ?? false;
+    message.frameOffset = object.frameOffset ?? 0;
     return message;
   },
 };

@@ -1,0 +1,66 @@
+import path from 'node:path';
+import { EnvReader } from '../lib/env.ts';
+import { ConfigError } from '../lib/errors.ts';
+
+/** The runner agent's configuration: read once from the environment, then frozen. */
+export interface RunnerConfig {
+  /** The control plane's gRPC address, host:port. */
+  readonly controlPlane: string;
+  readonly clusterId: string;
+  readonly clusterToken: string;
+  /** Concurrent tasks; 0 derives it from host memory ÷ taskMemoryMb. */
+  readonly slots: number;
+  /** Memory of one task, for deriving slots (the cluster's per-task memory). */
+  readonly taskMemoryMb: number;
+  readonly workDir: string;
+  readonly networkMode: 'none' | 'host' | 'bridge';
+  readonly executor: 'docker' | 'noop';
+  /** Local HTTP port for /healthz and /metrics (0: any free port; -1: off). */
+  readonly healthPort: number;
+  readonly healthHost: string;
+  readonly tls: boolean;
+  readonly tlsCaFile: string | undefined;
+  /** How long a drain (SIGTERM) lets running tasks finish before handing them back. */
+  readonly drainTimeoutS: number;
+  readonly instanceId: string;
+  readonly logLevel: string;
+  /** Extra labels on every container (e.g. a test run id), "k=v,k2=v2". */
+  readonly containerLabels: Readonly<Record<string, string>>;
+}
+
+export function loadRunnerConfig(env: Record<string, string | undefined>): RunnerConfig {
+  const e = new EnvReader(env);
+  const need = (name: string) => {
+    const v = e.str(name);
+    if (!v) throw new ConfigError(`${name} is required (see README.md, "Runners")`);
+    return v;
+  };
+  const labels: Record<string, string> = {};
+  for (const kv of (e.str('GANTRY_RUNNER_LABELS') ?? '').split(',').filter(Boolean)) {
+    const [k, v] = kv.split('=');
+    if (!k || v === undefined) throw new ConfigError(`GANTRY_RUNNER_LABELS entries must be key=value, got ${JSON.stringify(kv)}`);
+    labels[k] = v;
+  }
+  const controlPlane = need('GANTRY_CONTROL_PLANE');
+  if (!/^[^\s:/]+:\d+$/.test(controlPlane) && !/^\[[0-9a-f:]+\]:\d+$/i.test(controlPlane)) {
+    throw new ConfigError(`GANTRY_CONTROL_PLANE must be host:port of the control plane's gRPC port, got ${JSON.stringify(controlPlane)}`);
+  }
+  return Object.freeze({
+    controlPlane,
+    clusterId: need('GANTRY_CLUSTER_ID'),
+    clusterToken: need('GANTRY_CLUSTER_TOKEN'),
+    slots: e.int('GANTRY_RUNNER_SLOTS', 0, { min: 0, max: 1024 }),
+    taskMemoryMb: e.int('GANTRY_RUNNER_TASK_MEMORY_MB', 512, { min: 16 }),
+    workDir: path.resolve(e.str('GANTRY_RUNNER_WORK_DIR', './data/runner')),
+    networkMode: e.oneOf('GANTRY_RUNNER_NETWORK', 'none', ['none', 'host', 'bridge'] as const),
+    executor: e.oneOf('GANTRY_RUNNER_EXECUTOR', 'docker', ['docker', 'noop'] as const),
+    healthPort: e.int('GANTRY_RUNNER_HEALTH_PORT', 9190, { min: -1, max: 65535 }),
+    healthHost: e.str('GANTRY_RUNNER_HEALTH_HOST', '127.0.0.1'),
+    tls: e.bool('GANTRY_RUNNER_TLS', false),
+    tlsCaFile: e.str('GANTRY_RUNNER_TLS_CA'),
+    drainTimeoutS: e.int('GANTRY_RUNNER_DRAIN_TIMEOUT_S', 3600, { min: 0 }),
+    instanceId: e.str('GANTRY_INSTANCE_ID', ''),
+    logLevel: e.oneOf('LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+    containerLabels: Object.freeze(labels),
+  });
+}

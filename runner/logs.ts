@@ -1,0 +1,255 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import type { ClientDuplexStream } from '@grpc/grpc-js';
+import { crc32 } from '../lib/crc32.ts';
+import type { Logger } from '../lib/logger.ts';
+import { LogStream, type LogAck, type LogFrame } from '../proto/gen/gantry/runner/v1/runner.ts';
+
+const STREAMS = { system: LogStream.LOG_STREAM_SYSTEM, stdout: LogStream.LOG_STREAM_STDOUT, stderr: LogStream.LOG_STREAM_STDERR };
+/** Largest frame (research/dispatch.md 4.3: <= 256 KB). */
+const MAX_FRAME = 256 * 1024;
+/** Bytes sent but not acknowledged per lease before the shipper waits for acks. */
+const WINDOW = 2 * 1024 * 1024;
+
+/**
+ * One lease's log, spooled to disk as it is produced: the combined bytes of all streams in
+ * arrival order, with a record of which stream each run of bytes came from. Nothing is
+ * lost when the control plane is away: the shipper resends from the acknowledged offset.
+ * Output past `maxBytes` is dropped with one visible note.
+ */
+export class LogSpool {
+  length = 0;
+  crc = 0;
+  finished = false;
+  truncated = false;
+  private readonly records: { offset: number; stream: number; length: number }[] = [];
+  private fd: number;
+
+  constructor(
+    readonly file: string,
+    private readonly maxBytes: number,
+  ) {
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    this.fd = fs.openSync(file, 'w+');
+  }
+
+  append(stream: keyof typeof STREAMS, data: Buffer): void {
+    if (this.finished || data.length === 0) return;
+    if (this.truncated) return;
+    let chunk = data;
+    if (this.length + chunk.length > this.maxBytes) {
+      chunk = chunk.subarray(0, Math.max(0, this.maxBytes - this.length));
+      this.truncated = true;
+    }
+    if (chunk.length > 0) this.write(STREAMS[stream], chunk);
+    if (this.truncated) {
+      this.write(STREAMS.system, Buffer.from(`\n[gantry] log truncated: the task wrote more than ${this.maxBytes} bytes\n`));
+    }
+  }
+
+  private write(stream: number, data: Buffer): void {
+    fs.writeSync(this.fd, data, 0, data.length, this.length);
+    const last = this.records[this.records.length - 1];
+    if (last && last.stream === stream) last.length += data.length;
+    else this.records.push({ offset: this.length, stream, length: data.length });
+    this.length += data.length;
+    this.crc = crc32(data, this.crc);
+  }
+
+  /** Up to `max` bytes from `offset`, all of one stream. */
+  read(offset: number, max: number): { stream: number; data: Buffer } | undefined {
+    if (offset >= this.length) return undefined;
+    // Records are few and ordered; a binary search keeps long logs cheap.
+    let lo = 0;
+    let hi = this.records.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (this.records[mid]!.offset <= offset) lo = mid;
+      else hi = mid - 1;
+    }
+    const rec = this.records[lo]!;
+    const len = Math.min(max, rec.offset + rec.length - offset);
+    const data = Buffer.alloc(len);
+    fs.readSync(this.fd, data, 0, len, offset);
+    return { stream: rec.stream, data };
+  }
+
+  finish(): void {
+    this.finished = true;
+  }
+
+  remove(): void {
+    try {
+      fs.closeSync(this.fd);
+    } catch {
+      /* already closed */
+    }
+    fs.rmSync(this.file, { force: true });
+  }
+}
+
+interface Entry {
+  leaseId: string;
+  attempt: number;
+  spool: LogSpool;
+  sent: number;
+  acked: number;
+  finalSent: boolean;
+  complete: boolean;
+  /** In-flight frames by offset: the committed offset each should produce, and its generation. */
+  inflight: Map<number, { end: number; gen: number; final: boolean }>;
+  /** Bumped at every resend: acks of frames sent before it are stale. */
+  gen: number;
+}
+
+/**
+ * Ships spooled logs over the Logs stream: frames at byte offsets, a bounded window of
+ * unacknowledged bytes per lease, resend from the committed offset after any drop or
+ * reconnect, and a final frame with the length and CRC-32. Calls `onDone` when the server
+ * holds a lease's whole log (or says the lease is gone).
+ */
+export class LogShipper {
+  private readonly entries = new Map<string, Entry>();
+  private call: ClientDuplexStream<LogFrame, LogAck> | undefined;
+  private blocked = false;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly log: Logger,
+    private readonly onDone: (leaseId: string, how: 'complete' | 'stopped') => void,
+    private flushMs = 1000,
+  ) {}
+
+  setFlushInterval(ms: number): void {
+    this.flushMs = ms;
+  }
+
+  add(leaseId: string, attempt: number, spool: LogSpool): void {
+    this.entries.set(leaseId, { leaseId, attempt, spool, sent: 0, acked: 0, finalSent: false, complete: false, inflight: new Map(), gen: 0 });
+  }
+
+  has(leaseId: string): boolean {
+    return this.entries.has(leaseId);
+  }
+
+  bytesWritten(leaseId: string): number {
+    return this.entries.get(leaseId)?.spool.length ?? 0;
+  }
+
+  /** Drops a lease's log (revoked): nothing more is sent. */
+  drop(leaseId: string): void {
+    const e = this.entries.get(leaseId);
+    if (!e) return;
+    this.entries.delete(leaseId);
+    e.spool.remove();
+  }
+
+  /** A new Logs stream: everything not acknowledged is sent again from the acked offset. */
+  attach(call: ClientDuplexStream<LogFrame, LogAck>): void {
+    this.call = call;
+    this.blocked = false;
+    for (const e of this.entries.values()) {
+      e.sent = e.acked;
+      e.finalSent = false;
+      e.inflight.clear();
+      e.gen++;
+    }
+    call.on('data', (a: LogAck) => this.onAck(a));
+    call.on('drain', () => {
+      this.blocked = false;
+      this.flush();
+    });
+    this.schedule();
+  }
+
+  detach(): void {
+    this.call = undefined;
+    clearTimeout(this.timer);
+  }
+
+  private schedule(): void {
+    clearTimeout(this.timer);
+    if (!this.call) return;
+    this.timer = setTimeout(() => {
+      this.flush();
+      this.schedule();
+    }, this.flushMs);
+    this.timer.unref();
+  }
+
+  /** Sends what is spooled and not yet sent, within each lease's window. */
+  flush(): void {
+    const call = this.call;
+    if (!call || this.blocked) return;
+    for (const e of this.entries.values()) {
+      if (e.complete) continue;
+      while (e.sent < e.spool.length && e.sent - e.acked < WINDOW) {
+        const part = e.spool.read(e.sent, MAX_FRAME);
+        if (!part) break;
+        const ok = call.write({
+          leaseId: e.leaseId,
+          attempt: e.attempt,
+          stream: part.stream,
+          offset: e.sent,
+          data: part.data,
+          final: false,
+          totalBytes: 0,
+          crc32: 0,
+        });
+        e.inflight.set(e.sent, { end: e.sent + part.data.length, gen: e.gen, final: false });
+        e.sent += part.data.length;
+        if (!ok) {
+          this.blocked = true;
+          return;
+        }
+      }
+      if (e.spool.finished && e.sent === e.spool.length && !e.finalSent) {
+        e.finalSent = true;
+        e.inflight.set(e.spool.length, { end: e.spool.length, gen: e.gen, final: true });
+        call.write({
+          leaseId: e.leaseId,
+          attempt: e.attempt,
+          stream: LogStream.LOG_STREAM_SYSTEM,
+          offset: e.spool.length,
+          data: Buffer.alloc(0),
+          final: true,
+          totalBytes: e.spool.length,
+          crc32: e.spool.crc,
+        });
+      }
+    }
+  }
+
+  private onAck(a: LogAck): void {
+    const e = this.entries.get(a.leaseId);
+    if (!e || e.attempt !== a.attempt) return;
+    if (a.stop) {
+      this.log.warn({ leaseId: a.leaseId }, 'control plane no longer wants this log');
+      this.drop(a.leaseId);
+      this.onDone(a.leaseId, 'stopped');
+      return;
+    }
+    const committed = Number(a.committedOffset);
+    if (a.complete) {
+      e.complete = true;
+      e.acked = committed;
+      this.entries.delete(a.leaseId);
+      e.spool.remove();
+      this.onDone(a.leaseId, 'complete');
+      return;
+    }
+    const frame = e.inflight.get(Number(a.frameOffset));
+    e.inflight.delete(Number(a.frameOffset));
+    if (!frame || frame.gen !== e.gen) return; // an answer to a frame from before a resend
+    if (committed < frame.end || frame.final) {
+      // A dropped or reordered frame, a lease not yet accepted, or (for the final frame) a
+      // length or CRC mismatch: resend from what the server holds, on the next flush.
+      this.log.debug({ leaseId: a.leaseId, committed, expected: frame.end }, 'log resend');
+      e.gen++;
+      e.inflight.clear();
+      e.sent = committed;
+      e.finalSent = false;
+    }
+    e.acked = committed;
+  }
+}

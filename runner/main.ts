@@ -1,0 +1,45 @@
+import { ConfigError } from '../lib/errors.ts';
+import { createLogger } from '../lib/logger.ts';
+import { loadRunnerConfig } from './config.ts';
+import { startRunner } from './runner.ts';
+
+/**
+ * `gantry runner`: the only place that touches process. SIGTERM or SIGINT drains (no new
+ * work; running tasks finish up to GANTRY_RUNNER_DRAIN_TIMEOUT_S), then Goodbye and exit 0;
+ * a second signal hands the running tasks back to the control plane and exits.
+ */
+async function main(): Promise<number> {
+  const config = loadRunnerConfig(process.env);
+  const log = createLogger({ name: 'gantry-runner', level: config.logLevel });
+  const faults = process.env.GANTRY_RUNNER_FAULT_DROP_LOG_EVERY
+    ? { dropLogFrameEvery: Number(process.env.GANTRY_RUNNER_FAULT_DROP_LOG_EVERY) }
+    : {};
+  const runner = await startRunner(config, log, faults);
+  return new Promise<number>((resolve) => {
+    let signals = 0;
+    const onSignal = (sig: string) => {
+      signals++;
+      if (signals === 1) {
+        log.info({ signal: sig }, 'draining: running tasks finish, no new work');
+        runner.drain('finish').then(() => resolve(0), () => resolve(1));
+      } else {
+        log.warn({ signal: sig }, 'second signal: handing running tasks back');
+        runner.drain('hand_back').then(() => resolve(0), () => resolve(1));
+      }
+    };
+    process.on('SIGTERM', () => onSignal('SIGTERM'));
+    process.on('SIGINT', () => onSignal('SIGINT'));
+  });
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`gantry runner: ${err.message}\n`);
+      process.exit(2);
+    }
+    process.stderr.write(`gantry runner: ${(err as Error)?.stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);
