@@ -48,6 +48,11 @@ export interface ControlPlaneConfig {
   readonly logMaxBytes: number;
   /** How often the lease sweeper runs. */
   readonly sweepIntervalMs: number;
+  /**
+   * Frames written to a runner's control stream and not yet flushed (the runner stopped
+   * reading) before its session is dropped: bounds the memory one runner can hold.
+   */
+  readonly maxUnflushedFrames: number;
   /** Runners `start` launches on this host (default 1 embedded, 0 with DATABASE_URL). */
   readonly localRunners: number;
 }
@@ -123,6 +128,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     priorityAgeingS: e.int('GANTRY_PRIORITY_AGEING_S', 600, { min: 1 }),
     logMaxBytes: e.int('GANTRY_LOG_MAX_BYTES', 8 * 1024 * 1024, { min: 1024 }),
     sweepIntervalMs: e.int('GANTRY_SWEEP_INTERVAL_MS', 1000, { min: 10 }),
+    maxUnflushedFrames: e.int('GANTRY_MAX_UNFLUSHED_FRAMES', 2000, { min: 10 }),
     localRunners: e.int('GANTRY_LOCAL_RUNNERS', databaseUrl ? 0 : 1, { min: 0, max: 64 }),
   });
 }

@@ -259,7 +259,19 @@ export class RunnerAgent {
     this.call.write({ frame });
   }
 
+  /** Sends a Credit once the current burst of work is handled (many changes, one frame). */
   private sendCredit(): void {
+    if (this.creditPending) return;
+    this.creditPending = true;
+    setImmediate(() => {
+      this.creditPending = false;
+      this.sendCreditNow();
+    });
+  }
+
+  private creditPending = false;
+
+  private sendCreditNow(): void {
     if (!this.connected) return;
     // A runner whose Docker engine does not answer takes no work (it would only fail it).
     const accepting = this.state === 'running' && this.dockerOk;
@@ -301,6 +313,7 @@ export class RunnerAgent {
         }
         this.sendCredit();
         const beat = w.settings?.beatIntervalMs ?? 5000;
+        this.lastBeatTickAt = Date.now();
         clearInterval(this.beatTimer);
         this.beatTimer = setInterval(() => this.beat(), beat);
         this.log.info({ epoch: w.sessionEpoch, keep: w.keep.length, revoke: w.revoke.length, serverId: w.serverId }, 'connected to the control plane');
@@ -360,14 +373,18 @@ export class RunnerAgent {
 
   private beat(): void {
     if (!this.connected) return;
+    if (this.streamIsDead()) return;
     if (!this.logCall) this.openLogStream();
     this.write({
       $case: 'beat',
       value: {
         seq: ++this.beatSeq,
         sentAt: Date.now(),
+        // Only leases still running need renewing: a finished one is closed by its Completed,
+        // and listing it while that Completed is in flight would get it revoked (and its
+        // log, possibly not yet shipped, dropped).
         leases: [...this.ledger.values()]
-          .filter((e) => !e.aborted && !(e.result && e.acked))
+          .filter((e) => !e.aborted && !e.result)
           .map((e) => ({ leaseId: e.offer.leaseId, attempt: e.offer.attempt, phase: e.phase, logBytesWritten: this.shipper.bytesWritten(e.offer.leaseId) })),
         stats: this.stats.current(this.busy(), this.busy(), this.slots),
       },
@@ -385,6 +402,28 @@ export class RunnerAgent {
       },
     );
   }
+
+  /**
+   * The control stream's watchdog: a stream on which the server has said nothing for
+   * session_dead_after (its Beats stopped: a session it dropped, a half-open connection) is
+   * cancelled, and the reconnect presents the ledger. A stall of this process (event-loop
+   * block, SIGSTOP) does not count: frames sent meanwhile are still unread, so they get
+   * one more period to arrive.
+   */
+  private streamIsDead(): boolean {
+    const now = Date.now();
+    const beat = this.settings?.beatIntervalMs || 5000;
+    if (now - this.lastBeatTickAt > 2 * beat) this.watchdogFrom = now;
+    this.lastBeatTickAt = now;
+    const deadAfter = this.settings?.sessionDeadAfterMs || 3 * beat;
+    if (now - Math.max(this.lastServerFrameAt, this.watchdogFrom) <= deadAfter) return false;
+    this.log.warn({ silentMs: now - this.lastServerFrameAt }, 'no frame from the control plane within session_dead_after; reconnecting');
+    this.call?.cancel();
+    return true;
+  }
+
+  private lastBeatTickAt = 0;
+  private watchdogFrom = 0;
 
   private onOffer(o: Offer): void {
     this.offersSeen = Math.max(this.offersSeen, o.offerSeq);
@@ -443,7 +482,10 @@ export class RunnerAgent {
           ...(o.dockerAuth ? { dockerAuth: o.dockerAuth } : {}),
         },
         {
-          onOutput: (stream, data) => spool.append(stream, data),
+          onOutput: (stream, data) => {
+            spool.append(stream, data);
+            this.shipper.touch(o.leaseId);
+          },
           onStarted: (info) => {
             e.phase = LeasePhase.LEASE_PHASE_RUNNING;
             e.containerId = info.containerId;
@@ -475,6 +517,7 @@ export class RunnerAgent {
     if (e.aborted === 'revoke') return this.finishAborted(e, spool);
     if (e.handedBack) result = { ...result, outcome: 'runner_error', msg: 'handed back by a draining runner' };
     spool.finish();
+    this.shipper.touch(o.leaseId);
     e.phase = LeasePhase.LEASE_PHASE_FINISHED;
     e.result = {
       leaseId: o.leaseId,

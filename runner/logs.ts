@@ -11,11 +11,15 @@ const MAX_FRAME = 256 * 1024;
 /** Bytes sent but not acknowledged per lease before the shipper waits for acks. */
 const WINDOW = 2 * 1024 * 1024;
 
+/** Bytes a log keeps in memory before it spills to its spool file. */
+const MEMORY_LIMIT = 64 * 1024;
+
 /**
- * One lease's log, spooled to disk as it is produced: the combined bytes of all streams in
- * arrival order, with a record of which stream each run of bytes came from. Nothing is
- * lost when the control plane is away: the shipper resends from the acknowledged offset.
- * Output past `maxBytes` is dropped with one visible note.
+ * One lease's log as it is produced: the combined bytes of all streams in arrival order,
+ * with a record of which stream each run of bytes came from. A small log stays in memory;
+ * past MEMORY_LIMIT it spills to a spool file on disk, so memory stays bounded however much
+ * a task writes and however long the control plane is away. The shipper resends from the
+ * acknowledged offset. Output past `maxBytes` is dropped with one visible note.
  */
 export class LogSpool {
   length = 0;
@@ -23,14 +27,17 @@ export class LogSpool {
   finished = false;
   truncated = false;
   private readonly records: { offset: number; stream: number; length: number }[] = [];
-  private fd: number;
+  private fd: number | undefined;
+  private memory: Buffer[] | undefined = [];
 
   constructor(
     readonly file: string,
     private readonly maxBytes: number,
-  ) {
-    fs.mkdirSync(path.dirname(file), { recursive: true });
-    this.fd = fs.openSync(file, 'w+');
+  ) {}
+
+  /** True once the log lives on disk. */
+  get spilled(): boolean {
+    return this.fd !== undefined;
   }
 
   append(stream: keyof typeof STREAMS, data: Buffer): void {
@@ -48,12 +55,22 @@ export class LogSpool {
   }
 
   private write(stream: number, data: Buffer): void {
-    fs.writeSync(this.fd, data, 0, data.length, this.length);
+    if (this.memory && this.length + data.length > MEMORY_LIMIT) this.spill();
+    if (this.memory) this.memory.push(Buffer.from(data));
+    else fs.writeSync(this.fd!, data, 0, data.length, this.length);
     const last = this.records[this.records.length - 1];
     if (last && last.stream === stream) last.length += data.length;
     else this.records.push({ offset: this.length, stream, length: data.length });
     this.length += data.length;
     this.crc = crc32(data, this.crc);
+  }
+
+  private spill(): void {
+    fs.mkdirSync(path.dirname(this.file), { recursive: true });
+    this.fd = fs.openSync(this.file, 'w+');
+    const buf = Buffer.concat(this.memory!);
+    fs.writeSync(this.fd, buf, 0, buf.length, 0);
+    this.memory = undefined;
   }
 
   /** Up to `max` bytes from `offset`, all of one stream. */
@@ -69,8 +86,12 @@ export class LogSpool {
     }
     const rec = this.records[lo]!;
     const len = Math.min(max, rec.offset + rec.length - offset);
+    if (this.memory) {
+      if (this.memory.length > 1) this.memory = [Buffer.concat(this.memory)];
+      return { stream: rec.stream, data: this.memory[0]!.subarray(offset, offset + len) };
+    }
     const data = Buffer.alloc(len);
-    fs.readSync(this.fd, data, 0, len, offset);
+    fs.readSync(this.fd!, data, 0, len, offset);
     return { stream: rec.stream, data };
   }
 
@@ -79,11 +100,14 @@ export class LogSpool {
   }
 
   remove(): void {
+    this.memory = undefined;
+    if (this.fd === undefined) return;
     try {
       fs.closeSync(this.fd);
     } catch {
       /* already closed */
     }
+    this.fd = undefined;
     fs.rmSync(this.file, { force: true });
   }
 }
@@ -100,6 +124,8 @@ interface Entry {
   inflight: Map<number, { end: number; gen: number; final: boolean }>;
   /** Bumped at every resend: acks of frames sent before it are stale. */
   gen: number;
+  /** When an ack last arrived (or the entry was added): unanswered frames are resent after a while. */
+  lastAckAt: number;
 }
 
 /**
@@ -110,6 +136,8 @@ interface Entry {
  */
 export class LogShipper {
   private readonly entries = new Map<string, Entry>();
+  /** Entries with something to send; flush looks only at these. */
+  private readonly dirty = new Set<Entry>();
   private call: ClientDuplexStream<LogFrame, LogAck> | undefined;
   private blocked = false;
   private timer: NodeJS.Timeout | undefined;
@@ -125,7 +153,9 @@ export class LogShipper {
   }
 
   add(leaseId: string, attempt: number, spool: LogSpool): void {
-    this.entries.set(leaseId, { leaseId, attempt, spool, sent: 0, acked: 0, finalSent: false, complete: false, inflight: new Map(), gen: 0 });
+    const e: Entry = { leaseId, attempt, spool, sent: 0, acked: 0, finalSent: false, complete: false, inflight: new Map(), gen: 0, lastAckAt: Date.now() };
+    this.entries.set(leaseId, e);
+    this.dirty.add(e);
   }
 
   has(leaseId: string): boolean {
@@ -137,10 +167,17 @@ export class LogShipper {
   }
 
   /** Drops a lease's log (revoked): nothing more is sent. */
+  /** New output (or the end of it) for a lease: the next flush sends it. */
+  touch(leaseId: string): void {
+    const e = this.entries.get(leaseId);
+    if (e) this.dirty.add(e);
+  }
+
   drop(leaseId: string): void {
     const e = this.entries.get(leaseId);
     if (!e) return;
     this.entries.delete(leaseId);
+    this.dirty.delete(e);
     e.spool.remove();
   }
 
@@ -153,6 +190,7 @@ export class LogShipper {
       e.finalSent = false;
       e.inflight.clear();
       e.gen++;
+      this.dirty.add(e);
     }
     call.on('data', (a: LogAck) => this.onAck(a));
     call.on('drain', () => {
@@ -171,18 +209,37 @@ export class LogShipper {
     clearTimeout(this.timer);
     if (!this.call) return;
     this.timer = setTimeout(() => {
+      this.resendUnanswered();
       this.flush();
       this.schedule();
     }, this.flushMs);
     this.timer.unref();
   }
 
+  /** Frames the server never answered (it failed to store them) are sent again from the ack. */
+  private resendUnanswered(): void {
+    const now = Date.now();
+    for (const e of this.entries.values()) {
+      if (e.inflight.size > 0 && now - e.lastAckAt > Math.max(10_000, 10 * this.flushMs)) {
+        e.gen++;
+        e.inflight.clear();
+        e.sent = e.acked;
+        e.finalSent = false;
+        e.lastAckAt = now;
+        this.dirty.add(e);
+      }
+    }
+  }
+
   /** Sends what is spooled and not yet sent, within each lease's window. */
   flush(): void {
     const call = this.call;
     if (!call || this.blocked) return;
-    for (const e of this.entries.values()) {
-      if (e.complete) continue;
+    for (const e of this.dirty) {
+      if (e.complete) {
+        this.dirty.delete(e);
+        continue;
+      }
       while (e.sent < e.spool.length && e.sent - e.acked < WINDOW) {
         const part = e.spool.read(e.sent, MAX_FRAME);
         if (!part) break;
@@ -196,6 +253,7 @@ export class LogShipper {
           totalBytes: 0,
           crc32: 0,
         });
+        if (e.inflight.size === 0) e.lastAckAt = Date.now(); // the wait for an answer starts now
         e.inflight.set(e.sent, { end: e.sent + part.data.length, gen: e.gen, final: false });
         e.sent += part.data.length;
         if (!ok) {
@@ -203,8 +261,10 @@ export class LogShipper {
           return;
         }
       }
+      if (e.sent < e.spool.length && e.sent - e.acked >= WINDOW) continue; // window full: stays dirty
       if (e.spool.finished && e.sent === e.spool.length && !e.finalSent) {
         e.finalSent = true;
+        if (e.inflight.size === 0) e.lastAckAt = Date.now();
         e.inflight.set(e.spool.length, { end: e.spool.length, gen: e.gen, final: true });
         call.write({
           leaseId: e.leaseId,
@@ -217,6 +277,8 @@ export class LogShipper {
           crc32: e.spool.crc,
         });
       }
+      // Nothing left to send until new output, the end of the log, or a resend.
+      if (e.sent === e.spool.length && (!e.spool.finished || e.finalSent)) this.dirty.delete(e);
     }
   }
 
@@ -230,6 +292,7 @@ export class LogShipper {
       return;
     }
     const committed = Number(a.committedOffset);
+    e.lastAckAt = Date.now();
     if (a.complete) {
       e.complete = true;
       e.acked = committed;
@@ -249,6 +312,7 @@ export class LogShipper {
       e.inflight.clear();
       e.sent = committed;
       e.finalSent = false;
+      this.dirty.add(e);
     }
     e.acked = committed;
   }

@@ -4,6 +4,9 @@ import type { RunnerSession } from '../grpc/session.ts';
 import type { Store } from '../store/index.ts';
 import { StoreUnavailableError } from '../errors.ts';
 
+/** Most tasks claimed for one runner in one transaction. */
+export const MAX_CLAIM = 256;
+
 /**
  * Offers queued work to the runners whose streams this replica holds, within their credit.
  * Woken by events (a task queued, a credit, a lease ended, a code resumed) so an idle runner
@@ -70,16 +73,19 @@ export class Dispatcher {
       do {
         s.pumpAgain = false;
         for (;;) {
-          const free = s.freeSlots();
-          if (free <= 0 || !s.runner) break;
-          const rows = await this.store.leases.claim(s.runner, free, {
+          // A runner may announce any number of free slots: claim in bounded batches, so one
+          // credit never loads the whole queue into memory, and a session dropped while
+          // offering (it stopped reading) ties up at most one more batch.
+          const want = Math.min(s.freeSlots(), MAX_CLAIM);
+          if (want <= 0 || !s.runner) break;
+          const rows = await this.store.leases.claim(s.runner, want, {
             acceptDeadlineMs: this.config.timers.acceptDeadlineMs,
             ageingS: this.config.priorityAgeingS,
           });
           if (rows.length === 0) break;
           if (s.state === 'closed') break; // the accept deadline returns them to the queue
           s.offer(rows);
-          if (rows.length < free) break;
+          if (rows.length < want) break;
         }
       } while (s.pumpAgain && !this.stopped);
     } catch (err) {

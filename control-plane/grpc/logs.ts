@@ -4,17 +4,22 @@ import type { LogAck, LogFrame } from '../../proto/gen/gantry/runner/v1/runner.t
 import type { ControlPlaneMetrics } from '../metrics.ts';
 import type { Store } from '../store/index.ts';
 
+/** Frames applied in one transaction at most. */
+const MAX_BATCH = 500;
+
 /**
  * A runner's log stream: frames carry byte offsets of each lease's combined log; every
  * frame is answered with the committed offset, so the runner resends exactly what is
  * missing after a drop or a reconnect. The final frame's length and CRC-32 close the log.
+ * Frames that arrive while a batch is being stored are stored together, in order.
  */
 export function handleLogStream(
   call: ServerDuplexStream<LogFrame, LogAck>,
   runnerId: () => Promise<string | undefined>,
   deps: { store: Store; metrics: ControlPlaneMetrics; log: Logger },
 ): void {
-  let chain = Promise.resolve();
+  const inbox: LogFrame[] = [];
+  let busy = false;
   let closed = false;
   const end = () => {
     closed = true;
@@ -25,28 +30,49 @@ export function handleLogStream(
   });
   call.on('error', end);
   call.on('cancelled', end);
-  call.on('data', (f: LogFrame) => {
-    chain = chain
-      .then(async () => {
-        if (closed) return;
+
+  const drain = async () => {
+    busy = true;
+    try {
+      while (inbox.length > 0 && !closed) {
+        const batch = inbox.splice(0, MAX_BATCH);
         const rid = await runnerId();
         if (!rid) {
-          call.write({ leaseId: f.leaseId, attempt: f.attempt, committedOffset: 0, complete: false, stop: true, frameOffset: Number(f.offset) });
-          return;
+          for (const f of batch) call.write({ leaseId: f.leaseId, attempt: f.attempt, committedOffset: 0, complete: false, stop: true, frameOffset: f.offset });
+          continue;
         }
-        const offset = Number(f.offset);
-        // An empty frame asks where the server is; a data frame appends at its offset.
-        const r = await deps.store.logs.append(f.leaseId, f.attempt, rid, offset, f.stream, f.data);
-        if (!r.stop && f.data.length > 0 && r.committed === offset + f.data.length) deps.metrics.logBytes.inc(f.data.length);
-        let ack: LogAck = { leaseId: f.leaseId, attempt: f.attempt, committedOffset: r.committed, complete: false, stop: r.stop, frameOffset: offset };
-        if (f.final && !r.stop) {
-          const fin = await deps.store.logs.finish(f.leaseId, f.attempt, rid, Number(f.totalBytes), f.crc32);
-          ack = { leaseId: f.leaseId, attempt: f.attempt, committedOffset: fin.committed, complete: fin.complete, stop: fin.stop, frameOffset: offset };
-        }
-        if (!closed) call.write(ack);
-      })
-      .catch((err) => {
-        deps.log.warn({ err: (err as Error).message, leaseId: f.leaseId }, 'log frame failed');
-      });
+        const results = await deps.store.logs.appendMany(
+          rid,
+          batch.map((f) => ({
+            leaseId: f.leaseId,
+            attempt: f.attempt,
+            offset: Number(f.offset),
+            stream: f.stream,
+            data: f.data,
+            ...(f.final ? { final: { totalBytes: Number(f.totalBytes), crc: f.crc32 } } : {}),
+          })),
+        );
+        let bytes = 0;
+        batch.forEach((f, i) => {
+          const r = results[i]!;
+          if (!r.stop && r.committed >= Number(f.offset) + f.data.length) bytes += f.data.length;
+          if (!closed) {
+            call.write({ leaseId: f.leaseId, attempt: f.attempt, committedOffset: r.committed, complete: r.complete, stop: r.stop, frameOffset: f.offset });
+          }
+        });
+        deps.metrics.logBytes.inc(bytes);
+      }
+    } catch (err) {
+      // Unanswered frames are resent by the runner from its acknowledged offset.
+      deps.log.warn({ err: (err as Error).message }, 'log frames not stored');
+      inbox.length = 0;
+    } finally {
+      busy = false;
+    }
+  };
+
+  call.on('data', (f: LogFrame) => {
+    inbox.push(f);
+    if (!busy) void drain();
   });
 }

@@ -9,7 +9,6 @@ import {
   Outcome,
   ReconnectReason,
   RevokeReason,
-  type Completed,
   type Hello,
   type RunnerFrame,
   type ServerFrame,
@@ -47,8 +46,9 @@ const DISPOSITIONS = {
   stale: Disposition.DISPOSITION_STALE,
 } as const;
 
-/** Outbound frames not yet flushed before a runner that stopped reading is dropped. */
-const MAX_UNFLUSHED = 2000;
+type AnyFrame = NonNullable<RunnerFrame['frame']>;
+type FrameKind = AnyFrame['$case'];
+type FrameValue<K extends FrameKind> = Extract<AnyFrame, { $case: K }>['value'];
 
 /**
  * One runner's control stream (research/dispatch.md 4.2–4.7): handshake with reconcile,
@@ -61,7 +61,9 @@ export class RunnerSession {
   runner: RunnerRef | undefined;
   clusterId: string;
   private readonly log: Logger;
-  private chain: Promise<void> = Promise.resolve();
+  /** Frames received and not yet handled; handled in batches, in order per lease. */
+  private inbox: RunnerFrame[] = [];
+  private processing = false;
   private creditSeq = -1;
   private creditFree = 0;
   private seenThrough = 0;
@@ -86,8 +88,11 @@ export class RunnerSession {
     this.clusterId = clusterId;
     this.log = deps.log.child({ sessionId: this.sessionId });
     call.on('data', (f: RunnerFrame) => {
+      // A closed session reads on (the runner may not know yet) but keeps nothing.
+      if (this.state === 'closed') return;
       this.lastFrameAt = Date.now();
-      this.chain = this.chain.then(() => this.onFrame(f)).catch((err) => this.fail(err));
+      this.inbox.push(f);
+      if (!this.processing) void this.processInbox();
     });
     call.on('end', () => this.close('stream ended by runner'));
     call.on('error', (err) => this.close(`stream error: ${err.message}`));
@@ -125,7 +130,8 @@ export class RunnerSession {
   send(frame: ServerFrame['frame']): void {
     if (this.state === 'closed' || !frame) return;
     this.deps.metrics.frames.inc({ type: frame.$case, dir: 'out' });
-    if (this.unflushed >= MAX_UNFLUSHED) {
+    // A runner that stopped reading is dropped rather than buffered for (grpc-node#1332).
+    if (this.unflushed >= this.deps.config.maxUnflushedFrames) {
       this.close(`runner is not reading (${this.unflushed} frames unflushed)`, true);
       return;
     }
@@ -182,10 +188,14 @@ export class RunnerSession {
 
   private memoryMb = 512;
 
-  /** Sends Cancel for every lease of this runner whose task has a cancel requested. */
-  async sendPendingCancels(): Promise<void> {
+  /**
+   * Sends Cancel for every lease of this runner whose task has a cancel requested and no
+   * Cancel sent; with `resend` (right after Welcome) also those sent on an earlier stream,
+   * which may have died before the runner read them (research/dispatch.md 4.7).
+   */
+  async sendPendingCancels(resend = false): Promise<void> {
     if (!this.runner || this.state === 'closed') return;
-    for (const c of await this.deps.store.leases.pendingCancels(this.runner.id)) {
+    for (const c of await this.deps.store.leases.pendingCancels(this.runner.id, resend)) {
       this.send({
         $case: 'cancel',
         value: { leaseId: c.lease_id, attempt: c.attempt, reason: CancelReason.CANCEL_REASON_USER, graceMs: this.deps.config.timers.cancelGraceMs },
@@ -218,10 +228,102 @@ export class RunnerSession {
     this.close('asked the runner to reconnect');
   }
 
-  private async onFrame(f: RunnerFrame): Promise<void> {
+  private async processInbox(): Promise<void> {
+    this.processing = true;
+    try {
+      while (this.inbox.length > 0 && this.state !== 'closed') {
+        if (this.state === 'handshake') {
+          await this.onFrame(this.inbox.shift()!);
+          continue;
+        }
+        await this.onBatch(this.inbox.splice(0, 1000));
+      }
+    } catch (err) {
+      this.fail(err);
+    } finally {
+      this.processing = false;
+    }
+  }
+
+  /**
+   * A burst of frames, handled with one statement per kind instead of one transaction per
+   * frame. Per lease the order Accept → Started → Progress → Completed is kept by handling
+   * the kinds in that order; beats, credits and the rest follow in arrival order.
+   */
+  private async onBatch(frames: RunnerFrame[]): Promise<void> {
+    const runner = this.runner!;
+    const { store, config, metrics } = this.deps;
+    const ttl = config.timers.leaseTtlMs;
+    const of = <K extends FrameKind>(k: K): FrameValue<K>[] => {
+      const out: FrameValue<K>[] = [];
+      for (const f of frames) if (f.frame?.$case === k) out.push(f.frame.value as FrameValue<K>);
+      return out;
+    };
+    for (const f of frames) if (f.frame) metrics.frames.inc({ type: f.frame.$case, dir: 'in' });
+
+    const accepts = of('accept');
+    if (accepts.length > 0) {
+      const ok = await store.leases.acceptMany(runner.id, accepts, ttl);
+      for (const a of accepts) {
+        metrics.offerResults.inc({ result: ok.has(a.leaseId) ? 'accepted' : 'late' });
+        if (!ok.has(a.leaseId)) this.revoke(a.leaseId, a.attempt, RevokeReason.REVOKE_REASON_UNKNOWN_LEASE);
+      }
+    }
+    const starts = of('started');
+    if (starts.length > 0) {
+      const granted = await store.leases.startedMany(
+        runner.id,
+        starts.map((s) => ({ leaseId: s.leaseId, attempt: s.attempt, containerId: s.containerId, startedAt: new Date(Number(s.startedAt)) })),
+        ttl,
+      );
+      for (const s of starts) {
+        const g = granted.get(s.leaseId);
+        if (!g) this.revoke(s.leaseId, s.attempt, RevokeReason.REVOKE_REASON_UNKNOWN_LEASE);
+        else metrics.dispatchLatency.observe(Math.max(0, Number(s.startedAt) - g.getTime()) / 1000);
+      }
+      if (granted.size > 0) this.penaltyMs = 0;
+    }
+    const done = of('completed');
+    if (done.length > 0) {
+      const outcomes = done.map((c) => OUTCOMES[c.outcome] ?? 'runner_error');
+      const dispositions = await store.leases.completeMany(
+        runner.id,
+        done.map((c, i) => ({
+          leaseId: c.leaseId,
+          attempt: c.attempt,
+          outcome: outcomes[i]!,
+          exitCode: c.exitCode,
+          oomKilled: c.oomKilled,
+          // A success keeps whatever the task said through its progress; other outcomes explain themselves.
+          msg: outcomes[i] === 'succeeded' ? '' : c.msg,
+          startedAt: Number(c.startedAt),
+          finishedAt: Number(c.finishedAt),
+        })),
+        { leaseTtlMs: ttl, runnerLossBudget: config.runnerLossBudget },
+      );
+      done.forEach((c, i) => {
+        const d = dispositions[i]!;
+        metrics.completions.inc({ outcome: outcomes[i]!, disposition: d });
+        if (outcomes[i] === 'runner_error' && d === 'recorded') this.penalise(`could not run a task: ${c.msg}`);
+        this.send({ $case: 'completedAck', value: { leaseId: c.leaseId, attempt: c.attempt, disposition: DISPOSITIONS[d] } });
+      });
+    }
+    // Everything else, in arrival order; of the beats only the newest matters.
+    const beats = of('beat');
+    const lastBeat = beats[beats.length - 1];
+    for (const f of frames) {
+      const k = f.frame?.$case;
+      if (!k || k === 'accept' || k === 'started' || k === 'completed') continue;
+      if (k === 'beat' && f.frame!.value !== lastBeat) continue;
+      await this.onFrame(f, false);
+    }
+    if (done.length > 0 || this.freeSlots() > 0) this.deps.wake(runner.cluster);
+  }
+
+  private async onFrame(f: RunnerFrame, count = true): Promise<void> {
     const fr = f.frame;
     if (!fr || this.state === 'closed') return;
-    this.deps.metrics.frames.inc({ type: fr.$case, dir: 'in' });
+    if (count) this.deps.metrics.frames.inc({ type: fr.$case, dir: 'in' });
     if (this.state === 'handshake') {
       if (fr.$case !== 'hello') return this.close(`first frame must be Hello, got ${fr.$case}`, true);
       return this.onHello(fr.value);
@@ -243,26 +345,11 @@ export class RunnerSession {
         if (this.freeSlots() > 0) this.deps.wake(runner.cluster);
         return;
       }
-      case 'accept': {
-        const ok = await store.leases.accept(fr.value.leaseId, fr.value.attempt, runner.id, ttl);
-        this.deps.metrics.offerResults.inc({ result: ok ? 'accepted' : 'late' });
-        if (!ok) this.revoke(fr.value.leaseId, fr.value.attempt, RevokeReason.REVOKE_REASON_UNKNOWN_LEASE);
-        return;
-      }
       case 'reject': {
         this.deps.metrics.offerResults.inc({ result: 'rejected' });
         await store.leases.release(fr.value.leaseId, fr.value.attempt, runner.id, 'rejected');
         this.penalise(`offer rejected (${fr.value.detail || fr.value.reason})`);
         this.deps.wake(runner.cluster);
-        return;
-      }
-      case 'started': {
-        const s = fr.value;
-        const ok = await store.leases.started(s.leaseId, s.attempt, runner.id, s.containerId, new Date(Number(s.startedAt)), ttl);
-        if (!ok) return this.revoke(s.leaseId, s.attempt, RevokeReason.REVOKE_REASON_UNKNOWN_LEASE);
-        const lease = await store.leases.get(s.leaseId);
-        if (lease) this.deps.metrics.dispatchLatency.observe(Math.max(0, Number(s.startedAt) - lease.granted_at.getTime()) / 1000);
-        this.penaltyMs = 0;
         return;
       }
       case 'beat': {
@@ -284,8 +371,10 @@ export class RunnerSession {
         await store.leases.progress(p.leaseId, p.attempt, runner.id, p.percent, p.msg);
         return;
       }
+      case 'accept':
+      case 'started':
       case 'completed':
-        return this.onCompleted(fr.value);
+        return; // handled in batches (onBatch)
       case 'cancelAck':
         return;
       case 'drainNotice': {
@@ -316,30 +405,6 @@ export class RunnerSession {
 
   private revoke(leaseId: string, attempt: number, reason: RevokeReason) {
     this.send({ $case: 'revoke', value: { leaseId, attempt, reason } });
-  }
-
-  private async onCompleted(c: Completed): Promise<void> {
-    const runner = this.runner!;
-    const outcome = OUTCOMES[c.outcome] ?? 'runner_error';
-    const disposition = await this.deps.store.leases.complete(
-      {
-        leaseId: c.leaseId,
-        attempt: c.attempt,
-        outcome,
-        exitCode: c.exitCode,
-        oomKilled: c.oomKilled,
-        // A success keeps whatever the task said through its progress; other outcomes explain themselves.
-        msg: outcome === 'succeeded' ? '' : c.msg,
-        startedAt: Number(c.startedAt),
-        finishedAt: Number(c.finishedAt),
-      },
-      runner.id,
-      { leaseTtlMs: this.deps.config.timers.leaseTtlMs, runnerLossBudget: this.deps.config.runnerLossBudget },
-    );
-    this.deps.metrics.completions.inc({ outcome, disposition });
-    if (outcome === 'runner_error') this.penalise(`could not run a task: ${c.msg}`);
-    this.send({ $case: 'completedAck', value: { leaseId: c.leaseId, attempt: c.attempt, disposition: DISPOSITIONS[disposition] } });
-    this.deps.wake(runner.cluster);
   }
 
   private async onHello(h: Hello): Promise<void> {
@@ -420,13 +485,15 @@ export class RunnerSession {
     this.timers.push(
       setInterval(() => {
         if (Date.now() - this.lastFrameAt > config.timers.leaseTtlMs) {
-          this.close('runner silent for a whole lease TTL');
+          // End the stream too: a runner that was only frozen reads the end when it wakes
+          // and reconnects with its ledger, instead of talking into a dead session.
+          this.close('runner silent for a whole lease TTL', true);
           return;
         }
         this.send({ $case: 'beat', value: { seq: ++this.beatSeq, sentAt: Date.now(), leases: [], stats: undefined } });
       }, beat),
     );
-    await this.sendPendingCancels();
+    await this.sendPendingCancels(true);
   }
 
   private fail(err: unknown): void {

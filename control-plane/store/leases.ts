@@ -201,19 +201,7 @@ export class LeasesStore {
    * False if the lease is no longer offered to it.
    */
   async accept(leaseId: string, attempt: number, runnerId: string, ttlMs: number): Promise<boolean> {
-    const now = this.c.clock.now();
-    return this.c.db.tx(async (q) => {
-      const r = await q.query<{ task_id: string }>(
-        `UPDATE task_leases SET state = 'accepted', expires_at = $4
-         WHERE id = $1 AND attempt = $2 AND runner_id = $3 AND state = 'offered' RETURNING task_id`,
-        [leaseId, attempt, runnerId, new Date(now.getTime() + ttlMs)],
-      );
-      const taskId = r.rows[0]?.task_id;
-      if (!taskId) return false;
-      await q.query('DELETE FROM task_log_chunks WHERE task_id = $1', [taskId]);
-      await q.query('UPDATE tasks SET log_size = 0, log_complete = false WHERE id = $1 AND lease_id = $2', [taskId, leaseId]);
-      return true;
-    });
+    return (await this.acceptMany(runnerId, [{ leaseId, attempt }], ttlMs)).has(leaseId);
   }
 
   /**
@@ -241,22 +229,7 @@ export class LeasesStore {
 
   /** Accepted → running: the container started and the task becomes `running`. */
   async started(leaseId: string, attempt: number, runnerId: string, containerId: string, startedAt: Date, ttlMs: number) {
-    const now = this.c.clock.now();
-    return this.c.db.tx(async (q) => {
-      const r = await q.query<{ task_id: string }>(
-        `UPDATE task_leases SET state = 'running', started_at = $4, container_id = $5, expires_at = $6
-         WHERE id = $1 AND attempt = $2 AND runner_id = $3 AND state IN ('offered', 'accepted') RETURNING task_id`,
-        [leaseId, attempt, runnerId, startedAt, containerId, new Date(now.getTime() + ttlMs)],
-      );
-      const taskId = r.rows[0]?.task_id;
-      if (!taskId) return false;
-      await q.query(
-        `UPDATE tasks SET status = 'running', start_time = $3, end_time = NULL, updated_at = $4, run_times = run_times + 1
-         WHERE id = $1 AND lease_id = $2`,
-        [taskId, leaseId, startedAt, now],
-      );
-      return true;
-    });
+    return (await this.startedMany(runnerId, [{ leaseId, attempt, containerId, startedAt }], ttlMs)).has(leaseId);
   }
 
   /**
@@ -279,10 +252,13 @@ export class LeasesStore {
       [ids, runnerId, new Date(now.getTime() + ttlMs)],
     );
     const live = new Set(r.rows.map((x) => x.id));
-    // Offered leases are live too (the runner may list one it accepted before the Accept landed).
+    // Offered leases are live too (the runner may list one it accepted before the Accept
+    // landed), and so are leases this runner just completed (its Completed overtook the
+    // Beat): revoking those would make the runner drop a log it may still be shipping.
     const offered = await this.c.db.query<{ id: string }>(
-      `SELECT id FROM task_leases WHERE id = ANY($1::text[]) AND runner_id = $2 AND state = 'offered' AND ended_at IS NULL`,
-      [ids, runnerId],
+      `SELECT id FROM task_leases WHERE id = ANY($1::text[]) AND runner_id = $2
+         AND ((state = 'offered' AND ended_at IS NULL) OR (state = 'done' AND NOT (outcome = ANY($3::text[]))))`,
+      [ids, runnerId, [...RECLAIMED]],
     );
     for (const o of offered.rows) live.add(o.id);
     return ids.filter((id) => !live.has(id));
@@ -307,8 +283,12 @@ export class LeasesStore {
    * error spends the internal budget and requeues the same task.
    */
   async complete(c: Completion, runnerId: string, cfg: LeaseConfig): Promise<Disposition> {
+    return this.c.db.tx((q) => this.completeOne(q, c, runnerId, cfg));
+  }
+
+  private async completeOne(q: Queryable, c: Completion, runnerId: string, cfg: LeaseConfig): Promise<Disposition> {
     const now = this.c.clock.now();
-    return this.c.db.tx(async (q) => {
+    {
       const lease = (
         await q.query<Lease>('SELECT * FROM task_leases WHERE id = $1 FOR UPDATE', [c.leaseId])
       ).rows[0];
@@ -349,7 +329,7 @@ export class LeasesStore {
       });
       if ((status === 'error' || status === 'timeout') && task.retries_left > 0) await this.retryFailed(q, task.id);
       return 'recorded';
-    });
+    }
   }
 
   private async endLease(q: Queryable, leaseId: string, now: Date, outcome: string) {
@@ -493,13 +473,18 @@ export class LeasesStore {
     );
   }
 
-  /** Running leases of a runner whose task has a cancel requested and no Cancel sent yet. */
-  async pendingCancels(runnerId: string): Promise<{ lease_id: string; attempt: number }[]> {
+  /**
+   * Live leases of a runner whose task has a cancel requested and no Cancel sent yet; with
+   * `resend`, those already sent too (a new session: a Cancel written to the old stream may
+   * never have been read).
+   */
+  async pendingCancels(runnerId: string, resend = false): Promise<{ lease_id: string; attempt: number }[]> {
     return (
       await this.c.db.query<{ lease_id: string; attempt: number }>(
         `SELECT l.id AS lease_id, l.attempt FROM task_leases l JOIN tasks t ON t.id = l.task_id
-         WHERE l.runner_id = $1 AND l.ended_at IS NULL AND t.cancel_requested_at IS NOT NULL AND l.cancel_sent_at IS NULL`,
-        [runnerId],
+         WHERE l.runner_id = $1 AND l.ended_at IS NULL AND t.cancel_requested_at IS NOT NULL
+           AND (l.cancel_sent_at IS NULL OR $2)`,
+        [runnerId, resend],
       )
     ).rows;
   }
@@ -534,6 +519,133 @@ export class LeasesStore {
       await this.endLease(q, l.id, now, 'timeout');
       await this.finish(q, l.task_id, l.id, 'timeout', 'Timed out (enforced by the control plane)', { endedAt: now });
       return true;
+    });
+  }
+
+  // ---------- batched forms, for a runner's burst of frames (one transaction each) ----------
+
+  /** Accept for many leases of one runner; returns the lease ids that were accepted. */
+  async acceptMany(runnerId: string, items: { leaseId: string; attempt: number }[], ttlMs: number): Promise<Set<string>> {
+    if (items.length === 0) return new Set();
+    const now = this.c.clock.now();
+    return this.c.db.tx(async (q) => {
+      const r = await q.query<{ id: string; task_id: string; attempt: number }>(
+        `WITH v AS (SELECT * FROM unnest($1::text[], $2::int[]) AS v(id, attempt))
+         UPDATE task_leases l SET state = 'accepted', expires_at = $4
+         FROM v WHERE l.id = v.id AND l.attempt = v.attempt AND l.runner_id = $3 AND l.state = 'offered'
+         RETURNING l.id, l.task_id, l.attempt`,
+        [items.map((i) => i.leaseId), items.map((i) => i.attempt), runnerId, new Date(now.getTime() + ttlMs)],
+      );
+      // A later attempt starts a new log (the first attempt has none to clear).
+      const again = r.rows.filter((x) => x.attempt > 1);
+      if (again.length > 0) {
+        const ids = again.map((x) => x.task_id);
+        await q.query('DELETE FROM task_log_chunks WHERE task_id = ANY($1::text[])', [ids]);
+        await q.query('UPDATE tasks SET log_size = 0, log_crc = 0, log_complete = false WHERE id = ANY($1::text[])', [ids]);
+      }
+      return new Set(r.rows.map((x) => x.id));
+    });
+  }
+
+  /** Started for many leases of one runner; returns each started lease's grant time. */
+  async startedMany(
+    runnerId: string,
+    items: { leaseId: string; attempt: number; containerId: string; startedAt: Date }[],
+    ttlMs: number,
+  ): Promise<Map<string, Date>> {
+    if (items.length === 0) return new Map();
+    const now = this.c.clock.now();
+    const r = await this.c.db.query<{ id: string; granted_at: Date }>(
+      `WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[]) AS v(id, attempt, container_id, started_at)),
+       l AS (
+         UPDATE task_leases l SET state = 'running', started_at = v.started_at::timestamptz, container_id = v.container_id,
+           expires_at = $6
+         FROM v WHERE l.id = v.id AND l.attempt = v.attempt AND l.runner_id = $5 AND l.state IN ('offered', 'accepted')
+         RETURNING l.id, l.task_id, l.granted_at, l.started_at
+       ),
+       t AS (
+         UPDATE tasks t SET status = 'running', start_time = l.started_at, end_time = NULL, updated_at = $7,
+           run_times = t.run_times + 1
+         FROM l WHERE t.id = l.task_id AND t.lease_id = l.id
+         RETURNING t.id
+       )
+       SELECT l.id, l.granted_at FROM l`,
+      [
+        items.map((i) => i.leaseId),
+        items.map((i) => i.attempt),
+        items.map((i) => i.containerId),
+        items.map((i) => i.startedAt.toISOString()),
+        runnerId,
+        new Date(now.getTime() + ttlMs),
+        now,
+      ],
+    );
+    return new Map(r.rows.map((x) => [x.id, x.granted_at]));
+  }
+
+  /**
+   * Results of many leases of one runner in one transaction. The common case (a result
+   * that ends the task, no retry to queue) is applied with two set-based statements; the
+   * rest (retries, runner errors, stale or duplicate results) one by one.
+   */
+  async completeMany(runnerId: string, items: Completion[], cfg: LeaseConfig): Promise<Disposition[]> {
+    if (items.length === 0) return [];
+    const now = this.c.clock.now();
+    return this.c.db.tx(async (q) => {
+      const ids = items.map((i) => i.leaseId);
+      const rows = await q.query<{
+        id: string; attempt: number; runner_id: string; state: LeaseState; task_id: string;
+        t_lease: string | null; retries_left: number; cancel_requested_at: Date | null;
+      }>(
+        `SELECT l.id, l.attempt, l.runner_id, l.state, l.task_id, t.lease_id AS t_lease, t.retries_left, t.cancel_requested_at
+         FROM task_leases l JOIN tasks t ON t.id = l.task_id WHERE l.id = ANY($1::text[]) ORDER BY t.id FOR UPDATE OF l, t`,
+        [ids],
+      );
+      const by = new Map(rows.rows.map((r) => [r.id, r]));
+      const out: Disposition[] = [];
+      const simple: { c: Completion; status: TaskStatus; taskId: string }[] = [];
+      const seen = new Set<string>();
+      for (const c of items) {
+        const r = by.get(c.leaseId);
+        const status = OUTCOME_STATUS[c.outcome];
+        const isSimple =
+          r && !seen.has(c.leaseId) && r.attempt === c.attempt && r.runner_id === runnerId && r.state !== 'done' &&
+          r.t_lease === r.id && status !== 'retry' && !((status === 'error' || status === 'timeout') && r.retries_left > 0);
+        seen.add(c.leaseId);
+        if (isSimple) {
+          simple.push({ c, status: status as TaskStatus, taskId: r.task_id });
+          out.push('recorded');
+        } else {
+          out.push(await this.completeOne(q, c, runnerId, cfg));
+        }
+      }
+      if (simple.length > 0) {
+        const msg = (x: (typeof simple)[number]) => x.c.msg || (x.status === 'cancelled' ? 'Cancelled by user' : null);
+        await q.query(
+          `UPDATE task_leases l SET state = 'done', ended_at = $3, outcome = v.status
+           FROM unnest($1::text[], $2::text[]) AS v(id, status) WHERE l.id = v.id`,
+          [simple.map((x) => x.c.leaseId), simple.map((x) => x.status), now],
+        );
+        await q.query(
+          `UPDATE tasks t SET status = v.status, msg = coalesce(v.msg, t.msg), exit_code = v.exit_code,
+             start_time = coalesce(t.start_time, v.started_at::timestamptz), end_time = v.ended_at::timestamptz,
+             lease_id = NULL, updated_at = $8, percent = CASE WHEN v.status = 'complete' THEN 100 ELSE t.percent END
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[])
+             AS v(id, lease_id, status, msg, exit_code, started_at, ended_at)
+           WHERE t.id = v.id AND t.lease_id = v.lease_id AND t.status IN ('queued', 'running')`,
+          [
+            simple.map((x) => x.taskId),
+            simple.map((x) => x.c.leaseId),
+            simple.map((x) => x.status),
+            simple.map(msg),
+            simple.map((x) => x.c.exitCode),
+            simple.map((x) => (x.c.startedAt ? new Date(x.c.startedAt).toISOString() : null)),
+            simple.map((x) => new Date(x.c.finishedAt || now.getTime()).toISOString()),
+            now,
+          ],
+        );
+      }
+      return out;
     });
   }
 }

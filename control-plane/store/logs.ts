@@ -1,86 +1,129 @@
 import { crc32 } from '../../lib/crc32.ts';
 import type { StoreCtx } from './ctx.ts';
 
-export interface AppendResult {
+/** One frame of a runner's log stream, as the store sees it. */
+export interface LogWrite {
+  leaseId: string;
+  attempt: number;
+  offset: number;
+  stream: number;
+  data: Uint8Array;
+  /** The final frame: the whole log's length and CRC-32. */
+  final?: { totalBytes: number; crc: number };
+}
+
+export interface LogAckResult {
   /** Everything below this offset is stored; the runner resends from here. */
   committed: number;
   /** The lease is unknown, not this runner's, or not the task's current attempt. */
   stop: boolean;
+  /** The final frame matched: the log is whole. */
+  complete: boolean;
+}
+
+export type AppendResult = Omit<LogAckResult, 'complete'>;
+
+interface Cursor {
+  taskId: string;
+  size: number;
+  crc: number;
+  complete: boolean;
+  dirty: boolean;
+  reset: boolean;
 }
 
 /**
  * Task logs as the runner's log stream delivers them: chunks at byte offsets of the
  * attempt's combined log. Appends are contiguous (a chunk must start at the committed
  * offset); a duplicate is acknowledged, a gap is answered with the committed offset so the
- * runner resends. The final frame's length and CRC-32 are checked against what is stored.
+ * runner resends. The stored log's CRC-32 is kept as chunks arrive and checked against the
+ * runner's at the final frame; on a mismatch the log is dropped and resent whole.
  */
 export class LogsStore {
   constructor(private readonly c: StoreCtx) {}
 
-  /**
-   * The task a log frame belongs to: the lease's, while the lease is the task's current
-   * attempt. `pending` while the lease is still offered (its Accept has not been processed
-   * yet: the log stream can overtake the control stream); undefined when stale or unknown.
-   */
-  private async current(leaseId: string, attempt: number, runnerId: string) {
-    const r = await this.c.db.query<{ task_id: string; log_size: number; log_complete: boolean; state: string }>(
-      `SELECT t.id AS task_id, t.log_size, t.log_complete, l.state FROM task_leases l JOIN tasks t ON t.id = l.task_id
-       WHERE l.id = $1 AND l.attempt = $2 AND l.runner_id = $3 AND t.attempt = l.attempt`,
-      [leaseId, attempt, runnerId],
-    );
-    const row = r.rows[0];
-    if (row?.state === 'offered') return 'pending' as const;
-    return row;
-  }
-
-  async append(leaseId: string, attempt: number, runnerId: string, offset: number, stream: number, data: Uint8Array): Promise<AppendResult> {
-    const cur = await this.current(leaseId, attempt, runnerId);
-    if (cur === 'pending') return { committed: 0, stop: false };
-    if (!cur) return { committed: 0, stop: true };
-    if (offset !== cur.log_size || data.length === 0) return { committed: cur.log_size, stop: false };
+  /** Applies a burst of frames from one runner in one transaction; one result per frame, in order. */
+  async appendMany(runnerId: string, frames: LogWrite[]): Promise<LogAckResult[]> {
+    if (frames.length === 0) return [];
     return this.c.db.tx(async (q) => {
-      const upd = await q.query<{ log_size: number }>(
-        'UPDATE tasks SET log_size = log_size + $3 WHERE id = $1 AND log_size = $2 RETURNING log_size',
-        [cur.task_id, offset, data.length],
+      const leaseIds = [...new Set(frames.map((f) => f.leaseId))];
+      const rows = await q.query<{
+        id: string; attempt: number; state: string; task_id: string; log_size: number; log_crc: number; log_complete: boolean;
+      }>(
+        `SELECT l.id, l.attempt, l.state, t.id AS task_id, t.log_size, t.log_crc, t.log_complete
+         FROM task_leases l JOIN tasks t ON t.id = l.task_id
+         WHERE l.id = ANY($1::text[]) AND l.runner_id = $2 AND t.attempt = l.attempt
+         ORDER BY t.id FOR UPDATE OF t`,
+        [leaseIds, runnerId],
       );
-      if (!upd.rows[0]) {
-        const now = await q.query<{ log_size: number }>('SELECT log_size FROM tasks WHERE id = $1', [cur.task_id]);
-        return { committed: now.rows[0]?.log_size ?? 0, stop: false };
+      const leases = new Map(rows.rows.map((r) => [r.id, r]));
+      const cursors = new Map<string, Cursor>();
+      const chunks: { taskId: string; offset: number; stream: number; data: Uint8Array }[] = [];
+      const out: LogAckResult[] = [];
+      for (const f of frames) {
+        const l = leases.get(f.leaseId);
+        if (!l || l.attempt !== f.attempt) {
+          out.push({ committed: 0, stop: true, complete: false });
+          continue;
+        }
+        // The log stream can overtake the control stream: before the Accept is processed
+        // nothing is stored, and the runner resends.
+        if (l.state === 'offered') {
+          out.push({ committed: 0, stop: false, complete: false });
+          continue;
+        }
+        let cur = cursors.get(l.id);
+        if (!cur) {
+          cur = { taskId: l.task_id, size: Number(l.log_size), crc: Number(l.log_crc), complete: l.log_complete, dirty: false, reset: false };
+          cursors.set(l.id, cur);
+        }
+        if (!cur.complete && f.data.length > 0 && f.offset === cur.size) {
+          chunks.push({ taskId: cur.taskId, offset: f.offset, stream: f.stream, data: f.data });
+          cur.size += f.data.length;
+          cur.crc = crc32(f.data, cur.crc);
+          cur.dirty = true;
+        }
+        if (f.final && !cur.complete && cur.size === f.final.totalBytes) {
+          if (cur.crc === f.final.crc >>> 0) {
+            cur.complete = true;
+            cur.dirty = true;
+          } else {
+            // Corrupt somewhere: drop what is stored, the runner resends it all.
+            cur.reset = true;
+            cur.size = 0;
+            cur.crc = 0;
+            cur.dirty = true;
+            for (let i = chunks.length - 1; i >= 0; i--) if (chunks[i]!.taskId === cur.taskId) chunks.splice(i, 1);
+          }
+        }
+        out.push({ committed: cur.size, stop: false, complete: cur.complete });
       }
-      await q.query('INSERT INTO task_log_chunks (task_id, byte_offset, stream, data) VALUES ($1, $2, $3, $4)', [
-        cur.task_id,
-        offset,
-        stream,
-        data,
-      ]);
-      return { committed: upd.rows[0].log_size, stop: false };
+      const resets = [...cursors.values()].filter((c) => c.reset).map((c) => c.taskId);
+      if (resets.length > 0) await q.query('DELETE FROM task_log_chunks WHERE task_id = ANY($1::text[])', [resets]);
+      if (chunks.length > 0) {
+        const params: unknown[] = [];
+        const values = chunks.map((ch) => `($${params.push(ch.taskId)}, $${params.push(ch.offset)}, $${params.push(ch.stream)}, $${params.push(ch.data)})`);
+        await q.query(`INSERT INTO task_log_chunks (task_id, byte_offset, stream, data) VALUES ${values.join(', ')}`, params);
+      }
+      const dirty = [...cursors.values()].filter((c) => c.dirty);
+      if (dirty.length > 0) {
+        await q.query(
+          `UPDATE tasks t SET log_size = v.size, log_crc = v.crc, log_complete = v.complete
+           FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[]) AS v(id, size, crc, complete) WHERE t.id = v.id`,
+          [dirty.map((c) => c.taskId), dirty.map((c) => c.size), dirty.map((c) => c.crc), dirty.map((c) => c.complete)],
+        );
+      }
+      return out;
     });
   }
 
-  /**
-   * The final frame: when all `totalBytes` are stored and their CRC-32 matches, the log is
-   * complete. On a mismatch the stored log is dropped and the runner resends it whole.
-   */
-  async finish(leaseId: string, attempt: number, runnerId: string, totalBytes: number, crc: number) {
-    const cur = await this.current(leaseId, attempt, runnerId);
-    if (cur === 'pending') return { committed: 0, stop: false, complete: false };
-    if (!cur) return { committed: 0, stop: true, complete: false };
-    if (cur.log_complete) return { committed: cur.log_size, stop: false, complete: true };
-    if (cur.log_size !== totalBytes) return { committed: cur.log_size, stop: false, complete: false };
-    const chunks = await this.c.db.query<{ data: Uint8Array }>(
-      'SELECT data FROM task_log_chunks WHERE task_id = $1 ORDER BY byte_offset',
-      [cur.task_id],
-    );
-    let c = 0;
-    for (const ch of chunks.rows) c = crc32(ch.data, c);
-    if (c !== crc) {
-      await this.c.db.tx(async (q) => {
-        await q.query('DELETE FROM task_log_chunks WHERE task_id = $1', [cur.task_id]);
-        await q.query('UPDATE tasks SET log_size = 0 WHERE id = $1', [cur.task_id]);
-      });
-      return { committed: 0, stop: false, complete: false };
-    }
-    await this.c.db.query('UPDATE tasks SET log_complete = true WHERE id = $1', [cur.task_id]);
-    return { committed: totalBytes, stop: false, complete: true };
+  async append(leaseId: string, attempt: number, runnerId: string, offset: number, stream: number, data: Uint8Array): Promise<AppendResult> {
+    const [r] = await this.appendMany(runnerId, [{ leaseId, attempt, offset, stream, data }]);
+    return { committed: r!.committed, stop: r!.stop };
+  }
+
+  async finish(leaseId: string, attempt: number, runnerId: string, totalBytes: number, crc: number): Promise<LogAckResult> {
+    const [r] = await this.appendMany(runnerId, [{ leaseId, attempt, offset: totalBytes, stream: 0, data: new Uint8Array(0), final: { totalBytes, crc } }]);
+    return r!;
   }
 }

@@ -422,6 +422,9 @@ class DockerExecution implements Execution {
         MemorySwap: memory, // equal to Memory: no swap on top
         Privileged: false,
         SecurityOpt: ['no-new-privileges'],
+        // A tiny init (docker-init) as PID 1 forwards SIGTERM to the task, so a cancel's
+        // grace period means something; a shell as PID 1 would ignore it.
+        Init: true,
         AutoRemove: false, // removed by us once its output is drained
       },
     };

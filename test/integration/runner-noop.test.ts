@@ -24,3 +24,54 @@ t.test('a queued task runs on a runner and completes with its log (noop executor
   });
   t.match(log, /payload-123/);
 });
+
+t.test('probes: grpc.health.v1, /metrics on both processes, the runner /healthz; bad credentials refused', async (t) => {
+  const grpc = await import('@grpc/grpc-js');
+  const { service: HealthService } = await import('grpc-health-check');
+  const { RunnerGatewayClient } = await import('../../proto/gen/gantry/runner/v1/runner.ts');
+  const api = await startTestApi(t, 'pglite', { scheduler: true, env: FAST });
+  const runner = await startTestRunner(t, api, { env: { GANTRY_RUNNER_EXECUTOR: 'noop' } });
+
+  const Health = grpc.makeGenericClientConstructor(HealthService, 'Health');
+  const health = new Health(`127.0.0.1:${api.cp.grpcPort}`, grpc.credentials.createInsecure());
+  t.teardown(() => health.close());
+  for (const service of ['', 'gantry.runner.v1.RunnerGateway']) {
+    const res = await new Promise<{ status: string | number }>((resolve, reject) =>
+      (health as unknown as { check: (r: unknown, cb: (e: Error | null, r: { status: string | number }) => void) => void }).check(
+        { service },
+        (e, r) => (e ? reject(e) : resolve(r)),
+      ),
+    );
+    t.ok(res.status === 'SERVING' || res.status === 1, `grpc.health.v1 says SERVING for "${service}"`);
+  }
+
+  const h = await until('runner healthy', async () => {
+    const r = await fetch(`http://127.0.0.1:${runner.healthPort}/healthz`);
+    return r.status === 200 ? r.json() : undefined;
+  });
+  t.match(h, { ok: true, state: 'running' }, 'the runner reports healthy once connected');
+
+  t.equal((await uploadCode(api.user, { name: 'm' })).status, 200);
+  const q = await api.user.project('POST', '/tasks', { json: { tasks: [{ code_name: 'm', payload: 'x' }] } });
+  await until('complete', async () => (await api.user.project('GET', `/tasks/${q.body.tasks[0].id}`)).body.status === 'complete');
+  const cpMetrics = await (await fetch(`${api.url}/metrics`)).text();
+  t.match(cpMetrics, /gantry_offers_total [1-9]/, 'the control plane counts offers');
+  t.match(cpMetrics, /gantry_completions_total\{outcome="succeeded",disposition="recorded"\} [1-9]/);
+  t.match(cpMetrics, /gantry_runner_sessions 1/);
+  const rMetrics = await (await fetch(`http://127.0.0.1:${runner.healthPort}/metrics`)).text();
+  t.match(rMetrics, /gantry_runner_tasks_total\{outcome="succeeded"\} [1-9]/, 'the runner counts tasks');
+
+  // A wrong cluster token is refused before anything else happens.
+  const cluster = (await api.store.clusters.byName('default'))!;
+  const bad = new RunnerGatewayClient(`127.0.0.1:${api.cp.grpcPort}`, grpc.credentials.createInsecure());
+  t.teardown(() => bad.close());
+  const md = new grpc.Metadata();
+  md.set('x-gantry-cluster-id', cluster.id);
+  md.set('authorization', 'Bearer not-the-token');
+  const err = await new Promise<{ code: number }>((resolve) => {
+    const call = bad.connect(md);
+    call.on('error', resolve);
+    call.on('data', () => undefined);
+  });
+  t.equal(err.code, grpc.status.UNAUTHENTICATED, 'a wrong cluster token is UNAUTHENTICATED');
+});

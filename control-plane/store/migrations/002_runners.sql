@@ -50,7 +50,9 @@ CREATE INDEX task_leases_expiry ON task_leases (expires_at) WHERE ended_at IS NU
 ALTER TABLE tasks
   ADD COLUMN log_complete boolean NOT NULL DEFAULT false,
   -- how many times a container was started for the task (IronWorker's run_times)
-  ADD COLUMN run_times integer NOT NULL DEFAULT 0;
+  ADD COLUMN run_times integer NOT NULL DEFAULT 0,
+  -- CRC-32 of the stored log so far, checked against the runner's at the final frame
+  ADD COLUMN log_crc bigint NOT NULL DEFAULT 0;
 
 -- Logs are addressed by their byte offset in the combined log of the task's current attempt
 -- (all streams in arrival order); each chunk records its stream, so stdout and stderr can be

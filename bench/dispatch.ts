@@ -1,0 +1,252 @@
+/**
+ * Dispatch benchmark: prints one JSON line.
+ *
+ *   - floor: a plain Docker create+start of the test image through the engine API, the
+ *     least any runner must spend before a container runs;
+ *   - docker: queued→started latency (p50/p99) of single tasks on a warm runner whose
+ *     executor is the real Docker path, and its overhead over the floor;
+ *   - noop: end-to-end throughput (queued → complete, logs stored) of many no-op tasks through
+ *     runner processes whose executor does nothing, and their queued→started latency.
+ *
+ * Runs against PostgreSQL (GANTRY_BENCH_PG_URL, an admin URL: a fresh database is made and
+ * dropped) with runner processes on this host. Usage: npm run bench [-- --tasks 20000]
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import Dockerode from 'dockerode';
+import pg from 'pg';
+import { createLogger } from '../lib/logger.ts';
+import { loadConfig } from '../control-plane/config.ts';
+import { startControlPlane } from '../control-plane/server.ts';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const IMAGE = process.env.GANTRY_TEST_IMAGE ?? 'gantry-test/busybox:latest';
+
+const { values: args } = parseArgs({
+  options: {
+    tasks: { type: 'string', default: '20000' },
+    'docker-tasks': { type: 'string', default: '40' },
+    runners: { type: 'string', default: '2' },
+    slots: { type: 'string', default: '256' },
+    batch: { type: 'string', default: '1000' },
+    'latency-tasks': { type: 'string', default: '200' },
+  },
+});
+const N_NOOP = Number(args.tasks);
+const N_DOCKER = Number(args['docker-tasks']);
+const RUNNERS = Number(args.runners);
+const SLOTS = Number(args.slots);
+const BATCH = Number(args.batch);
+const N_NOOP_LAT = Number(args['latency-tasks']);
+
+const progress = (msg: string) => process.stderr.write(`[bench] ${msg}\n`);
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]! : NaN;
+};
+const round = (x: number) => Math.round(x * 100) / 100;
+
+async function freshDatabase(admin: string): Promise<{ url: string; drop: () => Promise<void> }> {
+  const name = `gantry_bench_${process.pid}`;
+  const c = new pg.Client({ connectionString: admin });
+  await c.connect();
+  await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  await c.query(`CREATE DATABASE ${name}`);
+  await c.end();
+  const u = new URL(admin);
+  u.pathname = `/${name}`;
+  return {
+    url: u.toString(),
+    drop: async () => {
+      const d = new pg.Client({ connectionString: admin });
+      await d.connect();
+      await d.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      await d.end();
+    },
+  };
+}
+
+/** Docker create+start of the image, measured through the engine API (no Gantry at all). */
+async function dockerFloor(n: number): Promise<number[]> {
+  const docker = new Dockerode();
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    const c = await docker.createContainer({ Image: IMAGE, Cmd: ['true'], HostConfig: { NetworkMode: 'none', Init: true } });
+    await c.start();
+    out.push(performance.now() - t0);
+    await c.wait();
+    await c.remove({ force: true });
+  }
+  return out;
+}
+
+function spawnRunner(env: Record<string, string>): ChildProcess {
+  // GANTRY_BENCH_PROFILE=DIR writes a CPU profile of each runner process there.
+  const prof = process.env.GANTRY_BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.GANTRY_BENCH_PROFILE}`] : [];
+  return spawn(process.execPath, [...prof, '--import', 'tsx', path.join(ROOT, 'runner/main.ts')], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+}
+
+async function main() {
+  const admin = process.env.GANTRY_BENCH_PG_URL ?? process.env.GANTRY_TEST_PG_URL ?? 'postgres://gantry:gantry@127.0.0.1:5432/postgres';
+  const db = await freshDatabase(admin);
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'gantry-bench-'));
+  const log = createLogger({ name: 'bench', level: 'warn' });
+  const config = loadConfig({
+    DATABASE_URL: db.url,
+    GANTRY_PORT: '0',
+    GANTRY_GRPC_PORT: '0',
+    GANTRY_DATA_DIR: work,
+    GANTRY_LOG_FLUSH_INTERVAL_MS: '20',
+    GANTRY_PG_POOL_MAX: '20',
+  });
+  const cp = await startControlPlane(config, log);
+  const children: ChildProcess[] = [];
+  try {
+    const user = await cp.store.accounts.createUser('bench@example.com');
+    const project = await cp.store.accounts.createProject(user.id, 'bench');
+    const { token } = await cp.store.accounts.createToken(user.id);
+    const base = `${cp.url}/2/projects/${project.id}`;
+    const auth = { Authorization: `OAuth ${token}` };
+    const upload = async (name: string, command: string) => {
+      const f = new FormData();
+      f.append('data', JSON.stringify({ name, image: IMAGE, command }));
+      const r = await fetch(`${base}/codes`, { method: 'POST', headers: auth, body: f });
+      if (r.status !== 200) throw new Error(await r.text());
+    };
+    const queue = async (code: string, n: number, cluster: string) => {
+      const r = await fetch(`${base}/tasks`, {
+        method: 'POST',
+        headers: { ...auth, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ tasks: Array.from({ length: n }, (_, i) => ({ code_name: code, payload: `p${i}`, cluster })) }),
+      });
+      if (r.status !== 200) throw new Error(await r.text());
+      return ((await r.json()) as { tasks: { id: string }[] }).tasks.map((t) => t.id);
+    };
+    const latencies = async (cluster: string) =>
+      (
+        await cp.store.db.query<{ ms: number }>(
+          `SELECT extract(epoch FROM (start_time - created_at)) * 1000 AS ms FROM tasks WHERE cluster = $1 AND start_time IS NOT NULL`,
+          [cluster],
+        )
+      ).rows.map((r) => Number(r.ms));
+    const waitDone = async (cluster: string, n: number, timeoutMs: number) => {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const r = await cp.store.db.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM tasks WHERE cluster = $1 AND status = 'complete' AND log_complete`,
+          [cluster],
+        );
+        if (r.rows[0]!.n >= n) return;
+        if (Date.now() > deadline) throw new Error(`only ${r.rows[0]!.n} of ${n} tasks completed in time`);
+        await new Promise((res) => setTimeout(res, 20));
+      }
+    };
+
+    // 1. The floor.
+    progress('measuring the Docker floor (create+start through the engine API)');
+    const floor = await dockerFloor(Math.max(10, Math.min(N_DOCKER, 30)));
+
+    // 2. Single tasks on a warm Docker runner.
+    await upload('true', 'true');
+    const docker = await cp.store.clusters.create('bench-docker', { memoryMb: 128 });
+    children.push(
+      spawnRunner({
+        GANTRY_CONTROL_PLANE: `127.0.0.1:${cp.grpcPort}`,
+        GANTRY_CLUSTER_ID: docker.cluster.id,
+        GANTRY_CLUSTER_TOKEN: docker.token,
+        GANTRY_RUNNER_WORK_DIR: path.join(work, 'docker-runner'),
+        GANTRY_RUNNER_SLOTS: '2',
+        GANTRY_RUNNER_HEALTH_PORT: '-1',
+      }),
+    );
+    progress(`docker path: ${N_DOCKER} tasks one at a time on a warm runner`);
+    await queue('true', 1, 'bench-docker'); // warm-up: runner connected, image cached
+    await waitDone('bench-docker', 1, 60000);
+    await cp.store.db.query(`DELETE FROM task_log_chunks WHERE task_id IN (SELECT id FROM tasks WHERE cluster = 'bench-docker')`);
+    await cp.store.db.query(`DELETE FROM task_leases WHERE cluster = 'bench-docker'`);
+    await cp.store.db.query(`DELETE FROM tasks WHERE cluster = 'bench-docker'`);
+    for (let i = 0; i < N_DOCKER; i++) {
+      await queue('true', 1, 'bench-docker');
+      await waitDone('bench-docker', i + 1, 60000);
+    }
+    const dockerLat = await latencies('bench-docker');
+
+    // 3. Throughput of no-op tasks through runner processes.
+    await upload('noop', 'true');
+    const noop = await cp.store.clusters.create('bench-noop');
+    for (let i = 0; i < RUNNERS; i++) {
+      children.push(
+        spawnRunner({
+          GANTRY_CONTROL_PLANE: `127.0.0.1:${cp.grpcPort}`,
+          GANTRY_CLUSTER_ID: noop.cluster.id,
+          GANTRY_CLUSTER_TOKEN: noop.token,
+          GANTRY_RUNNER_WORK_DIR: path.join(work, `noop-runner-${i}`),
+          GANTRY_RUNNER_SLOTS: String(SLOTS),
+          GANTRY_RUNNER_EXECUTOR: 'noop',
+          GANTRY_RUNNER_HEALTH_PORT: '-1',
+        }),
+      );
+    }
+    await queue('noop', 1, 'bench-noop');
+    await waitDone('bench-noop', 1, 60000);
+    progress(`no-op path: ${N_NOOP_LAT} tasks one at a time (latency on a warm runner)`);
+    for (let i = 0; i < N_NOOP_LAT; i++) {
+      await queue('noop', 1, 'bench-noop');
+      await waitDone('bench-noop', i + 2, 60000);
+    }
+    const noopSingle = await latencies('bench-noop');
+    progress(`no-op path: ${N_NOOP} tasks through ${RUNNERS} runner processes × ${SLOTS} slots (throughput)`);
+    await cp.store.db.query(`UPDATE tasks SET cluster = 'bench-noop-done' WHERE cluster = 'bench-noop'`);
+    const t0 = performance.now();
+    for (let done = 0; done < N_NOOP; done += BATCH) await queue('noop', Math.min(BATCH, N_NOOP - done), 'bench-noop');
+    const queuedMs = performance.now() - t0;
+    await waitDone('bench-noop', N_NOOP, 600000);
+    const totalMs = performance.now() - t0;
+    const noopLat = await latencies('bench-noop');
+
+    const p50 = pct(dockerLat, 50);
+    const p99 = pct(dockerLat, 99);
+    const f50 = pct(floor, 50);
+    const f99 = pct(floor, 99);
+    const result = {
+      date: new Date().toISOString(),
+      machine: `${os.cpus().length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB`,
+      database: 'postgresql',
+      floor_docker_create_start_ms: { p50: round(f50), p99: round(f99), n: floor.length },
+      docker_queued_to_started_ms: { p50: round(p50), p99: round(p99), n: dockerLat.length },
+      docker_overhead_over_floor_ms: { p50: round(p50 - f50), p99: round(p99 - f99) },
+      noop_throughput_tasks_per_s: Math.round((N_NOOP / totalMs) * 1000),
+      noop_tasks: N_NOOP,
+      noop_queue_api_ms: Math.round(queuedMs),
+      noop_single_queued_to_started_ms: { p50: round(pct(noopSingle, 50)), p99: round(pct(noopSingle, 99)), n: noopSingle.length },
+      noop_backlog_queued_to_started_ms: { p50: round(pct(noopLat, 50)), p99: round(pct(noopLat, 99)) },
+      runners: RUNNERS,
+      slots_per_runner: SLOTS,
+    };
+    process.stdout.write(JSON.stringify(result) + '\n');
+  } finally {
+    // SIGINT lets a profiled runner write its profile; SIGKILL follows for the rest.
+    for (const c of children) c.kill(process.env.GANTRY_BENCH_PROFILE ? 'SIGINT' : 'SIGKILL');
+    if (process.env.GANTRY_BENCH_PROFILE) await new Promise((r) => setTimeout(r, 3000));
+    await cp.stop();
+    await db.drop().catch(() => undefined);
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    process.stderr.write(`bench failed: ${(err as Error).stack}\n`);
+    process.exit(1);
+  },
+);
