@@ -12,6 +12,9 @@ export const USAGE = `Usage: gantry <command> [options]
   project list [--user USER]             list projects
   token create --user USER [--name NAME] create an OAuth token for USER; printed once
   token revoke --id TOKEN_ID             revoke a token
+  cluster create --name NAME [--memory MB]  create a cluster of runners; prints its id and runner token
+  cluster token --name NAME              rotate a cluster's runner token (runners with the old one are refused)
+  cluster list                           list clusters
 
 Configuration comes from the environment (see README.md: DATABASE_URL, GANTRY_DATA_DIR, GANTRY_PORT, ...).`;
 
@@ -25,7 +28,13 @@ export async function runAdmin(store: Store, argv: string[]): Promise<string> {
   const [noun, verb, ...rest] = argv;
   const { values } = parseArgs({
     args: rest,
-    options: { email: { type: 'string' }, user: { type: 'string' }, name: { type: 'string' }, id: { type: 'string' } },
+    options: {
+      email: { type: 'string' },
+      user: { type: 'string' },
+      name: { type: 'string' },
+      id: { type: 'string' },
+      memory: { type: 'string' },
+    },
     strict: true,
   });
   const need = (k: keyof typeof values) => {
@@ -66,6 +75,22 @@ export async function runAdmin(store: Store, argv: string[]): Promise<string> {
       if (!ok) throw new UsageError(`No active token with id ${values.id}`);
       return `token ${values.id} revoked`;
     }
+    case 'cluster create': {
+      const name = need('name');
+      if (!/^[A-Za-z0-9_.-]{1,64}$/.test(name)) throw new UsageError('--name must be 1 to 64 letters, digits, ".", "_" or "-"');
+      if (await store.clusters.byName(name)) throw new UsageError(`A cluster named ${name} already exists`);
+      const memory = values.memory === undefined ? 512 : Number(values.memory);
+      if (!Number.isInteger(memory) || memory < 16 || memory > 1048576) throw new UsageError('--memory must be a whole number of MB from 16 to 1048576');
+      const { cluster, token } = await store.clusters.create(name, { memoryMb: memory });
+      return `cluster ${cluster.id} ${cluster.name} memory=${cluster.memory_mb}MB\nrunner token ${token}\n(shown only now: Gantry keeps only its hash)`;
+    }
+    case 'cluster token': {
+      const c = await store.clusters.byName(need('name'));
+      if (!c) throw new UsageError(`No cluster named ${values.name}; list them with: gantry cluster list`);
+      return `cluster ${c.id} ${c.name}\nrunner token ${await store.clusters.rotateToken(c.id)}\n(the old token no longer works)`;
+    }
+    case 'cluster list':
+      return (await store.clusters.list()).map((c) => `${c.id} ${c.name} memory=${c.memory_mb}MB`).join('\n') || '(no clusters)';
     default:
       throw new UsageError(USAGE);
   }

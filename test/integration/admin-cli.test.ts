@@ -59,3 +59,28 @@ t.test('the embedded data directory cannot be opened by two processes', async (t
   t.equal(second.code, 2);
   t.match(second.err, new RegExp(`in use by process ${g.proc.pid}`));
 });
+
+t.test('cluster commands: create prints a token that authenticates; token rotates it', async (t) => {
+  const env = { DATABASE_URL: await freshPgDatabase(t), GANTRY_DATA_DIR: tempDir(t) };
+  await gantry(env, 'migrate');
+  const c = await gantry(env, 'cluster', 'create', '--name', 'high-mem', '--memory', '2048');
+  t.equal(c.code, 0, c.err);
+  const id = /^cluster ([0-9a-f]{24}) high-mem memory=2048MB/m.exec(c.out)?.[1];
+  const token = /^runner token ([0-9a-f]+)/m.exec(c.out)?.[1];
+  t.ok(id && token, 'prints the id and the token');
+  t.match((await gantry(env, 'cluster', 'create', '--name', 'high-mem')).err, /already exists/);
+  t.match((await gantry(env, 'cluster', 'create', '--name', 'bad name')).err, /--name must be/);
+  t.match((await gantry(env, 'cluster', 'list')).out, /high-mem memory=2048MB/);
+  const r = await gantry(env, 'cluster', 'token', '--name', 'high-mem');
+  const rotated = /^runner token ([0-9a-f]+)/m.exec(r.out)?.[1];
+  t.ok(rotated && rotated !== token, 'a new token');
+  // Check both against the store.
+  const { openStore } = await import('../../control-plane/store/index.ts');
+  const { silentLogger } = await import('../../lib/logger.ts');
+  const { systemClock } = await import('../../lib/clock.ts');
+  const { newId } = await import('../../lib/ids.ts');
+  const store = await openStore({ databaseUrl: env.DATABASE_URL, dataDir: env.GANTRY_DATA_DIR, pgPoolMax: 2, pgConnectTimeoutMs: 3000, pgQueryTimeoutMs: 15000 }, silentLogger(), systemClock, newId);
+  t.teardown(() => store.close());
+  t.notOk(await store.clusters.authenticate(id!, token!), 'the old token is refused');
+  t.ok(await store.clusters.authenticate(id!, rotated!), 'the new one works');
+});
