@@ -49,6 +49,11 @@ export interface ControlPlaneConfig {
   /** How often the lease sweeper runs. */
   readonly sweepIntervalMs: number;
   /**
+   * The dispatcher's safety-net tick (delayed tasks becoming eligible, missed wake-ups);
+   * new work and freed slots wake it at once without waiting for this.
+   */
+  readonly dispatchTickMs: number;
+  /**
    * Frames written to a runner's control stream and not yet flushed (the runner stopped
    * reading) before its session is dropped: bounds the memory one runner can hold.
    */
@@ -128,6 +133,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     priorityAgeingS: e.int('GANTRY_PRIORITY_AGEING_S', 600, { min: 1 }),
     logMaxBytes: e.int('GANTRY_LOG_MAX_BYTES', 8 * 1024 * 1024, { min: 1024 }),
     sweepIntervalMs: e.int('GANTRY_SWEEP_INTERVAL_MS', 1000, { min: 10 }),
+    dispatchTickMs: e.int('GANTRY_DISPATCH_TICK_MS', 250, { min: 10 }),
     maxUnflushedFrames: e.int('GANTRY_MAX_UNFLUSHED_FRAMES', 2000, { min: 10 }),
     localRunners: e.int('GANTRY_LOCAL_RUNNERS', databaseUrl ? 0 : 1, { min: 0, max: 64 }),
   });

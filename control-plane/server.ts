@@ -69,7 +69,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
     if (!o.store) await store.close().catch(() => undefined);
     throw err;
   }
-  dispatcher.start();
+  dispatcher.start(config.dispatchTickMs);
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = config.publicUrl ?? `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${addr.port}`;

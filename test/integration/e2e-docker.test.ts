@@ -1,6 +1,10 @@
 // End to end over HTTP with real runner processes' code path and a real Docker engine:
 // upload, queue, run in a container, outcome and log.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 import t from 'tap';
+import { tempDir } from '../helpers/db.ts';
 import { startTestApi, uploadCode, type TestApi } from '../helpers/api.ts';
 import { startTestRunner, TEST_IMAGE, until } from '../helpers/runner.ts';
 
@@ -69,4 +73,39 @@ t.test('tasks run in Docker containers and reach the right status (PostgreSQL)',
   t.equal(cancel.status, 200);
   const cT = await finalOf(api, c);
   t.equal(cT.status, 'cancelled');
+});
+
+t.test('zip packages, progress from inside the task, heartbeat stats, and no polling delay (PGlite)', async (t) => {
+  // A dispatcher tick of a minute: a task that starts at once was offered by an event.
+  const api = await startTestApi(t, 'pglite', { scheduler: true, env: { ...FAST, GANTRY_DISPATCH_TICK_MS: '60000' } });
+  const runner = await startTestRunner(t, api);
+
+  // A zip code package holding an executable script (python3's zipfile keeps the mode bits).
+  const dir = tempDir(t, 'gantry-zip-');
+  fs.writeFileSync(path.join(dir, 'hello.sh'), '#!/bin/sh\necho "from zip: $(cat $PAYLOAD_FILE)"\necho \'{"percent": 42, "msg": "halfway"}\' > $PROGRESS_FILE\nsleep 1\n', { mode: 0o755 });
+  const zipPath = path.join(dir, 'code.zip');
+  execFileSync('python3', ['-c', `import zipfile,sys\nz=zipfile.ZipFile(sys.argv[1],'w')\ni=zipfile.ZipInfo('hello.sh')\ni.external_attr=0o755<<16\nz.writestr(i, open(sys.argv[2]).read())\nz.close()`, zipPath, path.join(dir, 'hello.sh')]);
+  const up = await uploadCode(api.user, { name: 'zipped', image: TEST_IMAGE, command: './hello.sh' }, { data: fs.readFileSync(zipPath), name: 'code.zip' });
+  t.equal(up.status, 200, up.text);
+
+  const id = await runTask(api, 'zipped');
+  const running = await until('progress visible', async () => {
+    const r = await api.user.project('GET', `/tasks/${id}`);
+    return r.body.percent === 42 ? r.body : undefined;
+  });
+  t.equal(running.msg, 'halfway', 'the task set its own progress through PROGRESS_FILE');
+  const done = await finalOf(api, id);
+  t.equal(done.status, 'complete');
+  t.equal(done.msg, 'halfway', 'its last progress message stays');
+  const log = await until('log', async () => {
+    const r = await api.user.project('GET', `/tasks/${id}/log`);
+    return r.text.includes('from zip') ? r.text : undefined;
+  });
+  t.match(log, /from zip: hello-payload/, 'the zip package ran as the working directory');
+
+  const stats = await until('heartbeat stats', async () => {
+    const r = await api.store.db.query<{ stats: Record<string, number> | null }>('SELECT stats FROM runners WHERE id = $1', [runner.agent.runnerId]);
+    return r.rows[0]?.stats?.memTotalMb ? r.rows[0].stats : undefined;
+  });
+  t.ok((stats.memTotalMb ?? 0) > 0 && stats.totalSlots === 2, 'heartbeats carry machine stats');
 });
