@@ -359,12 +359,23 @@ export class RunnerAgent {
     });
     call.on('end', () => undefined);
     if (this.faults.dropLogFrameEvery) {
-      // Fault injection: silently lose every Nth frame on the way out.
+      // Fault injection: silently lose every Nth data frame on the way out. A frame lost
+      // once is not lost again when resent (the next one is): a strictly periodic loss can
+      // line up with resend rounds of a fixed length and starve one frame forever, which no
+      // real link does.
       const every = this.faults.dropLogFrameEvery;
       let n = 0;
+      const dropped = new Set<string>();
       const write = call.write.bind(call);
       (call as { write: typeof call.write }).write = ((frame: LogFrame, ...rest: unknown[]) => {
-        if (++n % every === 0 && frame.data.length > 0) return true;
+        const key = `${frame.leaseId}@${frame.offset}`;
+        if (frame.data.length > 0 && ++n % every === 0) {
+          if (!dropped.has(key)) {
+            dropped.add(key);
+            return true;
+          }
+          n--; // drop the next data frame instead
+        }
         return (write as (...a: unknown[]) => boolean)(frame, ...rest);
       }) as typeof call.write;
     }
@@ -571,6 +582,8 @@ export class RunnerAgent {
   private revoke(leaseId: string): void {
     const e = this.ledger.get(leaseId);
     if (!e) return;
+    // A finished lease is settled by its own acks (CompletedAck, LogAck), not revoked.
+    if (e.result) return;
     this.log.warn({ leaseId, taskId: e.offer.taskId }, 'lease revoked by the control plane');
     this.ledger.delete(leaseId);
     this.shipper.drop(leaseId);

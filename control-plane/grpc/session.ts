@@ -76,6 +76,8 @@ export class RunnerSession {
   private lastFrameAt = Date.now();
   private beatSeq = 0;
   private unflushed = 0;
+  /** When a queued frame last reached the socket (or the queue last started from empty). */
+  private flushedAt = Date.now();
   private timers: NodeJS.Timeout[] = [];
   pumping = false;
   pumpAgain = false;
@@ -123,6 +125,8 @@ export class RunnerSession {
   freeSlots(): number {
     if (this.state !== 'open' || !this.accepting || Date.now() < this.penaltyUntil) return 0;
     if (Date.now() - this.lastFrameAt > this.deps.config.timers.sessionDeadAfterMs) return 0;
+    // A runner behind on reading gets no more work until it catches up (bounded memory).
+    if (this.unflushed >= this.deps.config.maxUnflushedFrames / 2) return 0;
     const unseen = this.inFlightOffers.filter((s) => s > this.seenThrough).length;
     return Math.max(0, this.creditFree - unseen);
   }
@@ -131,14 +135,17 @@ export class RunnerSession {
     if (this.state === 'closed' || !frame) return;
     this.deps.metrics.frames.inc({ type: frame.$case, dir: 'out' });
     // A runner that stopped reading is dropped rather than buffered for (grpc-node#1332).
+    // The bound must exceed a burst (a claim batch, the acks of one inbox batch).
     if (this.unflushed >= this.deps.config.maxUnflushedFrames) {
       this.close(`runner is not reading (${this.unflushed} frames unflushed)`, true);
       return;
     }
+    if (this.unflushed === 0) this.flushedAt = Date.now();
     this.unflushed++;
     try {
       this.call.write({ frame }, () => {
         this.unflushed--;
+        this.flushedAt = Date.now();
       });
     } catch (err) {
       this.close(`write failed: ${(err as Error).message}`);
@@ -443,6 +450,15 @@ export class RunnerSession {
         if (e.phase === LeasePhase.LEASE_PHASE_FINISHED) resend.push(e.leaseId);
         keep.push(e.leaseId);
         live.delete(e.leaseId);
+        // The runner may be further along than the store: an Accept or Started written to the
+        // old stream died with it. Catch the lease up, so the run counts and the sweeper does
+        // not expire, as an unaccepted offer, a lease whose container runs.
+        const ttl = config.timers.leaseTtlMs;
+        if (l.state === 'offered') await store.leases.accept(l.id, l.attempt, row.id, ttl);
+        const ran = e.phase === LeasePhase.LEASE_PHASE_RUNNING || e.phase === LeasePhase.LEASE_PHASE_FINISHED;
+        if (l.state !== 'running' && ran && e.containerId) {
+          await store.leases.started(l.id, l.attempt, row.id, e.containerId, new Date(Number(e.result?.startedAt) || Date.now()), ttl);
+        }
         continue;
       }
       const past = l ? undefined : await store.leases.get(e.leaseId);
@@ -488,6 +504,10 @@ export class RunnerSession {
           // End the stream too: a runner that was only frozen reads the end when it wakes
           // and reconnects with its ledger, instead of talking into a dead session.
           this.close('runner silent for a whole lease TTL', true);
+          return;
+        }
+        if (this.unflushed > 0 && Date.now() - this.flushedAt > config.timers.sessionDeadAfterMs) {
+          this.close(`runner read nothing for session_dead_after (${this.unflushed} frames unflushed)`, true);
           return;
         }
         this.send({ $case: 'beat', value: { seq: ++this.beatSeq, sentAt: Date.now(), leases: [], stats: undefined } });

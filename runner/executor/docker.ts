@@ -280,6 +280,16 @@ class DockerExecution implements Execution {
     } catch {
       // Gone (killed) or the engine is down; the wait result or error decides.
     }
+    // The engine learns of an OOM kill from a separate event that can land just after the
+    // exit: a SIGKILL exit we did not cause is looked at again before it is called plain.
+    for (let i = 0; i < 5 && !oomKilled && exitCode === 137 && !this.#stopped(); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      try {
+        oomKilled = (await this.#api(container.inspect(), 'inspect')).State.OOMKilled === true;
+      } catch {
+        break;
+      }
+    }
 
     // Removal waits for the output to end, so that nothing printed last is lost.
     if (!(await within(outputEnded, OUTPUT_DRAIN_MS))) {
@@ -380,6 +390,11 @@ class DockerExecution implements Execution {
       return { ...base, outcome: 'succeeded', msg: base.oomKilled ? `exit code 0; a process ran ${mem}` : 'exit code 0' };
     }
     if (base.oomKilled) return { ...base, outcome: 'failed', msg: `ran ${mem}, exit code ${base.exitCode}` };
+    if (base.exitCode === 137) {
+      // SIGKILL from outside the task, not from Gantry: on a container that is almost always
+      // the kernel's OOM killer, even when the engine did not report it.
+      return { ...base, outcome: 'failed', msg: `exit code 137: killed by SIGKILL, most likely ${mem}` };
+    }
     return { ...base, outcome: 'failed', msg: `exit code ${base.exitCode}` };
   }
 
