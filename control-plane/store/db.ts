@@ -34,6 +34,8 @@ export interface Db extends Queryable {
 
 /** SQLSTATE classes and codes meaning "the server is not reachable or not serving now". */
 const UNAVAILABLE_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300', '08000', '08003', '08006', '08001', '08004']);
+/** Transactions that fail with these did nothing and can simply run again. */
+const RETRYABLE_SQLSTATES = new Set(['40P01', '40001']);
 const UNAVAILABLE_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'EAI_AGAIN']);
 
 /** Translates pg's connection failures into StoreUnavailableError; other errors pass through. */
@@ -121,23 +123,37 @@ export function openPostgres(o: PgOptions): Db {
     }
   }
 
+  const once = <T>(fn: (q: Queryable) => Promise<T>) =>
+    withClient(async (client) => {
+      const q = pgQueryable(client);
+      await q.exec('BEGIN');
+      try {
+        const out = await fn(q);
+        await q.exec('COMMIT');
+        return out;
+      } catch (err) {
+        await client.query('ROLLBACK').catch(() => undefined);
+        throw err;
+      }
+    });
+
   return {
     engine: 'postgres',
     query: base.query,
     exec: base.exec,
-    tx: (fn) =>
-      withClient(async (client) => {
-        const q = pgQueryable(client);
-        await q.exec('BEGIN');
+    // A transaction that lost a deadlock or a serialization conflict did nothing: run it
+    // again (graphile-worker keeps the same table of retryable SQLSTATEs).
+    tx: async (fn) => {
+      for (let attempt = 1; ; attempt++) {
         try {
-          const out = await fn(q);
-          await q.exec('COMMIT');
-          return out;
+          return await once(fn);
         } catch (err) {
-          await client.query('ROLLBACK').catch(() => undefined);
-          throw err;
+          const code = (err as { code?: string }).code;
+          if (!code || !RETRYABLE_SQLSTATES.has(code) || attempt >= 5) throw err;
+          await new Promise((r) => setTimeout(r, Math.random() * 10 * attempt));
         }
-      }),
+      }
+    },
     session: (fn) => withClient((client) => fn(pgQueryable(client))),
     ping: async () => {
       try {

@@ -555,7 +555,8 @@ export class LeasesStore {
   ): Promise<Map<string, Date>> {
     if (items.length === 0) return new Map();
     const now = this.c.clock.now();
-    const r = await this.c.db.query<{ id: string; granted_at: Date }>(
+    // In a transaction only so that a lost deadlock is retried (see Db.tx).
+    const r = await this.c.db.tx((q) => q.query<{ id: string; granted_at: Date }>(
       `WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[]) AS v(id, attempt, container_id, started_at)),
        l AS (
          UPDATE task_leases l SET state = 'running', started_at = v.started_at::timestamptz, container_id = v.container_id,
@@ -579,7 +580,7 @@ export class LeasesStore {
         new Date(now.getTime() + ttlMs),
         now,
       ],
-    );
+    ));
     return new Map(r.rows.map((x) => [x.id, x.granted_at]));
   }
 
