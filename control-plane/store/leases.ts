@@ -115,19 +115,42 @@ export class LeasesStore {
     if (n <= 0) return [];
     const now = this.c.clock.now();
     return this.c.db.tx(async (q) => {
+      // Two short index-ordered slices of the queue (the head by priority, and the oldest
+      // tasks that ageing may have lifted), never the whole queue; then ageing, round-robin
+      // across packages within a level, and the order of offers.
+      // Packages already at max_concurrency are left out of the scan, so their backlog cannot
+      // block the head of the queue; the locked count below stays the authority.
+      const full = (
+        await q.query<{ code_id: string }>(
+          `SELECT l.code_id FROM task_leases l JOIN codes c ON c.id = l.code_id
+             JOIN code_revisions r ON r.id = c.latest_revision_id
+           WHERE l.ended_at IS NULL AND r.max_concurrency IS NOT NULL
+           GROUP BY l.code_id, r.max_concurrency HAVING count(*) >= r.max_concurrency`,
+        )
+      ).rows.map((r) => r.code_id);
       const cand = await q.query<{ id: string; code_id: string; max_concurrency: number | null }>(
-        `WITH c AS (
+        `WITH head AS (
+           (SELECT t.id FROM tasks t JOIN codes c ON c.id = t.code_id AND NOT c.paused
+            WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.cluster = $1 AND t.eligible_at <= $2
+              AND NOT (t.code_id = ANY($5::text[]))
+            ORDER BY t.priority DESC, t.eligible_at, t.id LIMIT $3)
+           UNION
+           (SELECT t.id FROM tasks t JOIN codes c ON c.id = t.code_id AND NOT c.paused
+            WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.cluster = $1
+              AND t.eligible_at <= $2::timestamptz - make_interval(secs => $4) AND t.priority < 2
+              AND NOT (t.code_id = ANY($5::text[]))
+            ORDER BY t.eligible_at, t.id LIMIT $3)
+         ),
+         c AS (
            SELECT t.id, t.code_id, t.eligible_at, r.max_concurrency,
              LEAST(2, t.priority + floor(extract(epoch FROM ($2::timestamptz - t.eligible_at)) / $4)::int) AS eff
-           FROM tasks t JOIN codes c ON c.id = t.code_id JOIN code_revisions r ON r.id = c.latest_revision_id
-           WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.cluster = $1 AND t.eligible_at <= $2 AND NOT c.paused
-           ORDER BY eff DESC, t.eligible_at, t.id
-           LIMIT $3
+           FROM head JOIN tasks t ON t.id = head.id JOIN codes c ON c.id = t.code_id
+           JOIN code_revisions r ON r.id = c.latest_revision_id
          )
          SELECT id, code_id, max_concurrency FROM (
            SELECT c.*, row_number() OVER (PARTITION BY code_id, eff ORDER BY eligible_at, id) AS rr FROM c
          ) x ORDER BY eff DESC, rr, eligible_at, id`,
-        [runner.cluster, now, Math.max(n * 8, 64), o.ageingS],
+        [runner.cluster, now, Math.max(n * 4, 64), o.ageingS, full],
       );
       if (cand.rows.length === 0) return [];
       const locked = new Set(

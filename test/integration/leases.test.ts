@@ -83,6 +83,19 @@ for (const engine of ENGINES) {
       t.equal(again.length, 1, 'a released slot admits one more');
     });
 
+    t.test('a package at its limit does not block the head of the queue', async (t) => {
+      const { ref, code, queue } = await setup(store, 'c10');
+      const busy = await code('busy', { max_concurrency: 1 });
+      const other = await code('other');
+      await queue(busy, { n: 300, priority: 2 });
+      clock.advance(1);
+      const [otherTask] = await queue(other, { priority: 0 });
+      clock.advance(1);
+      t.equal((await store.leases.claim(ref, 1, CLAIM)).length, 1, 'the limited package gets its one slot');
+      const next = await store.leases.claim(ref, 5, CLAIM);
+      t.same(next.map((o) => o.task_id), [otherTask], "the other package's task is offered past the blocked backlog");
+    });
+
     t.test('concurrent claims never over-admit the last slot', async (t) => {
       const { ref, code, queue } = await setup(store, 'c4');
       const c = await code('race', { max_concurrency: 3 });
