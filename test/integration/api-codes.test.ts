@@ -6,6 +6,7 @@ import { ManualClock } from '../../lib/clock.ts';
 import { ENGINES } from '../helpers/db.ts';
 import { startTestApi, uploadCode, type ApiUser, type Reply, type TestApi } from '../helpers/api.ts';
 import { isError, sendChunked } from '../helpers/assert.ts';
+import { crc32 } from '../../lib/crc32.ts';
 
 /**
  * The Code Packages endpoints of the IronWorker v2 API over HTTP, on both engines: list,
@@ -20,22 +21,6 @@ const T0 = Date.UTC(2026, 2, 1, 12, 0, 0);
 const STATUSES = ['queued', 'running', 'complete', 'error', 'cancelled', 'killed', 'timeout'] as const;
 
 // ---------------------------------------------------------------------------- zip files
-
-const CRC_TABLE = (() => {
-  const tab = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    tab[n] = c >>> 0;
-  }
-  return tab;
-})();
-
-function crc32(b: Buffer): number {
-  let c = 0xffffffff;
-  for (const x of b) c = CRC_TABLE[(c ^ x) & 0xff]! ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
-}
 
 /** A valid zip archive (entries stored, not compressed) holding `files`. */
 function makeZip(files: Record<string, string | Buffer>): Buffer {
