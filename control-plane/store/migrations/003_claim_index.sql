@@ -2,3 +2,7 @@
 -- priority (tasks_ready) and the oldest eligible tasks, which ageing may have lifted
 -- (this index); never the whole queue.
 CREATE INDEX tasks_ready_age ON tasks (cluster, eligible_at, id) WHERE status = 'queued';
+
+-- Lease expiry lives on task_leases (task_leases_expiry); this index on tasks was never
+-- read and only made every task update more expensive.
+DROP INDEX tasks_lease_expiry;
