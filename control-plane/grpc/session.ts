@@ -276,7 +276,13 @@ export class RunnerSession {
         if (!ok.has(a.leaseId)) this.revoke(a.leaseId, a.attempt, RevokeReason.REVOKE_REASON_UNKNOWN_LEASE);
       }
     }
-    const starts = of('started');
+    const done = of('completed');
+    const finishing = new Set(done.map((c) => c.leaseId));
+    const allStarts = of('started');
+    // A task that started and finished within this burst is recorded in one write (completeMany).
+    const folded = new Map(allStarts.filter((s) => finishing.has(s.leaseId)).map((s) => [s.leaseId, s]));
+    const starts = allStarts.filter((s) => !finishing.has(s.leaseId));
+    if (allStarts.length > 0) this.penaltyMs = 0;
     if (starts.length > 0) {
       const granted = await store.leases.startedMany(
         runner.id,
@@ -288,9 +294,7 @@ export class RunnerSession {
         if (!g) this.revoke(s.leaseId, s.attempt, RevokeReason.REVOKE_REASON_UNKNOWN_LEASE);
         else metrics.dispatchLatency.observe(Math.max(0, Number(s.startedAt) - g.getTime()) / 1000);
       }
-      if (granted.size > 0) this.penaltyMs = 0;
     }
-    const done = of('completed');
     if (done.length > 0) {
       const outcomes = done.map((c) => OUTCOMES[c.outcome] ?? 'runner_error');
       const dispositions = await store.leases.completeMany(
@@ -305,6 +309,9 @@ export class RunnerSession {
           msg: outcomes[i] === 'succeeded' ? '' : c.msg,
           startedAt: Number(c.startedAt),
           finishedAt: Number(c.finishedAt),
+          ...(folded.has(c.leaseId)
+            ? { started: { containerId: folded.get(c.leaseId)!.containerId, startedAt: new Date(Number(folded.get(c.leaseId)!.startedAt)) } }
+            : {}),
         })),
         { leaseTtlMs: ttl, runnerLossBudget: config.runnerLossBudget },
       );

@@ -577,9 +577,19 @@ export class LeasesStore {
     ttlMs: number,
   ): Promise<Map<string, Date>> {
     if (items.length === 0) return new Map();
-    const now = this.c.clock.now();
     // In a transaction only so that a lost deadlock is retried (see Db.tx).
-    const r = await this.c.db.tx((q) => q.query<{ id: string; granted_at: Date }>(
+    return this.c.db.tx((q) => this.startedIn(q, runnerId, items, ttlMs));
+  }
+
+  private async startedIn(
+    q: Queryable,
+    runnerId: string,
+    items: { leaseId: string; attempt: number; containerId: string; startedAt: Date }[],
+    ttlMs: number,
+  ): Promise<Map<string, Date>> {
+    if (items.length === 0) return new Map();
+    const now = this.c.clock.now();
+    const r = await q.query<{ id: string; granted_at: Date }>(
       `WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[]) AS v(id, attempt, container_id, started_at)),
        l AS (
          UPDATE task_leases l SET state = 'running', started_at = v.started_at::timestamptz, container_id = v.container_id,
@@ -603,7 +613,7 @@ export class LeasesStore {
         new Date(now.getTime() + ttlMs),
         now,
       ],
-    ));
+    );
     return new Map(r.rows.map((x) => [x.id, x.granted_at]));
   }
 
@@ -612,7 +622,11 @@ export class LeasesStore {
    * that ends the task, no retry to queue) is applied with two set-based statements; the
    * rest (retries, runner errors, stale or duplicate results) one by one.
    */
-  async completeMany(runnerId: string, items: Completion[], cfg: LeaseConfig): Promise<Disposition[]> {
+  async completeMany(
+    runnerId: string,
+    items: (Completion & { started?: { containerId: string; startedAt: Date } })[],
+    cfg: LeaseConfig,
+  ): Promise<Disposition[]> {
     if (items.length === 0) return [];
     const now = this.c.clock.now();
     return this.c.db.tx(async (q) => {
@@ -627,7 +641,9 @@ export class LeasesStore {
       );
       const by = new Map(rows.rows.map((r) => [r.id, r]));
       const out: Disposition[] = [];
-      const simple: { c: Completion; status: TaskStatus; taskId: string }[] = [];
+      // A Started that came in the same burst as its Completed (a short task) is recorded by
+      // the completion itself: one write to the task and the lease instead of two.
+      const simple: { c: (typeof items)[number]; status: TaskStatus; taskId: string; ran: number }[] = [];
       const seen = new Set<string>();
       for (const c of items) {
         const r = by.get(c.leaseId);
@@ -637,25 +653,34 @@ export class LeasesStore {
           r.t_lease === r.id && status !== 'retry' && !((status === 'error' || status === 'timeout') && r.retries_left > 0);
         seen.add(c.leaseId);
         if (isSimple) {
-          simple.push({ c, status: status as TaskStatus, taskId: r.task_id });
+          simple.push({ c, status: status as TaskStatus, taskId: r.task_id, ran: c.started && r.state !== 'running' ? 1 : 0 });
           out.push('recorded');
         } else {
+          if (c.started) await this.startedIn(q, runnerId, [{ leaseId: c.leaseId, attempt: c.attempt, ...c.started }], cfg.leaseTtlMs);
           out.push(await this.completeOne(q, c, runnerId, cfg));
         }
       }
       if (simple.length > 0) {
         const msg = (x: (typeof simple)[number]) => x.c.msg || (x.status === 'cancelled' ? 'Cancelled by user' : null);
         await q.query(
-          `UPDATE task_leases l SET state = 'done', ended_at = $3, outcome = v.status
-           FROM unnest($1::text[], $2::text[]) AS v(id, status) WHERE l.id = v.id`,
-          [simple.map((x) => x.c.leaseId), simple.map((x) => x.status), now],
+          `UPDATE task_leases l SET state = 'done', ended_at = $3, outcome = v.status,
+             started_at = coalesce(l.started_at, v.started_at::timestamptz), container_id = coalesce(l.container_id, v.container_id)
+           FROM unnest($1::text[], $2::text[], $4::text[], $5::text[]) AS v(id, status, started_at, container_id) WHERE l.id = v.id`,
+          [
+            simple.map((x) => x.c.leaseId),
+            simple.map((x) => x.status),
+            now,
+            simple.map((x) => x.c.started?.startedAt.toISOString() ?? null),
+            simple.map((x) => x.c.started?.containerId ?? null),
+          ],
         );
         await q.query(
           `UPDATE tasks t SET status = v.status, msg = coalesce(v.msg, t.msg), exit_code = v.exit_code,
              start_time = coalesce(t.start_time, v.started_at::timestamptz), end_time = v.ended_at::timestamptz,
-             lease_id = NULL, updated_at = $8, percent = CASE WHEN v.status = 'complete' THEN 100 ELSE t.percent END
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[])
-             AS v(id, lease_id, status, msg, exit_code, started_at, ended_at)
+             lease_id = NULL, updated_at = $8, percent = CASE WHEN v.status = 'complete' THEN 100 ELSE t.percent END,
+             run_times = t.run_times + v.ran
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], $9::int[])
+             AS v(id, lease_id, status, msg, exit_code, started_at, ended_at, ran)
            WHERE t.id = v.id AND t.lease_id = v.lease_id AND t.status IN ('queued', 'running')`,
           [
             simple.map((x) => x.taskId),
@@ -666,6 +691,7 @@ export class LeasesStore {
             simple.map((x) => (x.c.startedAt ? new Date(x.c.startedAt).toISOString() : null)),
             simple.map((x) => new Date(x.c.finishedAt || now.getTime()).toISOString()),
             now,
+            simple.map((x) => x.ran),
           ],
         );
       }
