@@ -1,6 +1,6 @@
 // When PostgreSQL goes away the API answers 503 with Retry-After, quickly, without hanging
 // or crashing; when it comes back the same process serves again without a restart.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { silentLogger } from '../../lib/logger.ts';
 import { loadConfig } from '../../control-plane/config.ts';
 import { startControlPlane } from '../../control-plane/server.ts';
@@ -8,22 +8,28 @@ import { PgInstance } from '../helpers/pg-instance.ts';
 import { tempDir } from '../helpers/db.ts';
 import { startGantryProcess } from '../helpers/process.ts';
 
-t.test('database outage: 503 while down, recovery without restart', async (t) => {
+/** A control plane on its own private PostgreSQL, with a user, project and token. */
+async function onPrivatePostgres(t: Test, env: Record<string, string>) {
   const pg = await PgInstance.create(t);
   const config = loadConfig({
     DATABASE_URL: pg.url,
-    GANTRY_PORT: '0', GANTRY_GRPC_PORT: '0', GANTRY_LOCAL_RUNNERS: '0',
+    GANTRY_PORT: '0',
+    GANTRY_GRPC_PORT: '0',
+    GANTRY_LOCAL_RUNNERS: '0',
     GANTRY_DATA_DIR: tempDir(t),
-    GANTRY_PG_CONNECT_TIMEOUT_MS: '2000',
     GANTRY_SCHEDULER_TICK_MS: '100',
+    ...env,
   });
   const cp = await startControlPlane(config, silentLogger());
   t.teardown(() => cp.stop());
-  const user = await cp.store.accounts.createUser('outage@example.com');
+  const user = await cp.store.accounts.createUser(`outage-${Math.random()}@example.com`);
   const project = await cp.store.accounts.createProject(user.id, 'p');
   const { token } = await cp.store.accounts.createToken(user.id);
-  const base = `${cp.url}/2/projects/${project.id}`;
-  const headers = { Authorization: `OAuth ${token}` };
+  return { pg, cp, base: `${cp.url}/2/projects/${project.id}`, headers: { Authorization: `OAuth ${token}` } };
+}
+
+t.test('database outage: 503 while down, recovery without restart', async (t) => {
+  const { pg, cp, base, headers } = await onPrivatePostgres(t, { GANTRY_PG_CONNECT_TIMEOUT_MS: '2000' });
 
   const form = () => {
     const f = new FormData();
@@ -80,22 +86,8 @@ t.test('database outage: 503 while down, recovery without restart', async (t) =>
 });
 
 t.test('a database that stops answering (SIGSTOP) gives 503 within the timeouts, not a hang', async (t) => {
-  const pg = await PgInstance.create(t);
-  const config = loadConfig({
-    DATABASE_URL: pg.url,
-    GANTRY_PORT: '0', GANTRY_GRPC_PORT: '0', GANTRY_LOCAL_RUNNERS: '0',
-    GANTRY_DATA_DIR: tempDir(t),
-    GANTRY_PG_CONNECT_TIMEOUT_MS: '1000',
-    GANTRY_PG_QUERY_TIMEOUT_MS: '1500',
-    GANTRY_SCHEDULER_TICK_MS: '100',
-  });
-  const cp = await startControlPlane(config, silentLogger());
-  t.teardown(() => cp.stop());
-  const user = await cp.store.accounts.createUser('frozen@example.com');
-  const project = await cp.store.accounts.createProject(user.id, 'p');
-  const { token } = await cp.store.accounts.createToken(user.id);
-  const url = `${cp.url}/2/projects/${project.id}/tasks`;
-  const headers = { Authorization: `OAuth ${token}` };
+  const { pg, base, headers } = await onPrivatePostgres(t, { GANTRY_PG_CONNECT_TIMEOUT_MS: '1000', GANTRY_PG_QUERY_TIMEOUT_MS: '1500' });
+  const url = `${base}/tasks`;
   t.equal((await fetch(url, { headers })).status, 200);
 
   pg.freeze();
