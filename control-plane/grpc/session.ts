@@ -75,6 +75,8 @@ export class RunnerSession {
   private penaltyMs = 0;
   private lastFrameAt = Date.now();
   private beatSeq = 0;
+  /** The cluster's per-task memory, sent with every offer. */
+  private memoryMb = 512;
   private unflushed = 0;
   /** When a queued frame last reached the socket (or the queue last started from empty). */
   private flushedAt = Date.now();
@@ -192,8 +194,6 @@ export class RunnerSession {
       });
     }
   }
-
-  private memoryMb = 512;
 
   /**
    * Sends Cancel for every lease of this runner whose task has a cancel requested and no

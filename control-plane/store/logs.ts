@@ -21,8 +21,6 @@ export interface LogAckResult {
   complete: boolean;
 }
 
-export type AppendResult = Omit<LogAckResult, 'complete'>;
-
 interface Cursor {
   taskId: string;
   size: number;
@@ -115,15 +113,5 @@ export class LogsStore {
       }
       return out;
     });
-  }
-
-  async append(leaseId: string, attempt: number, runnerId: string, offset: number, stream: number, data: Uint8Array): Promise<AppendResult> {
-    const [r] = await this.appendMany(runnerId, [{ leaseId, attempt, offset, stream, data }]);
-    return { committed: r!.committed, stop: r!.stop };
-  }
-
-  async finish(leaseId: string, attempt: number, runnerId: string, totalBytes: number, crc: number): Promise<LogAckResult> {
-    const [r] = await this.appendMany(runnerId, [{ leaseId, attempt, offset: totalBytes, stream: 0, data: new Uint8Array(0), final: { totalBytes, crc } }]);
-    return r!;
   }
 }

@@ -74,9 +74,4 @@ export class RunnersStore {
     return (await this.c.db.query<RunnerRow>('SELECT * FROM runners WHERE id = $1', [runnerId])).rows[0];
   }
 
-  async list(clusterId?: string): Promise<RunnerRow[]> {
-    return clusterId
-      ? (await this.c.db.query<RunnerRow>('SELECT * FROM runners WHERE cluster_id = $1 ORDER BY id', [clusterId])).rows
-      : (await this.c.db.query<RunnerRow>('SELECT * FROM runners ORDER BY id')).rows;
-  }
 }

@@ -227,13 +227,15 @@ export class TasksStore {
   }
 
   /**
-   * Queued tasks of a cluster that may be handed out now: eligible (past their delay), code
-   * not paused; highest priority first, then oldest. The dispatcher's view of the queue.
+   * Queued tasks of a cluster that may be handed out now: eligible (past their delay), not
+   * offered, code not paused; highest priority first, then oldest. A read-only view of the
+   * queue; what is actually handed out is decided by LeasesStore.claim (which adds ageing,
+   * round-robin and max_concurrency).
    */
   async eligible(cluster: string, limit: number): Promise<Task[]> {
     const r = await this.c.db.query<Task>(
       `SELECT t.* FROM tasks t JOIN codes c ON c.id = t.code_id
-       WHERE t.status = 'queued' AND t.cluster = $1 AND t.eligible_at <= $2 AND NOT c.paused
+       WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.cluster = $1 AND t.eligible_at <= $2 AND NOT c.paused
        ORDER BY t.priority DESC, t.eligible_at, t.id LIMIT $3`,
       [cluster, this.c.clock.now(), limit],
     );
