@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util';
+import { SecretsUnavailableError } from './store/clusters.ts';
 import type { Store } from './store/index.ts';
 
 /** Usage of the `gantry` command. */
@@ -15,6 +16,7 @@ export const USAGE = `Usage: gantry <command> [options]
   cluster create --name NAME [--memory MB]  create a cluster of runners; prints its id and runner token
   cluster token --name NAME              rotate a cluster's runner token (runners with the old one are refused)
   cluster list                           list clusters
+  cluster reencrypt                      re-seal every cluster secret with the first key of GANTRY_SECRET_KEYS (key rotation)
 
 Configuration comes from the environment (see README.md: DATABASE_URL, GANTRY_DATA_DIR, GANTRY_PORT, ...).`;
 
@@ -91,6 +93,17 @@ export async function runAdmin(store: Store, argv: string[]): Promise<string> {
     }
     case 'cluster list':
       return (await store.clusters.list()).map((c) => `${c.id} ${c.name} memory=${c.memory_mb}MB`).join('\n') || '(no clusters)';
+    case 'cluster reencrypt': {
+      // Rotation: put the new key first in GANTRY_SECRET_KEYS (old ones after it), run this,
+      // then drop the old keys. Values that cannot be opened are listed; keep the old keys then.
+      const r = await store.clusters.reencryptSecrets().catch((err: unknown) => {
+        throw err instanceof SecretsUnavailableError ? new UsageError(err.message) : err;
+      });
+      const lines = [`re-encrypted ${r.rewritten} secret(s); ${r.current} already under the first key`];
+      for (const f of r.failed) lines.push(`cannot re-encrypt ${f.field} of cluster ${f.clusterId}: ${f.error}`);
+      if (r.failed.length > 0) throw new UsageError(`${lines.join('\n')}\n(keep the old keys until these are fixed)`);
+      return lines.join('\n');
+    }
     default:
       throw new UsageError(USAGE);
   }

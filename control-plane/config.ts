@@ -60,6 +60,26 @@ export interface ControlPlaneConfig {
   readonly maxUnflushedFrames: number;
   /** Runners `start` launches on this host (default 1 embedded, 0 with DATABASE_URL). */
   readonly localRunners: number;
+  /** etcd client URLs (ETCD_ENDPOINTS); empty means the in-process local coordinator. */
+  readonly etcdEndpoints: readonly string[];
+  /** Prefix of every etcd key, so several installations can share one etcd. */
+  readonly etcdPrefix: string;
+  /**
+   * TTL in seconds of this replica's etcd lease: leadership, concurrency slots and event
+   * keys die with it when the replica does.
+   */
+  readonly coordTtlS: number;
+  /** How often the leader reconciles concurrency slots against PostgreSQL's live leases. */
+  readonly slotReconcileMs: number;
+  /** Smallest `run_every` a schedule may have (IronWorker: 60 s; tests shorten it). */
+  readonly minRunEveryS: number;
+  /**
+   * Keys that seal cluster secrets (AES-256-GCM), `keyid:base64,...`, the first sealing;
+   * unset: a key file in the data directory (see README, "Secrets").
+   */
+  readonly secretKeys: string | undefined;
+  /** Refuse tasks naming a cluster that does not exist (default: accepted, they wait for one). */
+  readonly strictClusters: boolean;
 }
 
 export interface RunnerTimers {
@@ -88,6 +108,25 @@ function parseClusterTimeouts(raw: string | undefined): Record<string, number> {
     out[m[1]!] = Number(m[2]);
   }
   return out;
+}
+
+/** `ETCD_ENDPOINTS="http://10.0.0.1:2379,http://10.0.0.2:2379"`. */
+function parseEndpoints(raw: string | undefined): string[] {
+  if (!raw) return [];
+  const out = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const u of out) {
+    if (!/^https?:\/\/[^\s/]+(:\d+)?\/?$/.test(u)) {
+      throw new ConfigError(`ETCD_ENDPOINTS entries must be http(s)://host:port URLs (comma separated), got ${JSON.stringify(u)}`);
+    }
+  }
+  return out;
+}
+
+function parsePrefix(raw: string): string {
+  if (!/^[A-Za-z0-9/_.-]{1,128}$/.test(raw)) {
+    throw new ConfigError(`GANTRY_ETCD_PREFIX may hold letters, digits and / _ . - (at most 128), got ${JSON.stringify(raw)}`);
+  }
+  return raw.endsWith('/') ? raw : `${raw}/`;
 }
 
 export function loadConfig(env: Record<string, string | undefined> = process.env): ControlPlaneConfig {
@@ -136,6 +175,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     dispatchTickMs: e.int('GANTRY_DISPATCH_TICK_MS', 250, { min: 10 }),
     maxUnflushedFrames: e.int('GANTRY_MAX_UNFLUSHED_FRAMES', 2000, { min: 10 }),
     localRunners: e.int('GANTRY_LOCAL_RUNNERS', databaseUrl ? 0 : 1, { min: 0, max: 64 }),
+    etcdEndpoints: Object.freeze(parseEndpoints(e.str('ETCD_ENDPOINTS'))),
+    etcdPrefix: parsePrefix(e.str('GANTRY_ETCD_PREFIX', '/gantry/')),
+    coordTtlS: e.int('GANTRY_COORD_TTL_S', 10, { min: 1, max: 300 }),
+    slotReconcileMs: e.int('GANTRY_SLOT_RECONCILE_MS', 2000, { min: 50, max: 600_000 }),
+    minRunEveryS: e.int('GANTRY_MIN_RUN_EVERY_S', 60, { min: 1, max: 60 }),
+    secretKeys: e.str('GANTRY_SECRET_KEYS'),
+    strictClusters: e.bool('GANTRY_STRICT_CLUSTERS', false),
   });
 }
 
@@ -151,5 +197,5 @@ export function redactedConfig(c: ControlPlaneConfig): Record<string, unknown> {
       db = '[unparseable]';
     }
   }
-  return { ...c, databaseUrl: undefined, database: db };
+  return { ...c, databaseUrl: undefined, database: db, secretKeys: c.secretKeys ? '[redacted]' : undefined };
 }

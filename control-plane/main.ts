@@ -8,6 +8,7 @@ import { startLocalRunners } from './local-runners.ts';
 import { loadConfig, redactedConfig } from './config.ts';
 import { startControlPlane } from './server.ts';
 import { openStore } from './store/index.ts';
+import { loadSecretBox } from '../lib/secretbox.ts';
 import { DataDirInUseError } from './store/db.ts';
 import { StoreUnavailableError } from './errors.ts';
 
@@ -23,6 +24,7 @@ async function main(argv: string[]): Promise<number> {
 
   if (cmd !== 'start') {
     const store = await openStore(config, log, systemClock, newId);
+    store.clusters.useSecrets(loadSecretBox({ keys: config.secretKeys, dataDir: config.dataDir, shared: Boolean(config.databaseUrl) }));
     try {
       process.stdout.write((cmd === 'migrate' ? 'migrations applied' : await runAdmin(store, argv)) + '\n');
       return 0;

@@ -38,6 +38,29 @@ export class ControlPlaneMetrics {
     registers: [this.registry],
   });
 
+  readonly coordinatorUp = new Gauge({
+    name: 'gantry_coordinator_up',
+    help: '1 when the coordinator (etcd, or local) is reachable and this replica holds a live session',
+    registers: [this.registry],
+  });
+  readonly isLeader = new Gauge({ name: 'gantry_leader', help: '1 while this replica leads the singleton loops', registers: [this.registry] });
+  readonly slotsReconciled = new Counter({
+    name: 'gantry_concurrency_slots_reconciled_total',
+    help: 'Concurrency slots the leader removed (holder ended) or restored (holder alive, slot lost)',
+    labelNames: ['action'] as const,
+    registers: [this.registry],
+  });
+  readonly slotConflicts = new Counter({
+    name: 'gantry_concurrency_slot_conflicts_total',
+    help: 'Live leases the reconciler found no free slot for (more live leases than the limit)',
+    registers: [this.registry],
+  });
+  readonly slotRefusals = new Counter({
+    name: 'gantry_concurrency_slot_refusals_total',
+    help: 'Claimed tasks returned to the queue because no concurrency slot could be taken',
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'gantry_cp_' });
   }

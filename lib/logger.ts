@@ -13,6 +13,16 @@ export const REDACT_PATHS = [
   'req.headers.authorization',
   'databaseUrl',
   '*.databaseUrl',
+  'secretKeys',
+  '*.secretKeys',
+  'secret_access_key',
+  '*.secret_access_key',
+  'access_key_id',
+  '*.access_key_id',
+  'docker_auth',
+  '*.docker_auth',
+  'dockerAuth',
+  '*.dockerAuth',
 ];
 
 /** The root logger of a process; made once in main.ts and passed down as children. */

@@ -82,7 +82,6 @@ export class RunnerAgent {
   readonly runnerId: string;
   readonly bootId = randomUUID();
   private readonly ledger = new Map<string, LedgerEntry>();
-  private readonly client: RunnerGatewayClient;
   private readonly shipper: LogShipper;
   private readonly codes: CodeCache;
   private readonly stats: StatsSampler;
@@ -96,6 +95,9 @@ export class RunnerAgent {
   private beatSeq = 0;
   private beatTimer: NodeJS.Timeout | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
+  private readonly clients: RunnerGatewayClient[];
+  /** Which control-plane replica the next stream goes to. */
+  private endpoint = 0;
   private attempt = 0;
   private dockerOk = true;
   private drainDeadline = 0;
@@ -114,15 +116,24 @@ export class RunnerAgent {
     const creds = config.tls
       ? grpc.credentials.createSsl(config.tlsCaFile ? fs.readFileSync(config.tlsCaFile) : null)
       : grpc.credentials.createInsecure();
-    this.client = new RunnerGatewayClient(config.controlPlane, creds, {
-      'grpc.keepalive_time_ms': 20_000,
-      'grpc.keepalive_timeout_ms': 10_000,
-      'grpc.keepalive_permit_without_calls': 1,
-      'grpc.max_receive_message_length': 4 * 1024 * 1024,
-    });
+    // One channel per control-plane replica; the stream uses one at a time.
+    this.clients = config.controlPlanes.map(
+      (cp) =>
+        new RunnerGatewayClient(cp, creds, {
+          'grpc.keepalive_time_ms': 20_000,
+          'grpc.keepalive_timeout_ms': 10_000,
+          'grpc.keepalive_permit_without_calls': 1,
+          'grpc.max_receive_message_length': 4 * 1024 * 1024,
+        }),
+    );
     this.shipper = new LogShipper(log.child({ component: 'logs' }), (id, how) => this.onLogDone(id, how));
     this.codes = new CodeCache(path.join(config.workDir, 'code'));
     this.stats = new StatsSampler(config.workDir);
+  }
+
+  /** The channel of the current control-plane replica. */
+  private get client(): RunnerGatewayClient {
+    return this.clients[this.endpoint]!;
   }
 
   private metadata(): grpc.Metadata {
@@ -169,6 +180,9 @@ export class RunnerAgent {
   private connect(): void {
     if (this.state === 'stopped') return;
     this.attempt++;
+    // Offer sequence numbers are per session: a new stream (maybe to another replica)
+    // counts from zero, and a credit must not claim to have seen offers it never got.
+    this.offersSeen = 0;
     const call = this.client.connect(this.metadata());
     this.call = call;
     let welcomed = false;
@@ -237,6 +251,12 @@ export class RunnerAgent {
     this.logCall = undefined;
     if (was) this.metrics.reconnects.inc();
     if (this.state === 'stopped') return;
+    // With several replicas, the next attempt goes to the next one: a replica that is
+    // stopping or gone is left behind, and the ledger moves the tasks along.
+    if (this.clients.length > 1) {
+      this.endpoint = (this.endpoint + 1) % this.clients.length;
+      this.log.info({ controlPlane: this.config.controlPlanes[this.endpoint] }, 'moving to the next control-plane replica');
+    }
     if (this.state === 'draining' && this.ledger.size === 0) {
       this.resolveDrained?.();
       return;
@@ -667,7 +687,7 @@ export class RunnerAgent {
       this.shipper.detach();
       this.call?.end();
       this.logCall?.end();
-      this.client.close();
+      for (const c of this.clients) c.close();
       await this.executor.close();
     })();
     return this.stopping;

@@ -4,7 +4,13 @@ import { ConfigError } from '../lib/errors.ts';
 
 /** The runner agent's configuration: read once from the environment, then frozen. */
 export interface RunnerConfig {
-  /** The control plane's gRPC address, host:port. */
+  /**
+   * The control plane's gRPC addresses, host:port: one, or several replicas (comma
+   * separated) tried in turn; the runner moves to the next one whenever its stream is lost
+   * or a replica asks it to reconnect.
+   */
+  readonly controlPlanes: readonly string[];
+  /** The first of controlPlanes (for logs). */
   readonly controlPlane: string;
   readonly clusterId: string;
   readonly clusterToken: string;
@@ -41,12 +47,21 @@ export function loadRunnerConfig(env: Record<string, string | undefined>): Runne
     if (!k || v === undefined) throw new ConfigError(`GANTRY_RUNNER_LABELS entries must be key=value, got ${JSON.stringify(kv)}`);
     labels[k] = v;
   }
-  const controlPlane = need('GANTRY_CONTROL_PLANE');
-  if (!/^[^\s:/]+:\d+$/.test(controlPlane) && !/^\[[0-9a-f:]+\]:\d+$/i.test(controlPlane)) {
-    throw new ConfigError(`GANTRY_CONTROL_PLANE must be host:port of the control plane's gRPC port, got ${JSON.stringify(controlPlane)}`);
+  const controlPlanes = need('GANTRY_CONTROL_PLANE')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const cp of controlPlanes) {
+    if (!/^[^\s:/]+:\d+$/.test(cp) && !/^\[[0-9a-f:]+\]:\d+$/i.test(cp)) {
+      throw new ConfigError(
+        `GANTRY_CONTROL_PLANE must be host:port of the control plane's gRPC port (several comma separated), got ${JSON.stringify(cp)}`,
+      );
+    }
   }
+  if (controlPlanes.length === 0) throw new ConfigError('GANTRY_CONTROL_PLANE is required (see README.md, "Runners")');
   return Object.freeze({
-    controlPlane,
+    controlPlanes: Object.freeze(controlPlanes),
+    controlPlane: controlPlanes[0]!,
     clusterId: need('GANTRY_CLUSTER_ID'),
     clusterToken: need('GANTRY_CLUSTER_TOKEN'),
     slots: e.int('GANTRY_RUNNER_SLOTS', 0, { min: 0, max: 1024 }),

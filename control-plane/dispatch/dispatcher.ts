@@ -2,34 +2,106 @@ import type { Logger } from '../../lib/logger.ts';
 import type { ControlPlaneConfig } from '../config.ts';
 import type { RunnerSession } from '../grpc/session.ts';
 import type { Store } from '../store/index.ts';
+import type { OfferRow } from '../store/leases.ts';
 import { StoreUnavailableError } from '../errors.ts';
+import { codeScope, type Coordinator } from '../coord/types.ts';
+import type { ControlPlaneMetrics } from '../metrics.ts';
+
+/** How long a package whose slot could not be taken is left out of claims (a freed slot ends it sooner). */
+const BLOCK_MS = 1000;
+/** How often each replica looks for cancels its runners have not been sent (lost events). */
+const CANCEL_BACKSTOP_MS = 1000;
 
 /** Most tasks claimed for one runner in one transaction. */
 export const MAX_CLAIM = 256;
 
 /**
  * Offers queued work to the runners whose streams this replica holds, within their credit.
- * Woken by events (a task queued, a credit, a lease ended, a code resumed) so an idle runner
- * gets a new task at once; a slow tick covers delayed tasks becoming eligible.
+ * Woken by events (a task queued, a credit, a lease ended, a code resumed — here or on
+ * another replica) so an idle runner gets a new task at once; a slow tick covers delayed
+ * tasks becoming eligible and wake-ups lost with etcd.
+ *
+ * A task of a package with `max_concurrency` is offered only once it holds a slot of the
+ * coordinator's semaphore (PostgreSQL's count under an advisory lock has already admitted
+ * it); without a slot it goes back to the queue and its package sits out briefly.
  */
 export class Dispatcher {
   private readonly sessions = new Map<string, RunnerSession>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** Packages whose slot could not be taken, until when. */
+  private readonly blocked = new Map<string, number>();
+  /** While the coordinator is unhealthy: every limited package, refreshed now and then. */
+  private limitedCache: { at: number; ids: string[] } | undefined;
+  private lastCancelSweep = 0;
 
   constructor(
     private readonly store: Store,
     private readonly config: ControlPlaneConfig,
     private readonly log: Logger,
+    private readonly coord: Coordinator,
+    private readonly metrics?: ControlPlaneMetrics,
   ) {}
 
   start(tickMs = 250): void {
     const tick = () => {
       if (this.stopped) return;
       this.wake('*');
+      if (Date.now() - this.lastCancelSweep >= CANCEL_BACKSTOP_MS) {
+        this.lastCancelSweep = Date.now();
+        void this.cancelBackstop();
+      }
       this.timer = setTimeout(tick, tickMs);
     };
     this.timer = setTimeout(tick, tickMs);
+  }
+
+  /** A slot was freed somewhere: packages sitting out may be claimable again. */
+  slotsFreed(): void {
+    this.blocked.clear();
+    this.wake('*');
+  }
+
+  /** Sends cancels whose event was lost (etcd away, a replica died between request and send). */
+  private async cancelBackstop(): Promise<void> {
+    const ids = [...this.sessions.keys()];
+    if (ids.length === 0) return;
+    try {
+      for (const id of await this.store.leases.runnersWithPendingCancels(ids)) await this.sessions.get(id)?.sendPendingCancels();
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'cancel backstop failed');
+    }
+  }
+
+  /** Packages claims must leave out now. */
+  private async excluded(): Promise<string[]> {
+    const now = Date.now();
+    for (const [id, until] of this.blocked) if (until <= now) this.blocked.delete(id);
+    const out = [...this.blocked.keys()];
+    if (!this.coord.status().healthy) {
+      // No slot can be taken: concurrency-limited work pauses, everything else flows.
+      if (!this.limitedCache || now - this.limitedCache.at > 1000) {
+        this.limitedCache = { at: now, ids: await this.store.leases.limitedCodes() };
+      }
+      out.push(...this.limitedCache.ids);
+    }
+    return out;
+  }
+
+  /** Takes a slot for each limited row; rows without one go back to the queue. */
+  private async withSlots(rows: OfferRow[], runnerId: string): Promise<OfferRow[]> {
+    if (rows.every((r) => r.max_concurrency === null)) return rows;
+    const out: OfferRow[] = [];
+    for (const r of rows) {
+      if (r.max_concurrency === null || (await this.coord.acquire(codeScope(r.code_id), r.max_concurrency, r.lease_id))) {
+        out.push(r);
+        continue;
+      }
+      this.blocked.set(r.code_id, Date.now() + BLOCK_MS);
+      this.metrics?.slotRefusals.inc();
+      await this.store.leases.release(r.lease_id, r.attempt, runnerId, 'no_slot');
+    }
+    return out;
   }
 
   stop(): void {
@@ -78,14 +150,16 @@ export class Dispatcher {
           // offering (it stopped reading) ties up at most one more batch.
           const want = Math.min(s.freeSlots(), MAX_CLAIM);
           if (want <= 0 || !s.runner) break;
-          const rows = await this.store.leases.claim(s.runner, want, {
+          const claimed = await this.store.leases.claim(s.runner, want, {
             acceptDeadlineMs: this.config.timers.acceptDeadlineMs,
             ageingS: this.config.priorityAgeingS,
+            exclude: await this.excluded(),
           });
-          if (rows.length === 0) break;
+          if (claimed.length === 0) break;
+          const rows = await this.withSlots(claimed, s.runner.id);
           if (s.state === 'closed') break; // the accept deadline returns them to the queue
-          s.offer(rows);
-          if (rows.length < want) break;
+          if (rows.length > 0) s.offer(rows);
+          if (claimed.length < want) break;
         }
       } while (s.pumpAgain && !this.stopped);
     } catch (err) {

@@ -77,6 +77,8 @@ export class RunnerSession {
   private beatSeq = 0;
   /** The cluster's per-task memory, sent with every offer. */
   private memoryMb = 512;
+  /** The cluster's registry credentials (base64 "user:password"), decrypted at Hello; sent with every offer. */
+  private dockerAuth = '';
   private unflushed = 0;
   /** When a queued frame last reached the socket (or the queue last started from empty). */
   private flushedAt = Date.now();
@@ -189,7 +191,7 @@ export class RunnerSession {
           acceptBy: r.expires_at.getTime(),
           logMaxBytes: this.deps.config.logMaxBytes,
           memoryMb: this.memoryMb,
-          dockerAuth: '',
+          dockerAuth: this.dockerAuth,
         },
       });
     }
@@ -428,6 +430,11 @@ export class RunnerSession {
     const cluster = await store.clusters.byId(this.clusterId);
     if (!cluster) return this.close('unknown cluster', true);
     this.memoryMb = cluster.memory_mb;
+    try {
+      this.dockerAuth = (await store.clusters.runnerSecrets(this.clusterId)).dockerAuth ?? '';
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, "cannot read the cluster's registry credentials; images will be pulled without them");
+    }
     const row = await store.runners.connect(
       {
         runnerId: h.runnerId,

@@ -3,6 +3,7 @@ import Router from '@koa/router';
 import { newId } from '../../lib/ids.ts';
 import { HttpError, StoreUnavailableError, notFound } from '../errors.ts';
 import { requireUser } from './auth.ts';
+import { clustersRouter } from './routes/clusters.ts';
 import { codesRouter } from './routes/codes.ts';
 import { schedulesRouter } from './routes/schedules.ts';
 import { tasksRouter } from './routes/tasks.ts';
@@ -70,10 +71,27 @@ export function createApp(deps: ApiDeps): Koa<ApiState> {
     ctx.type = deps.metrics.registry.contentType;
     ctx.body = await deps.metrics.registry.metrics();
   });
+  // Ready = PostgreSQL reachable, coordinator healthy, a leader known, and not draining.
+  // The body says which part failed; the REST API itself keeps serving from PostgreSQL
+  // while the coordinator is away.
   root.get('/readyz', async (ctx) => {
     const db = await deps.store.db.ping();
-    ctx.status = db ? 200 : 503;
-    ctx.body = { ready: db, database: db ? 'ok' : 'unreachable' };
+    const coord = deps.coordStatus?.();
+    const draining = deps.draining?.() ?? false;
+    const ready = db && (!coord || (coord.healthy && coord.leader !== undefined)) && !draining;
+    ctx.status = ready ? 200 : 503;
+    ctx.body = {
+      ready,
+      database: db ? 'ok' : 'unreachable',
+      ...(coord
+        ? {
+            coordinator: { kind: coord.kind, status: coord.healthy ? 'ok' : 'unreachable' },
+            leader: coord.leader ?? null,
+            is_leader: coord.isLeader,
+          }
+        : {}),
+      ...(draining ? { draining: true } : {}),
+    };
   });
 
   const v2 = new Router<ApiState>({ prefix: '/2' });
@@ -82,6 +100,7 @@ export function createApp(deps: ApiDeps): Koa<ApiState> {
     ctx.body = [];
   });
   for (const r of [codesRouter(), tasksRouter(), schedulesRouter()]) v2.use(r.routes());
+  v2.use(clustersRouter().routes());
 
   // Not thrown: the router then sets Allow, which a 405 must carry (RFC 9110 15.5.6); the
   // error middleware above turns its bodyless 405/501 into the JSON 405.

@@ -2,10 +2,10 @@ import type { Code, CodeRevision } from '../store/codes.ts';
 import type { Schedule } from '../store/schedules.ts';
 import type { Task } from '../store/tasks.ts';
 
-type Json = Record<string, unknown>;
+export type Json = Record<string, unknown>;
 
 /** Drops absent values (IronWorker omits optional fields) and writes dates as RFC 3339. */
-function clean(o: Json): Json {
+export function clean(o: Json): Json {
   const out: Json = {};
   for (const [k, v] of Object.entries(o)) {
     if (v === null || v === undefined) continue;

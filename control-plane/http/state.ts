@@ -2,6 +2,7 @@ import type { Clock } from '../../lib/clock.ts';
 import type { Logger } from '../../lib/logger.ts';
 import type { ControlPlaneConfig } from '../config.ts';
 import type { Store } from '../store/index.ts';
+import type { CoordStatus } from '../coord/types.ts';
 
 /** What request handlers need, shared by every request. */
 export interface ApiDeps {
@@ -13,6 +14,10 @@ export interface ApiDeps {
   readonly onTasksQueued?: (cluster: string) => void;
   /** Called when a running task's cancel was requested, so its runner hears at once. */
   readonly onCancelRequested?: (runnerId: string) => void;
+  /** The coordinator's view (etcd or local), for /readyz. */
+  readonly coordStatus?: () => CoordStatus;
+  /** True while this replica drains (graceful stop): /readyz fails so balancers move on. */
+  readonly draining?: () => boolean;
   /** Prometheus registry served at /metrics. */
   readonly metrics?: { registry: { metrics(): Promise<string>; contentType: string } };
 }

@@ -1,51 +1,45 @@
 import type { Clock } from '../../lib/clock.ts';
 import type { Logger } from '../../lib/logger.ts';
-import { StoreUnavailableError } from '../errors.ts';
+import type { LeaderJob } from '../coord/leader.ts';
 import type { Store } from '../store/index.ts';
 
-export interface Loop {
-  stop(): Promise<void>;
-}
-
 /**
- * Runs `tick` every `everyMs` until stopped, never overlapping itself. A tick that fails
- * is logged and the loop goes on: the next tick retries.
+ * Fires due schedules into queued tasks (leader work). Each firing is fenced by the
+ * leader's term and unique per (schedule, period), so neither a stale leader nor two
+ * leaders at once can fire a period twice.
  */
-export function startLoop(name: string, everyMs: number, log: Logger, tick: () => Promise<void>): Loop {
-  let timer: NodeJS.Timeout | undefined;
-  let running: Promise<void> | undefined;
-  let stopped = false;
-  const run = () => {
-    running = tick()
-      .catch((err) => {
-        if (err instanceof StoreUnavailableError) log.warn({ loop: name, err: err.message }, 'loop tick: database unavailable');
-        else log.error({ loop: name, err }, 'loop tick failed');
-      })
-      .finally(() => {
-        running = undefined;
-        if (!stopped) timer = setTimeout(run, everyMs);
-      });
-  };
-  timer = setTimeout(run, 0);
+export function scheduleJob(o: { store: Store; clock: Clock; everyMs: number; log: Logger; onFired?: () => void }): LeaderJob {
   return {
-    async stop() {
-      stopped = true;
-      clearTimeout(timer);
-      await running;
+    name: 'schedules',
+    everyMs: o.everyMs,
+    async tick(fence, signal) {
+      let fired: number;
+      do {
+        fired = await o.store.schedules.fireDue(o.clock.now(), 100, fence);
+        if (fired > 0) {
+          o.log.info({ fired }, 'schedules fired');
+          o.onFired?.();
+        }
+      } while (fired >= 100 && !signal.aborted);
     },
   };
 }
 
-/** Fires due schedules into queued tasks (single replica; the etcd issue adds leadership). */
-export function startScheduleLoop(o: { store: Store; clock: Clock; everyMs: number; log: Logger; onFired?: () => void }): Loop {
-  return startLoop('schedules', o.everyMs, o.log, async () => {
-    let fired: number;
-    do {
-      fired = await o.store.schedules.fireDue(o.clock.now());
-      if (fired > 0) {
-        o.log.info({ fired }, 'schedules fired');
-        o.onFired?.();
-      }
-    } while (fired >= 100);
-  });
+/**
+ * Delayed-task promotion (leader work): tasks whose delay (or retry delay) has just passed
+ * become eligible; every replica is told so its idle runners get them now rather than at
+ * its next safety-net tick.
+ */
+export function promotionJob(o: { store: Store; clock: Clock; everyMs: number; onReady: (cluster: string) => void }): LeaderJob {
+  let since: Date | undefined;
+  return {
+    name: 'promotion',
+    everyMs: o.everyMs,
+    async tick() {
+      const now = o.clock.now();
+      const from = since ?? new Date(now.getTime() - o.everyMs);
+      for (const cluster of await o.store.tasks.clustersEligibleBetween(from, now)) o.onReady(cluster);
+      since = now;
+    },
+  };
 }

@@ -2,6 +2,7 @@ import type { StoreCtx } from './ctx.ts';
 import type { Queryable } from './db.ts';
 import type { TaskStatus } from './codes.ts';
 import type { TasksStore } from './tasks.ts';
+import { checkFence, type Fence } from './fence.ts';
 
 /**
  * Leases: the runner protocol's state in the store (research/dispatch.md 4.4, 4.5). Every
@@ -51,6 +52,8 @@ export interface OfferRow {
   cluster: string;
   schedule_id: string | null;
   expires_at: Date;
+  /** The package's concurrency limit when it has one (a slot must be taken before the offer). */
+  max_concurrency: number | null;
 }
 
 export interface RunnerRef {
@@ -64,6 +67,8 @@ export interface ClaimOptions {
   acceptDeadlineMs: number;
   /** A queued task gains one priority level per this many seconds waited (no starvation). */
   ageingS: number;
+  /** Code packages to leave out (their concurrency slots cannot be taken right now). */
+  exclude?: readonly string[];
 }
 
 /** What a runner reports at the end of a lease. */
@@ -81,7 +86,7 @@ export interface Completion {
 export type Disposition = 'recorded' | 'duplicate' | 'stale';
 
 /** Outcomes a lease ends with when it was taken away rather than completed. */
-const RECLAIMED = new Set(['offer_expired', 'rejected', 'reclaimed', 'revoked', 'handed_back']);
+const RECLAIMED = new Set(['offer_expired', 'rejected', 'reclaimed', 'revoked', 'handed_back', 'no_slot']);
 
 const OUTCOME_STATUS: Record<Completion['outcome'], TaskStatus | 'retry'> = {
   succeeded: 'complete',
@@ -98,10 +103,26 @@ export interface LeaseConfig {
 }
 
 export class LeasesStore {
+  private readonly endedCbs: ((leaseIds: string[]) => void)[] = [];
+
   constructor(
     private readonly c: StoreCtx,
     private readonly tasks: TasksStore,
   ) {}
+
+  /** Called after a transaction that may have ended these leases commits (frees their concurrency slots). */
+  onEnded(cb: (leaseIds: string[]) => void): () => void {
+    this.endedCbs.push(cb);
+    return () => {
+      const i = this.endedCbs.indexOf(cb);
+      if (i >= 0) this.endedCbs.splice(i, 1);
+    };
+  }
+
+  private ended<T>(leaseIds: string[], result: T): T {
+    if (leaseIds.length > 0) for (const cb of this.endedCbs) cb(leaseIds);
+    return result;
+  }
 
   /**
    * Claims up to `n` eligible tasks of the runner's cluster for it, in one transaction:
@@ -128,6 +149,7 @@ export class LeasesStore {
            GROUP BY l.code_id, r.max_concurrency HAVING count(*) >= r.max_concurrency`,
         )
       ).rows.map((r) => r.code_id);
+      if (o.exclude) full.push(...o.exclude);
       const cand = await q.query<{ id: string; code_id: string; max_concurrency: number | null }>(
         `WITH head AS (
            (SELECT t.id FROM tasks t JOIN codes c ON c.id = t.code_id AND NOT c.paused
@@ -214,6 +236,8 @@ export class LeasesStore {
       );
       // Keep the claim order (priority, round-robin) for the offers.
       const order = new Map(chosen.map((id, i) => [id, i]));
+      const limit = new Map(cand.rows.map((r) => [r.id, r.max_concurrency]));
+      for (const r of rows.rows) r.max_concurrency = limit.get(r.task_id) ?? null;
       return rows.rows.sort((a, b) => order.get(a.task_id)! - order.get(b.task_id)!);
     });
   }
@@ -231,9 +255,10 @@ export class LeasesStore {
    * Ends an offered or accepted lease without a run (Reject, an accept deadline passed, a
    * hand-back before start): the task goes back to the queue, no retry is spent.
    */
-  async release(leaseId: string, attempt: number, runnerId: string | null, outcome: string): Promise<boolean> {
+  async release(leaseId: string, attempt: number, runnerId: string | null, outcome: string, fence?: Fence): Promise<boolean> {
     const now = this.c.clock.now();
-    return this.c.db.tx(async (q) => {
+    const ok = await this.c.db.tx(async (q) => {
+      await checkFence(q, fence);
       const r = await q.query<{ task_id: string }>(
         `UPDATE task_leases SET state = 'done', ended_at = $4, outcome = $5
          WHERE id = $1 AND attempt = $2 AND ($3::text IS NULL OR runner_id = $3) AND state IN ('offered', 'accepted')
@@ -248,6 +273,7 @@ export class LeasesStore {
       );
       return true;
     });
+    return this.ended(ok ? [leaseId] : [], ok);
   }
 
   /** Accepted → running: the container started and the task becomes `running`. */
@@ -306,7 +332,7 @@ export class LeasesStore {
    * error spends the internal budget and requeues the same task.
    */
   async complete(c: Completion, runnerId: string, cfg: LeaseConfig): Promise<Disposition> {
-    return this.c.db.tx((q) => this.completeOne(q, c, runnerId, cfg));
+    return this.ended([c.leaseId], await this.c.db.tx((q) => this.completeOne(q, c, runnerId, cfg)));
   }
 
   private async completeOne(q: Queryable, c: Completion, runnerId: string, cfg: LeaseConfig): Promise<Disposition> {
@@ -415,7 +441,7 @@ export class LeasesStore {
    * budget is spent, then ends `killed` ("runner lost"); a task whose cancel was requested
    * ends `cancelled`. Returns what it did.
    */
-  async sweep(cfg: LeaseConfig, limit = 500): Promise<{ expiredOffers: number; reclaimed: number; killed: number }> {
+  async sweep(cfg: LeaseConfig, limit = 500, fence?: Fence): Promise<{ expiredOffers: number; reclaimed: number; killed: number }> {
     const now = this.c.clock.now();
     const out = { expiredOffers: 0, reclaimed: 0, killed: 0 };
     const due = await this.c.db.query<{ id: string; attempt: number; state: LeaseState }>(
@@ -424,10 +450,10 @@ export class LeasesStore {
     );
     for (const l of due.rows) {
       if (l.state === 'offered') {
-        if (await this.release(l.id, l.attempt, null, 'offer_expired')) out.expiredOffers++;
+        if (await this.release(l.id, l.attempt, null, 'offer_expired', fence)) out.expiredOffers++;
         continue;
       }
-      const r = await this.reclaim(l.id, l.attempt, cfg, 'reclaimed');
+      const r = await this.reclaim(l.id, l.attempt, cfg, 'reclaimed', false, fence);
       if (r === 'requeued') out.reclaimed++;
       else if (r === 'ended') out.killed++;
     }
@@ -439,9 +465,10 @@ export class LeasesStore {
    * requeue within the internal budget, else end the task. Fenced by `expires_at < now`
    * unless `force`.
    */
-  async reclaim(leaseId: string, attempt: number, cfg: LeaseConfig, outcome: 'reclaimed' | 'handed_back', force = false) {
+  async reclaim(leaseId: string, attempt: number, cfg: LeaseConfig, outcome: 'reclaimed' | 'handed_back', force = false, fence?: Fence) {
     const now = this.c.clock.now();
-    return this.c.db.tx(async (q): Promise<'requeued' | 'ended' | 'none'> => {
+    const r = await this.c.db.tx(async (q): Promise<'requeued' | 'ended' | 'none'> => {
+      await checkFence(q, fence);
       const lease = (
         await q.query<Lease>(
           `SELECT * FROM task_leases WHERE id = $1 AND attempt = $2 AND ended_at IS NULL AND ($3 OR expires_at < $4)
@@ -475,6 +502,7 @@ export class LeasesStore {
       );
       return 'requeued';
     });
+    return this.ended([leaseId], r);
   }
 
   /** Live leases of a runner (for reconcile, drains and cancels). */
@@ -512,6 +540,49 @@ export class LeasesStore {
     ).rows;
   }
 
+  /** Those of these runners that have a live lease whose cancel was requested and not sent. */
+  async runnersWithPendingCancels(runnerIds: readonly string[]): Promise<string[]> {
+    if (runnerIds.length === 0) return [];
+    return (
+      await this.c.db.query<{ runner_id: string }>(
+        `SELECT DISTINCT l.runner_id FROM task_leases l JOIN tasks t ON t.id = l.task_id
+         WHERE l.runner_id = ANY($1::text[]) AND l.ended_at IS NULL AND l.cancel_sent_at IS NULL
+           AND t.cancel_requested_at IS NOT NULL`,
+        [runnerIds],
+      )
+    ).rows.map((r) => r.runner_id);
+  }
+
+  /** Which of these lease ids are live (not ended): the concurrency reconciler's truth. */
+  async liveAmong(leaseIds: readonly string[]): Promise<Set<string>> {
+    if (leaseIds.length === 0) return new Set();
+    const r = await this.c.db.query<{ id: string }>('SELECT id FROM task_leases WHERE id = ANY($1::text[]) AND ended_at IS NULL', [
+      leaseIds,
+    ]);
+    return new Set(r.rows.map((x) => x.id));
+  }
+
+  /** Live leases of code packages that have a max_concurrency, with that limit. */
+  async liveLimited(): Promise<{ lease_id: string; code_id: string; max_concurrency: number }[]> {
+    return (
+      await this.c.db.query<{ lease_id: string; code_id: string; max_concurrency: number }>(
+        `SELECT l.id AS lease_id, l.code_id, r.max_concurrency FROM task_leases l JOIN codes c ON c.id = l.code_id
+           JOIN code_revisions r ON r.id = c.latest_revision_id
+         WHERE l.ended_at IS NULL AND r.max_concurrency IS NOT NULL ORDER BY l.granted_at`,
+      )
+    ).rows;
+  }
+
+  /** Code packages of a cluster's queue that have a max_concurrency (excluded while slots cannot be taken). */
+  async limitedCodes(): Promise<string[]> {
+    return (
+      await this.c.db.query<{ id: string }>(
+        `SELECT c.id FROM codes c JOIN code_revisions r ON r.id = c.latest_revision_id
+         WHERE r.max_concurrency IS NOT NULL AND c.deleted_at IS NULL`,
+      )
+    ).rows.map((r) => r.id);
+  }
+
   async markCancelSent(leaseId: string): Promise<void> {
     await this.c.db.query('UPDATE task_leases SET cancel_sent_at = $2 WHERE id = $1', [leaseId, this.c.clock.now()]);
   }
@@ -529,9 +600,10 @@ export class LeasesStore {
   }
 
   /** Ends a lease whose runner stayed silent past its timeout: the task times out. */
-  async timeOut(leaseId: string, attempt: number): Promise<boolean> {
+  async timeOut(leaseId: string, attempt: number, fence?: Fence): Promise<boolean> {
     const now = this.c.clock.now();
-    return this.c.db.tx(async (q) => {
+    const ok = await this.c.db.tx(async (q) => {
+      await checkFence(q, fence);
       const l = (
         await q.query<Lease>('SELECT * FROM task_leases WHERE id = $1 AND attempt = $2 AND ended_at IS NULL FOR UPDATE', [
           leaseId,
@@ -543,6 +615,7 @@ export class LeasesStore {
       await this.finish(q, l.task_id, l.id, 'timeout', 'Timed out (enforced by the control plane)', { endedAt: now });
       return true;
     });
+    return this.ended(ok ? [leaseId] : [], ok);
   }
 
   // ---------- batched forms, for a runner's burst of frames (one transaction each) ----------
@@ -629,7 +702,7 @@ export class LeasesStore {
   ): Promise<Disposition[]> {
     if (items.length === 0) return [];
     const now = this.c.clock.now();
-    return this.c.db.tx(async (q) => {
+    const out = await this.c.db.tx(async (q) => {
       const ids = items.map((i) => i.leaseId);
       const rows = await q.query<{
         id: string; attempt: number; runner_id: string; state: LeaseState; task_id: string;
@@ -697,5 +770,9 @@ export class LeasesStore {
       }
       return out;
     });
+    return this.ended(
+      items.filter((_, i) => out[i] === 'recorded').map((i) => i.leaseId),
+      out,
+    );
   }
 }

@@ -74,4 +74,13 @@ export class RunnersStore {
     return (await this.c.db.query<RunnerRow>('SELECT * FROM runners WHERE id = $1', [runnerId])).rows[0];
   }
 
+
+  /** The runner holds a session on some replica and has beaten within `withinMs`. */
+  async connectedRecently(runnerId: string, withinMs: number): Promise<boolean> {
+    const r = await this.c.db.query(
+      'SELECT 1 FROM runners WHERE id = $1 AND connected AND last_beat_at > $2',
+      [runnerId, new Date(this.c.clock.now().getTime() - withinMs)],
+    );
+    return r.rows.length > 0;
+  }
 }

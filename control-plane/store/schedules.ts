@@ -1,6 +1,7 @@
 import type { StoreCtx, Page } from './ctx.ts';
 import { pageSql } from './ctx.ts';
 import type { TasksStore } from './tasks.ts';
+import { checkFence, type Fence } from './fence.ts';
 
 export interface Schedule {
   id: string;
@@ -123,20 +124,21 @@ export class SchedulesStore {
    * (schedule, period) — a unique index, so a period can never fire twice — and advances
    * next_start past `now`.
    */
-  async fireDue(now: Date, limit = 100): Promise<number> {
+  async fireDue(now: Date, limit = 100, fence?: Fence): Promise<number> {
     const due = await this.c.db.query<{ id: string }>(
       `SELECT id FROM schedules WHERE status = 'scheduled' AND next_start <= $1 ORDER BY next_start LIMIT $2`,
       [now, limit],
     );
     let fired = 0;
     for (const { id } of due.rows) {
-      if (await this.fireOne(id, now)) fired++;
+      if (await this.fireOne(id, now, fence)) fired++;
     }
     return fired;
   }
 
-  private async fireOne(id: string, now: Date): Promise<boolean> {
+  private async fireOne(id: string, now: Date, fence: Fence | undefined): Promise<boolean> {
     return this.c.db.tx(async (q) => {
+      await checkFence(q, fence);
       const s = (
         await q.query<Schedule>(
           `SELECT * FROM schedules WHERE id = $1 AND status = 'scheduled' AND next_start <= $2 FOR UPDATE SKIP LOCKED`,

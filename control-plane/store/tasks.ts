@@ -241,4 +241,15 @@ export class TasksStore {
     );
     return r.rows;
   }
+
+  /** Clusters with a queued task whose eligible time fell in (from, to] (delays that just passed). */
+  async clustersEligibleBetween(from: Date, to: Date): Promise<string[]> {
+    return (
+      await this.c.db.query<{ name: string }>(
+        `SELECT n.name FROM (SELECT name FROM clusters UNION SELECT 'default') n
+         WHERE EXISTS (SELECT 1 FROM tasks t WHERE t.status = 'queued' AND t.cluster = n.name AND t.eligible_at > $1 AND t.eligible_at <= $2)`,
+        [from, to],
+      )
+    ).rows.map((r) => r.name);
+  }
 }

@@ -1,6 +1,6 @@
 import Router, { type RouterContext } from '@koa/router';
 import { isId } from '../../../lib/ids.ts';
-import { badRequest, notFound } from '../../errors.ts';
+import { HttpError, badRequest, notFound } from '../../errors.ts';
 import type { Code, TaskStatus } from '../../store/codes.ts';
 import { TASK_STATUSES } from '../../store/codes.ts';
 import type { NewTask } from '../../store/tasks.ts';
@@ -30,6 +30,38 @@ export function parseRunOptions(deps: ApiDeps, o: Obj, prefix: string, code: Cod
     delay: optInt(o, 'delay', `${prefix}delay`, 0, MAX_DELAY) ?? 0,
     label: optString(o, 'label', `${prefix}label`, 255) ?? null,
   };
+}
+
+/**
+ * The control-plane setting behind unknown cluster names. Read from the config when the
+ * field exists there (GANTRY_STRICT_CLUSTERS); absent means false, today's behaviour.
+ */
+export interface ClusterQueuePolicy {
+  /** Refuse tasks naming no cluster (400); otherwise they wait for one of that name. */
+  readonly strictClusters?: boolean;
+}
+
+/**
+ * Checks that the user may queue onto every cluster named (own, shared to them, an operator
+ * cluster, or `default`): 403 for another user's cluster, 400 for an unknown name when the
+ * policy is strict. Returns each reference's cluster name (a task may name its cluster by
+ * id; it is stored by name, which is what runners are matched on).
+ */
+export async function authorizeClusters(deps: ApiDeps, userId: string, refs: { cluster: string; field: string }[]): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  const strict = (deps.config as ApiDeps['config'] & ClusterQueuePolicy).strictClusters === true;
+  for (const { cluster, field } of refs) {
+    if (out.has(cluster)) continue;
+    const t = await deps.store.clusters.queueTarget(userId, cluster);
+    if (t.kind === 'forbidden') {
+      throw new HttpError(403, `${field}: cluster ${JSON.stringify(cluster)} belongs to another user and is not shared with you`, { code: 'forbidden' });
+    }
+    if (t.kind === 'unknown' && strict) {
+      throw badRequest(`${field}: no cluster named ${JSON.stringify(cluster)}; create it with POST /2/clusters, or use "default"`);
+    }
+    out.set(cluster, t.kind === 'ok' ? t.name : cluster);
+  }
+  return out;
 }
 
 /** The payload: a string of at most 64 KB (objects are refused: clients JSON-encode them). */
@@ -132,6 +164,8 @@ export function tasksRouter(): Router<ApiState> {
       const code = codes.get(name)!;
       return newTask(projectId!, code, parsePayload(o, `${prefix}payload`), parseRunOptions(deps, o, prefix, code));
     });
+    const clusters = await authorizeClusters(deps, ctx.state.userId!, tasks.map((t, i) => ({ cluster: t.cluster, field: `tasks[${i}].cluster` })));
+    for (const t of tasks) t.cluster = clusters.get(t.cluster)!;
     const ids = await deps.store.tasks.queue(tasks);
     for (const c of new Set(tasks.map((t) => t.cluster))) deps.onTasksQueued?.(c);
     ctx.body = { msg: 'Queued up', tasks: ids.map((id) => ({ id })) };
@@ -143,6 +177,7 @@ export function tasksRouter(): Router<ApiState> {
     const name = reqString(q, 'code_name', 'code_name', 255);
     const code = (await resolveCodes(deps, projectId!, [{ name, field: 'code_name' }])).get(name)!;
     const opts = parseRunOptions(deps, q, '', code);
+    opts.cluster = (await authorizeClusters(deps, ctx.state.userId!, [{ cluster: opts.cluster, field: 'cluster' }])).get(opts.cluster)!;
     const payload = webhookPayload(await readRaw(ctx, MAX_PAYLOAD));
     const [id] = await deps.store.tasks.queue([newTask(projectId!, code, payload, opts)]);
     deps.onTasksQueued?.(opts.cluster);
@@ -195,6 +230,7 @@ export function tasksRouter(): Router<ApiState> {
     const body = await readJsonObject(ctx, deps.config.maxJsonBody);
     const delay = optInt(body, 'delay', 'delay', 0, MAX_DELAY) ?? 0;
     const task = await loadTask(ctx);
+    await authorizeClusters(deps, ctx.state.userId!, [{ cluster: task.cluster, field: 'cluster' }]);
     const id = await deps.store.tasks.retry(ctx.state.projectId!, task.id, delay);
     if (!id) throw badRequest(`Task is ${task.status}; only finished tasks can be retried`);
     deps.onTasksQueued?.(task.cluster);

@@ -1,0 +1,82 @@
+import type { Logger } from '../../lib/logger.ts';
+import type { Fence } from '../store/fence.ts';
+import { FencedError } from '../store/fence.ts';
+import { StoreUnavailableError } from '../errors.ts';
+import type { Coordinator } from './types.ts';
+
+/** A singleton loop: runs on the leader only, every `everyMs`, its writes fenced. */
+export interface LeaderJob {
+  readonly name: string;
+  readonly everyMs: number;
+  tick(fence: Fence, signal: AbortSignal): Promise<void>;
+}
+
+export interface LeaderWork {
+  /** Stops the jobs and waits for ticks in flight. */
+  stop(): Promise<void>;
+  /** Runs every job once now (when this replica leads); for tests and wake-ups. */
+  readonly running: boolean;
+}
+
+/**
+ * Runs the leader's jobs while this replica leads. Each leadership brings its own term; the
+ * jobs stop the moment its signal aborts (lost lease, election error, another leader), and
+ * a tick already in flight can only write if no newer leader has (the fence).
+ */
+export function runLeaderWork(coord: Coordinator, jobs: readonly LeaderJob[], log: Logger): LeaderWork {
+  let stopped = false;
+  const inFlight = new Set<Promise<void>>();
+  const timers = new Set<NodeJS.Timeout>();
+  let current: AbortSignal | undefined;
+
+  coord.onLeadership(({ term, signal }) => {
+    if (stopped) return;
+    current = signal;
+    const fence: Fence = { term, holder: coord.replicaId };
+    log.info({ term, jobs: jobs.map((j) => j.name) }, 'leader work started');
+    signal.addEventListener('abort', () => log.warn({ term }, 'leader work stopped'), { once: true });
+    for (const job of jobs) {
+      const run = () => {
+        if (stopped || signal.aborted) return;
+        const p = job
+          .tick(fence, signal)
+          .catch((err) => {
+            if (err instanceof FencedError) log.warn({ job: job.name, err: err.message }, 'leader write refused: a newer leader exists');
+            else if (err instanceof StoreUnavailableError) log.warn({ job: job.name, err: err.message }, 'leader job: database unavailable');
+            else if (!signal.aborted) log.error({ job: job.name, err }, 'leader job failed');
+          })
+          .finally(() => {
+            inFlight.delete(p);
+            if (stopped || signal.aborted) return;
+            const t = setTimeout(() => {
+              timers.delete(t);
+              run();
+            }, job.everyMs);
+            timers.add(t);
+          });
+        inFlight.add(p);
+      };
+      run();
+    }
+    signal.addEventListener(
+      'abort',
+      () => {
+        for (const t of timers) clearTimeout(t);
+        timers.clear();
+      },
+      { once: true },
+    );
+  });
+
+  return {
+    get running() {
+      return current !== undefined && !current.aborted && !stopped;
+    },
+    async stop() {
+      stopped = true;
+      for (const t of timers) clearTimeout(t);
+      timers.clear();
+      await Promise.allSettled([...inFlight]);
+    },
+  };
+}
