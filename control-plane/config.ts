@@ -80,6 +80,17 @@ export interface ControlPlaneConfig {
   readonly secretKeys: string | undefined;
   /** Refuse tasks naming a cluster that does not exist (default: accepted, they wait for one). */
   readonly strictClusters: boolean;
+  /** The autoscaler's tick, and overrides of its tunables (JSON, e.g. shorter windows in tests). */
+  readonly autoscaleTickMs: number;
+  readonly autoscaleTuning: Readonly<Record<string, number>>;
+  /** The gRPC address launched runners dial (host:port); default: this host's gRPC port. */
+  readonly runnerEndpoint: string | undefined;
+  /** Runner image and tag launched instances run (cloud-config's {{.RunnerImage}}:{{.RunnersVersion}}). */
+  readonly runnerImage: string;
+  readonly runnersVersion: string;
+  /** Slots of each local runner process, and the executor they use. */
+  readonly localRunnerSlots: number;
+  readonly localExecutor: 'docker' | 'noop';
 }
 
 export interface RunnerTimers {
@@ -120,6 +131,22 @@ function parseEndpoints(raw: string | undefined): string[] {
     }
   }
   return out;
+}
+
+/** `GANTRY_AUTOSCALE_TUNING='{"idleBeforeKillMs": 60000}'`: numbers only, names checked by the autoscaler. */
+function parseTuning(raw: string | undefined): Record<string, number> {
+  if (!raw) return {};
+  let v: unknown;
+  try {
+    v = JSON.parse(raw);
+  } catch {
+    throw new ConfigError('GANTRY_AUTOSCALE_TUNING must be a JSON object of numbers, e.g. {"idleBeforeKillMs": 60000}');
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ConfigError('GANTRY_AUTOSCALE_TUNING must be a JSON object');
+  for (const [k, n] of Object.entries(v)) {
+    if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) throw new ConfigError(`GANTRY_AUTOSCALE_TUNING.${k} must be a number ≥ 0`);
+  }
+  return v as Record<string, number>;
 }
 
 function parsePrefix(raw: string): string {
@@ -182,6 +209,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     minRunEveryS: e.int('GANTRY_MIN_RUN_EVERY_S', 60, { min: 1, max: 60 }),
     secretKeys: e.str('GANTRY_SECRET_KEYS'),
     strictClusters: e.bool('GANTRY_STRICT_CLUSTERS', false),
+    autoscaleTickMs: e.int('GANTRY_AUTOSCALE_TICK_MS', 10_000, { min: 50, max: 600_000 }),
+    autoscaleTuning: Object.freeze(parseTuning(e.str('GANTRY_AUTOSCALE_TUNING'))),
+    runnerEndpoint: e.str('GANTRY_RUNNER_ENDPOINT'),
+    runnerImage: e.str('GANTRY_RUNNER_IMAGE', 'gantry/runner'),
+    runnersVersion: e.str('GANTRY_RUNNERS_VERSION', '0.1.0'),
+    localRunnerSlots: e.int('GANTRY_LOCAL_RUNNER_SLOTS', 2, { min: 1, max: 256 }),
+    localExecutor: e.oneOf('GANTRY_LOCAL_EXECUTOR', 'docker', ['docker', 'noop'] as const),
   });
 }
 

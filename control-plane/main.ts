@@ -4,7 +4,7 @@ import { newId } from '../lib/ids.ts';
 import { createLogger } from '../lib/logger.ts';
 import { runAdmin, UsageError, USAGE } from './admin.ts';
 import { ensureBootstrap, ensureLocalCluster } from './bootstrap.ts';
-import { startLocalRunners } from './local-runners.ts';
+import { localInstanceCap } from '../autoscaler/sources.ts';
 import { loadConfig, redactedConfig } from './config.ts';
 import { startControlPlane } from './server.ts';
 import { openStore } from './store/index.ts';
@@ -34,21 +34,41 @@ async function main(argv: string[]): Promise<number> {
   }
 
   log.info({ config: redactedConfig(config) }, 'starting');
-  const cp = await startControlPlane(config, log);
-  const boot = await ensureBootstrap(cp.store, config.dataDir, log);
-  let runners: ReturnType<typeof startLocalRunners> | undefined;
+  // The store first: the first user and the local cluster exist before leader work starts,
+  // so the autoscaler's first tick already brings up the local runners.
+  const waitMs = config.dbStartWaitSeconds === 0 ? Number.MAX_SAFE_INTEGER : config.dbStartWaitSeconds * 1000;
+  const store = await openStore(config, log.child({ component: 'store' }), systemClock, newId, waitMs);
+  store.clusters.useSecrets(
+    loadSecretBox({ keys: config.secretKeys, dataDir: config.dataDir, shared: Boolean(config.databaseUrl), warn: (m, f) => log.warn(f, m) }),
+  );
+  const boot = await ensureBootstrap(store, config.dataDir, log);
+  let local: Awaited<ReturnType<typeof ensureLocalCluster>> | undefined;
+  const slots = config.localRunnerSlots;
   if (config.localRunners > 0) {
-    const cluster = await ensureLocalCluster(cp.store, config.dataDir, log);
-    runners = startLocalRunners(
-      { count: config.localRunners, grpcPort: cp.grpcPort, clusterId: cluster.clusterId, token: cluster.token, dataDir: config.dataDir, logLevel: config.logLevel },
-      log.child({ component: 'local-runners' }),
-    );
+    // The default cluster scales with the local provider: runner processes on this host,
+    // at least GANTRY_LOCAL_RUNNERS of them, at most what the host holds.
+    local = await ensureLocalCluster(store, config.dataDir, log);
+    const cap = localInstanceCap(512, slots, config.localRunners);
+    await store.autoscale.configureLocal(local.clusterId, {
+      runnersMin: config.localRunners * slots,
+      runnersMax: cap * slots,
+      runnersPerInstance: slots,
+      ...(boot ? { ownerId: boot.userId } : {}),
+    });
+  } else {
+    const existing = await store.clusters.byName('default');
+    if (existing) await store.autoscale.unconfigureLocal(existing.id);
   }
+  const cp = await startControlPlane(config, log, {
+    store,
+    ...(local ? { localToken: (id: string) => (id === local!.clusterId ? local!.token : undefined) } : {}),
+  });
   const lines = [
     '',
     `Gantry is running (${cp.store.db.engine}${config.databaseUrl ? '' : `, data in ${config.dataDir}`}).`,
     `  API base URL: ${cp.url}/2/`,
-    `  runner gRPC:  127.0.0.1:${cp.grpcPort} (${config.localRunners} local runner${config.localRunners === 1 ? '' : 's'})`,
+    `  runner gRPC:  127.0.0.1:${cp.grpcPort}` +
+      (local ? ` (the default cluster scales local runner processes: at least ${config.localRunners}, ${slots} slots each)` : ''),
   ];
   if (boot) {
     lines.push(
@@ -76,7 +96,12 @@ async function main(argv: string[]): Promise<number> {
         return;
       }
       log.info({ signal: sig }, 'stopping');
-      (runners?.stop() ?? Promise.resolve()).then(() => cp.stop()).then(
+      // Local runners drain while the gateway still takes their results; then the rest.
+      cp.providers
+        .close({ stopLocal: true })
+        .then(() => cp.stop())
+        .then(() => store.close())
+        .then(
         () => resolve(0),
         (err) => {
           log.error({ err }, 'stop failed');

@@ -14,6 +14,8 @@ import { slotReconcilerJob } from './scheduler/slot-reconciler.ts';
 import { openStore, type Store } from './store/index.ts';
 import { createCoordinator } from './coord/index.ts';
 import { loadSecretBox } from '../lib/secretbox.ts';
+import { autoscalerJob } from '../autoscaler/loop.ts';
+import { Providers, checkTuning } from '../autoscaler/sources.ts';
 import { runLeaderWork, type LeaderJob, type LeaderWork } from './coord/leader.ts';
 import type { CoordEvent, Coordinator } from './coord/types.ts';
 
@@ -25,6 +27,8 @@ export interface ControlPlane {
   readonly grpcPort: number;
   readonly dispatcher: Dispatcher;
   readonly coord: Coordinator;
+  /** The autoscaler's providers (the host's local runner processes, EC2). */
+  readonly providers: Providers;
   readonly metrics: ControlPlaneMetrics;
   readonly state: 'running' | 'stopping' | 'stopped';
   stop(): Promise<void>;
@@ -39,11 +43,16 @@ export interface StartOptions {
   scheduler?: boolean;
   /** A coordinator to use instead of the one the config names (tests). */
   coordinator?: Coordinator;
+  /** A local cluster's runner token when the store keeps none sealed (the embedded start). */
+  localToken?: (clusterId: string) => string | undefined;
+  /** Extra environment for runner processes the local provider launches (tests). */
+  localEnv?: Record<string, string>;
 }
 
 /** Starts the control plane: store, REST API and leader loops. `stop()` undoes all of it. */
 export async function startControlPlane(config: ControlPlaneConfig, log: Logger, o: StartOptions = {}): Promise<ControlPlane> {
   const clock = o.clock ?? systemClock;
+  const tuning = { tickMs: config.autoscaleTickMs, ...checkTuning(config.autoscaleTuning) };
   const ids = o.ids ?? newId;
   const waitMs = config.dbStartWaitSeconds === 0 ? Number.MAX_SAFE_INTEGER : config.dbStartWaitSeconds * 1000;
   const store = o.store ?? (await openStore(config, log.child({ component: 'store' }), clock, ids, waitMs));
@@ -70,6 +79,10 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
     if (e.type === 'ready') {
       if (e.cluster === '*') dispatcher.slotsFreed();
       else dispatcher.wake(e.cluster);
+      return;
+    }
+    if (e.type === 'instances') {
+      void dispatcher.refreshHeld();
       return;
     }
     const s = dispatcher.session(e.runnerId);
@@ -113,6 +126,10 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
       dispatcher.wake(cluster);
       coord.publish({ type: 'ready', cluster });
     },
+    onInstancesChanged: () => {
+      void dispatcher.refreshHeld();
+      coord.publish({ type: 'instances' });
+    },
     onCancelRequested: (runnerId) => {
       const s = dispatcher.session(runnerId);
       if (!s) {
@@ -145,6 +162,14 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = config.publicUrl ?? `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${addr.port}`;
+  const providers = new Providers({
+    store,
+    config,
+    log: log.child({ component: 'autoscaler' }),
+    localEndpoint: `127.0.0.1:${gateway.port}`,
+    ...(o.localToken ? { localToken: o.localToken } : {}),
+    ...(o.localEnv ? { localEnv: o.localEnv } : {}),
+  });
   let leaderWork: LeaderWork | undefined;
   if (o.scheduler ?? true) {
     const onReady = (cluster: string) => {
@@ -163,6 +188,18 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
         log: log.child({ component: 'slots' }),
         onFreed: () => onReady('*'),
       }),
+      autoscalerJob({
+        store,
+        providers,
+        clock,
+        log: log.child({ component: 'autoscaler' }),
+        everyMs: config.autoscaleTickMs,
+        tuning,
+        onInstancesChanged: () => {
+          void dispatcher.refreshHeld();
+          coord.publish({ type: 'instances' });
+        },
+      }),
     ];
     leaderWork = runLeaderWork(coord, jobs, log.child({ component: 'leader' }));
   }
@@ -176,6 +213,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
     grpcPort: gw.port,
     dispatcher,
     coord,
+    providers,
     metrics,
     get state() {
       return state;
@@ -189,6 +227,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
         dispatcher.stop();
         unsubscribe();
         const results = await Promise.allSettled([gw.stop(), leaderWork?.stop()]);
+        results.push(...(await Promise.allSettled([providers.close()])));
         results.push(...(await Promise.allSettled([coord.stop()])));
         results.push(
           ...(await Promise.allSettled([

@@ -13,6 +13,8 @@ export type CoordEvent =
   | { type: 'cancel'; runnerId: string }
   /** A lease ran past its task's timeout: its runner's replica cancels it. */
   | { type: 'timeout'; runnerId: string; leaseId: string; attempt: number }
+  /** Instances changed state (KILL, or a KILL cancelled): replicas re-read which runners are held. */
+  | { type: 'instances' }
   /** The runner should drain: finish its tasks (or hand them back) and take no more. */
   | { type: 'drain'; runnerId: string; mode: 'finish' | 'hand_back'; deadlineMs: number };
 

@@ -50,6 +50,7 @@ export class Dispatcher {
       if (Date.now() - this.lastCancelSweep >= CANCEL_BACKSTOP_MS) {
         this.lastCancelSweep = Date.now();
         void this.cancelBackstop();
+        void this.refreshHeld();
       }
       this.timer = setTimeout(tick, tickMs);
     };
@@ -60,6 +61,27 @@ export class Dispatcher {
   slotsFreed(): void {
     this.blocked.clear();
     this.wake('*');
+  }
+
+  /**
+   * Re-reads which of this replica's runners sit on KILL instances (they get no new work).
+   * Called when another replica says instances changed, and every second as a backstop.
+   */
+  async refreshHeld(): Promise<void> {
+    const withInstance = [...this.sessions.values()].filter((s) => s.instanceId);
+    if (withInstance.length === 0) return;
+    try {
+      const held = await this.store.autoscale.held(withInstance.map((s) => s.instanceId));
+      let freed = false;
+      for (const s of withInstance) {
+        const h = held.has(s.instanceId);
+        if (s.held && !h) freed = true;
+        s.held = h;
+      }
+      if (freed) this.wake('*');
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'could not refresh instance states');
+    }
   }
 
   /** Sends cancels whose event was lost (etcd away, a replica died between request and send). */

@@ -85,6 +85,13 @@ export class RunnerSession {
   private timers: NodeJS.Timeout[] = [];
   pumping = false;
   pumpAgain = false;
+  /** The instance the runner runs on (its GANTRY_INSTANCE_ID), if any. */
+  instanceId = '';
+  /**
+   * The runner's instance is KILL (being scaled in or terminated by an operator): it finishes
+   * what it runs and is offered nothing new. Reversible: a cancelled scale-in clears it.
+   */
+  held = false;
 
   constructor(
     private readonly call: ServerDuplexStream<RunnerFrame, ServerFrame>,
@@ -127,7 +134,7 @@ export class RunnerSession {
 
   /** Slots the runner can take now: its last absolute credit less offers it had not seen. */
   freeSlots(): number {
-    if (this.state !== 'open' || !this.accepting || Date.now() < this.penaltyUntil) return 0;
+    if (this.state !== 'open' || this.held || !this.accepting || Date.now() < this.penaltyUntil) return 0;
     if (Date.now() - this.lastFrameAt > this.deps.config.timers.sessionDeadAfterMs) return 0;
     // A runner behind on reading gets no more work until it catches up (bounded memory).
     if (this.unflushed >= this.deps.config.maxUnflushedFrames / 2) return 0;
@@ -492,6 +499,8 @@ export class RunnerSession {
     }
     await store.leases.rebind(row.id, keep, this.runner.epoch, config.timers.leaseTtlMs);
 
+    this.instanceId = h.instanceId;
+    if (h.instanceId) this.held = (await store.autoscale.held([h.instanceId])).has(h.instanceId);
     this.state = 'open';
     this.deps.register(this);
     this.send({

@@ -14,6 +14,8 @@ export interface ApiDeps {
   readonly onTasksQueued?: (cluster: string) => void;
   /** Called when a running task's cancel was requested, so its runner hears at once. */
   readonly onCancelRequested?: (runnerId: string) => void;
+  /** Called after instances were marked KILL (terminate, delete): their runners stop taking work. */
+  readonly onInstancesChanged?: () => void;
   /** The coordinator's view (etcd or local), for /readyz. */
   readonly coordStatus?: () => CoordStatus;
   /** True while this replica drains (graceful stop): /readyz fails so balancers move on. */

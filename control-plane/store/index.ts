@@ -13,6 +13,7 @@ import { ClustersStore } from './clusters.ts';
 import { LeasesStore } from './leases.ts';
 import { RunnersStore } from './runners.ts';
 import { LogsStore } from './logs.ts';
+import { AutoscaleStore } from './autoscale.ts';
 
 export type { Db } from './db.ts';
 
@@ -26,6 +27,7 @@ export class Store {
   readonly runners: RunnersStore;
   readonly leases: LeasesStore;
   readonly logs: LogsStore;
+  readonly autoscale: AutoscaleStore;
 
   constructor(
     readonly db: Db,
@@ -41,6 +43,7 @@ export class Store {
     this.runners = new RunnersStore(ctx);
     this.leases = new LeasesStore(ctx, this.tasks);
     this.logs = new LogsStore(ctx);
+    this.autoscale = new AutoscaleStore(ctx);
   }
 
   close(): Promise<void> {

@@ -502,6 +502,7 @@ export function clustersRouter(): Router<ApiState> {
     const out = await ctx.state.deps.store.clusters.softDelete(cluster.id);
     if (!out) throw notFound('Cluster not found');
     ctx.state.log.info({ clusterId: cluster.id, instances: out.instancesMarked.length, tasksCancelled: out.tasksCancelled }, 'cluster deleted');
+    ctx.state.deps.onInstancesChanged?.();
     ctx.body = { msg: 'Cluster deleted', instances_terminating: out.instancesMarked, tasks_cancelled: out.tasksCancelled };
   }));
 
@@ -520,6 +521,7 @@ export function clustersRouter(): Router<ApiState> {
       throw notFound(`No instance ${out.unknown.map((x) => JSON.stringify(x)).join(', ')} in this cluster; nothing was marked for termination`);
     }
     ctx.state.log.info({ clusterId: cluster.id, marked: out.marked, already: out.already }, 'instances marked KILL');
+    deps.onInstancesChanged?.();
     ctx.body = { msg: 'Instances scheduled for terminated', marked: out.marked, already: out.already };
   }));
 

@@ -1,0 +1,207 @@
+import type { Clock } from '../lib/clock.ts';
+import type { Logger } from '../lib/logger.ts';
+import type { LeaderJob } from '../control-plane/coord/leader.ts';
+import type { Fence } from '../control-plane/store/fence.ts';
+import type { Store } from '../control-plane/store/index.ts';
+import type { ScaledCluster } from '../control-plane/store/autoscale.ts';
+import { decide } from './decide.ts';
+import { autoscaleConfig, initialState, type LaunchResult, type Tunables } from './types.ts';
+import { ProviderError, shortfallReason, type Provider } from './providers/types.ts';
+import { reconcile } from './providers/reconcile.ts';
+
+/** Where the loop gets a cluster's provider and what it needs to launch for it. */
+export interface ProviderSource {
+  /** The provider of this cluster (cached by the source; rebuilt when the cluster changes). */
+  get(cluster: ScaledCluster): Promise<Provider>;
+  /** Runner slots per instance when the cluster says 0 (EC2: instance memory ÷ cluster memory). */
+  runnersPerInstance(cluster: ScaledCluster): number;
+  /** The user data to launch with (the rendered cloud-config; empty for local instances). */
+  userData(cluster: ScaledCluster): Promise<string>;
+}
+
+export interface AutoscalerOptions {
+  store: Store;
+  providers: ProviderSource;
+  clock: Clock;
+  log: Logger;
+  /** Tick period (AutoscaleConfig.tickMs unless overridden). */
+  everyMs: number;
+  tuning: Partial<Tunables>;
+  /** Instances changed state: every replica re-reads which runners may take work. */
+  onInstancesChanged(): void;
+}
+
+/**
+ * The autoscaler (leader work), one pass over every cluster with a provider per tick:
+ * adopt or clean up what the cloud shows, observe demand and the fleet in one snapshot, let
+ * the pure `decide()` choose, persist its state (fenced) before acting, then act: launch
+ * with the persisted intent as idempotency key, mark KILL (the instance's runners take no
+ * new work but finish theirs), cancel a KILL when demand returns, and terminate only
+ * instances whose runners hold no lease — checked again right before terminating.
+ */
+export function autoscalerJob(o: AutoscalerOptions): LeaderJob {
+  const { store, providers, clock, log } = o;
+  /** Launch outcomes since the last tick, per cluster, for decide()'s bookkeeping. */
+  const results = new Map<string, LaunchResult[]>();
+  let term: number | undefined;
+
+  async function tickCluster(c: ScaledCluster, fence: Fence, resumed: boolean, signal: AbortSignal): Promise<void> {
+    const provider = await providers.get(c);
+    const clog = log.child({ clusterId: c.id, provider: c.provider });
+    if (c.deleted_at) {
+      // A deleted cluster's instances are terminated now, running tasks or not (the
+      // reference: deleting an autoscaled cluster terminates its instances).
+      const ids = (await store.autoscale.recorded(c.id)).map((i) => i.instanceId);
+      const gone = await provider.terminate(c.id, ids);
+      await store.autoscale.setType(c.id, gone, ['ADD', 'LIVE', 'KILL'], 'TERMINATE', fence);
+      if (gone.length) clog.info({ instances: gone }, 'deleted cluster: instances terminated');
+      return;
+    }
+    const now = clock.now();
+    if ((await store.autoscale.markLive(c.id, fence)) > 0) o.onInstancesChanged();
+    const prev = (await store.autoscale.loadState(c.id)) ?? initialState();
+
+    // What the cloud shows against what we recorded.
+    const listing = await provider.list(c.id);
+    const actions = reconcile({
+      clusterId: c.id,
+      recorded: await store.autoscale.recorded(c.id),
+      listing,
+      knownIntents: prev.intents.map((i) => i.id),
+      now,
+    });
+    const cfg = autoscaleConfig(
+      {
+        clusterId: c.id,
+        runnersPerInstance: c.runners_per_instance > 0 ? c.runners_per_instance : providers.runnersPerInstance(c),
+        runnersMin: c.runners_min,
+        runnersMax: c.runners_max,
+        eips: Array.isArray(c.aws?.eips) ? (c.aws!.eips as string[]) : [],
+        disable: c.disable,
+      },
+      o.tuning,
+    );
+    for (const a of actions) {
+      if (signal.aborted) return;
+      if (a.kind === 'adopt') {
+        await store.autoscale.recordInstances(
+          c.id,
+          c.provider,
+          [{ instanceId: a.instanceId, intentId: a.intentId, launchedAt: a.instance.launchedAt, subnetId: a.instance.subnetId }],
+          new Date(a.instance.launchedAt.getTime() + cfg.bootDeadlineMs),
+          fence,
+        );
+        clog.warn({ instanceId: a.instanceId }, 'adopted an instance found in the cloud');
+      } else if (a.kind === 'terminate' || a.kind === 'fail') {
+        const done = await provider.terminate(c.id, [a.instanceId]);
+        await store.autoscale.setType(c.id, done, ['ADD', 'LIVE', 'KILL'], 'TERMINATE', fence);
+        clog.warn({ instanceId: a.instanceId, reason: a.reason }, 'terminated an instance the cloud should not have');
+      } else if (a.kind === 'gone') {
+        await store.autoscale.setType(c.id, [a.instanceId], ['ADD', 'LIVE', 'KILL'], 'TERMINATE', fence);
+        clog.warn({ instanceId: a.instanceId, state: a.cloudState }, 'instance gone from the cloud');
+      }
+    }
+
+    const snap = await store.autoscale.snapshot(c.id, c.name);
+    const d = decide(
+      {
+        at: now.getTime(),
+        busy: snap.busy,
+        queued: snap.queued,
+        instances: snap.instances,
+        provider: provider.health(),
+        launchResults: results.get(c.id) ?? [],
+        resumed,
+      },
+      prev,
+      cfg,
+      now.getTime(),
+    );
+    results.delete(c.id);
+    // Persist first: a leader that dies while acting leaves intents its successor resumes.
+    await store.autoscale.saveState(c.id, d.state, d.state.eUp ?? 0, fence);
+    if (d.actions.length > 0) clog.info({ info: d.info, actions: d.actions }, 'autoscaler decided');
+
+    for (const a of d.actions) {
+      if (signal.aborted) return;
+      switch (a.type) {
+        case 'alert':
+          (a.active ? clog.error.bind(clog) : clog.info.bind(clog))({ code: a.code, active: a.active }, a.message);
+          break;
+        case 'cancelKill':
+          if ((await store.autoscale.setType(c.id, a.instanceIds, ['KILL'], 'LIVE', fence)).length > 0) o.onInstancesChanged();
+          break;
+        case 'kill':
+          if ((await store.autoscale.setType(c.id, a.instanceIds, ['LIVE', 'ADD'], 'KILL', fence)).length > 0) o.onInstancesChanged();
+          break;
+        case 'launch': {
+          const r: LaunchResult = await launch(c, provider, a.intentId, a.count, a.reason === 'resume', cfg.bootDeadlineMs, fence, clog);
+          results.set(c.id, [...(results.get(c.id) ?? []), r]);
+          break;
+        }
+        case 'terminate': {
+          // The last check: a KILL instance's runners hold no lease (an offer in flight counts).
+          const safe = a.from === 'KILL' ? await store.autoscale.idle(c.id, a.instanceIds) : [...a.instanceIds];
+          if (safe.length === 0) break;
+          const done = await provider.terminate(c.id, safe);
+          await store.autoscale.setType(c.id, done, a.from === 'KILL' ? ['KILL'] : ['ADD'], 'TERMINATE', fence);
+          clog.info({ instances: done, reason: a.reason }, 'instances terminated');
+          break;
+        }
+      }
+    }
+  }
+
+  async function launch(
+    c: ScaledCluster,
+    provider: Provider,
+    intentId: string,
+    count: number,
+    resumed: boolean,
+    bootDeadlineMs: number,
+    fence: Fence,
+    clog: Logger,
+  ): Promise<LaunchResult> {
+    try {
+      const out = await provider.launch({ clusterId: c.id, intentId, count, userData: await providers.userData(c), resumed });
+      const now = clock.now();
+      await store.autoscale.recordInstances(
+        c.id,
+        c.provider,
+        out.instances.map((i) => ({ instanceId: i.instanceId, intentId, launchedAt: i.launchedAt, subnetId: i.subnetId })),
+        new Date(now.getTime() + bootDeadlineMs),
+        fence,
+      );
+      clog.info({ intentId, instances: out.instances.map((i) => i.instanceId), shortfall: out.shortfall?.count }, 'instances launched');
+      return {
+        intentId,
+        launched: out.instances.length,
+        failed: out.shortfall?.count ?? 0,
+        reason: out.shortfall?.reason ?? null,
+      };
+    } catch (err) {
+      const reason = err instanceof ProviderError ? shortfallReason(err) : 'error';
+      clog.warn({ intentId, err: (err as Error).message, reason }, 'launch failed');
+      return { intentId, launched: 0, failed: count, reason };
+    }
+  }
+
+  return {
+    name: 'autoscaler',
+    everyMs: o.everyMs,
+    async tick(fence, signal) {
+      // The first tick of a leadership resumes the intents a predecessor may have sent.
+      const resumed = term !== fence.term;
+      term = fence.term;
+      for (const c of await store.autoscale.clusters()) {
+        if (signal.aborted) return;
+        try {
+          await tickCluster(c, fence, resumed, signal);
+        } catch (err) {
+          if (signal.aborted) return;
+          log.error({ clusterId: c.id, err }, 'autoscaler tick failed for a cluster');
+        }
+      }
+    },
+  };
+}
