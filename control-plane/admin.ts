@@ -11,6 +11,8 @@ export const USAGE = `Usage: gantry <command> [options]
   user list                              list users
   project create --user USER --name NAME create a project owned by USER (id or email)
   project list [--user USER]             list projects
+  project limit --id PROJECT --max-running N|none
+                                         limit the project's running tasks across all replicas (none: no limit)
   token create --user USER [--name NAME] create an OAuth token for USER; printed once
   token revoke --id TOKEN_ID             revoke a token
   cluster create --name NAME [--memory MB]  create a cluster of runners; prints its id and runner token
@@ -36,6 +38,7 @@ export async function runAdmin(store: Store, argv: string[]): Promise<string> {
       name: { type: 'string' },
       id: { type: 'string' },
       memory: { type: 'string' },
+      'max-running': { type: 'string' },
     },
     strict: true,
   });
@@ -65,7 +68,20 @@ export async function runAdmin(store: Store, argv: string[]): Promise<string> {
     }
     case 'project list': {
       const u = values.user ? await userOf(values.user) : undefined;
-      return (await store.accounts.listProjects(u?.id)).map((p) => `${p.id} ${p.name} owner=${p.user_id}`).join('\n') || '(no projects)';
+      return (
+        (await store.accounts.listProjects(u?.id))
+          .map((p) => `${p.id} ${p.name} owner=${p.user_id}${p.max_running ? ` max_running=${p.max_running}` : ''}`)
+          .join('\n') || '(no projects)'
+      );
+    }
+    case 'project limit': {
+      const raw = need('max-running');
+      const max = raw === 'none' ? null : Number(raw);
+      if (max !== null && (!Number.isInteger(max) || max < 1 || max > 1_000_000)) {
+        throw new UsageError('--max-running must be a whole number from 1 to 1000000, or none');
+      }
+      if (!(await store.accounts.setProjectLimit(need('id'), max))) throw new UsageError(`No project with id ${values.id}; list them with: gantry project list`);
+      return `project ${values.id} max_running=${max ?? 'none'}`;
     }
     case 'token create': {
       const u = await userOf(need('user'));

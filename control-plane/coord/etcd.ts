@@ -57,8 +57,8 @@ export class EtcdCoordinator implements Coordinator {
   private retryDelay = 250;
   private establishing: Promise<void> | undefined;
   private evaluating: Promise<void> = Promise.resolve();
-  /** Slots this replica put: holder (lease id) -> key and its create revision. */
-  private readonly held = new Map<string, { key: string; rev: string }>();
+  /** Slots this replica put: holder (lease id) -> their keys (a package slot, a project slot). */
+  private readonly held = new Map<string, string[]>();
   private pending: CoordEvent[] = [];
   private flushScheduled = false;
   private eventSeq = 0;
@@ -348,7 +348,7 @@ export class EtcdCoordinator implements Coordinator {
           .then(this.client.put(key).value(holder).lease(s.leaseId))
           .commit();
         if (r.succeeded) {
-          this.held.set(holder, { key, rev: r.header.revision });
+          this.held.set(holder, [...(this.held.get(holder) ?? []), key]);
           return true;
         }
       }
@@ -362,10 +362,10 @@ export class EtcdCoordinator implements Coordinator {
   async release(holders: readonly string[]): Promise<number> {
     const mine = holders.filter((h) => this.held.has(h));
     if (mine.length === 0) return 0;
+    const keys = mine.flatMap((h) => this.held.get(h)!.map((key) => ({ h, key })));
+    for (const h of mine) this.held.delete(h);
     await Promise.all(
-      mine.map(async (h) => {
-        const { key } = this.held.get(h)!;
-        this.held.delete(h);
+      keys.map(async ({ h, key }) => {
         try {
           await this.client.if(key, 'Value', '==', h).then(this.client.delete().key(key)).commit();
         } catch (err) {
@@ -374,7 +374,7 @@ export class EtcdCoordinator implements Coordinator {
         }
       }),
     );
-    return mine.length;
+    return keys.length;
   }
 
   async slots(): Promise<Slot[]> {
@@ -390,7 +390,9 @@ export class EtcdCoordinator implements Coordinator {
   async dropSlot(slot: Slot): Promise<void> {
     const key = this.keys.slot(slot.scope, slot.index);
     await this.client.if(key, 'Value', '==', slot.holder).then(this.client.delete().key(key)).commit();
-    this.held.delete(slot.holder);
+    const rest = (this.held.get(slot.holder) ?? []).filter((k) => k !== key);
+    if (rest.length > 0) this.held.set(slot.holder, rest);
+    else this.held.delete(slot.holder);
   }
 
   restoreSlot(scope: string, limit: number, holder: string): Promise<boolean> {

@@ -4,7 +4,7 @@ import type { RunnerSession } from '../grpc/session.ts';
 import type { Store } from '../store/index.ts';
 import type { OfferRow } from '../store/leases.ts';
 import { StoreUnavailableError } from '../errors.ts';
-import { codeScope, type Coordinator } from '../coord/types.ts';
+import { codeScope, projectScope, type Coordinator } from '../coord/types.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
 
 /** How long a package whose slot could not be taken is left out of claims (a freed slot ends it sooner). */
@@ -31,8 +31,10 @@ export class Dispatcher {
   private stopped = false;
   /** Packages whose slot could not be taken, until when. */
   private readonly blocked = new Map<string, number>();
-  /** While the coordinator is unhealthy: every limited package, refreshed now and then. */
-  private limitedCache: { at: number; ids: string[] } | undefined;
+  /** Projects likewise. */
+  private readonly blockedProjects = new Map<string, number>();
+  /** While the coordinator is unhealthy: every limited package and project, refreshed now and then. */
+  private limitedCache: { at: number; codes: string[]; projects: string[] } | undefined;
   private lastCancelSweep = 0;
 
   constructor(
@@ -60,6 +62,7 @@ export class Dispatcher {
   /** A slot was freed somewhere: packages sitting out may be claimable again. */
   slotsFreed(): void {
     this.blocked.clear();
+    this.blockedProjects.clear();
     this.wake('*');
   }
 
@@ -95,32 +98,38 @@ export class Dispatcher {
     }
   }
 
-  /** Packages claims must leave out now. */
-  private async excluded(): Promise<string[]> {
+  /** Packages and projects claims must leave out now. */
+  private async excluded(): Promise<{ codes: string[]; projects: string[] }> {
     const now = Date.now();
-    for (const [id, until] of this.blocked) if (until <= now) this.blocked.delete(id);
-    const out = [...this.blocked.keys()];
+    for (const m of [this.blocked, this.blockedProjects]) for (const [id, until] of m) if (until <= now) m.delete(id);
+    const out = { codes: [...this.blocked.keys()], projects: [...this.blockedProjects.keys()] };
     if (!this.coord.status().healthy) {
       // No slot can be taken: concurrency-limited work pauses, everything else flows.
       if (!this.limitedCache || now - this.limitedCache.at > 1000) {
-        this.limitedCache = { at: now, ids: await this.store.leases.limitedCodes() };
+        this.limitedCache = { at: now, codes: await this.store.leases.limitedCodes(), projects: await this.store.leases.limitedProjects() };
       }
-      out.push(...this.limitedCache.ids);
+      out.codes.push(...this.limitedCache.codes);
+      out.projects.push(...this.limitedCache.projects);
     }
     return out;
   }
 
-  /** Takes a slot for each limited row; rows without one go back to the queue. */
+  /** Takes the slots each limited row needs (package, project); rows without them go back to the queue. */
   private async withSlots(rows: OfferRow[], runnerId: string): Promise<OfferRow[]> {
-    if (rows.every((r) => r.max_concurrency === null)) return rows;
+    if (rows.every((r) => r.max_concurrency === null && r.project_max_running === null)) return rows;
     const out: OfferRow[] = [];
     for (const r of rows) {
-      if (r.max_concurrency === null || (await this.coord.acquire(codeScope(r.code_id), r.max_concurrency, r.lease_id))) {
+      const codeOk = r.max_concurrency === null || (await this.coord.acquire(codeScope(r.code_id), r.max_concurrency, r.lease_id));
+      const projectOk =
+        codeOk && (r.project_max_running === null || (await this.coord.acquire(projectScope(r.project_id), r.project_max_running, r.lease_id)));
+      if (codeOk && projectOk) {
         out.push(r);
         continue;
       }
-      this.blocked.set(r.code_id, Date.now() + BLOCK_MS);
+      if (!codeOk) this.blocked.set(r.code_id, Date.now() + BLOCK_MS);
+      else this.blockedProjects.set(r.project_id, Date.now() + BLOCK_MS);
       this.metrics?.slotRefusals.inc();
+      // Ending the lease also frees (through the store's listener) a slot it did take.
       await this.store.leases.release(r.lease_id, r.attempt, runnerId, 'no_slot');
     }
     return out;
@@ -175,7 +184,7 @@ export class Dispatcher {
           const claimed = await this.store.leases.claim(s.runner, want, {
             acceptDeadlineMs: this.config.timers.acceptDeadlineMs,
             ageingS: this.config.priorityAgeingS,
-            exclude: await this.excluded(),
+            ...(await this.excluded().then((x) => ({ exclude: x.codes, excludeProjects: x.projects }))),
           });
           if (claimed.length === 0) break;
           const rows = await this.withSlots(claimed, s.runner.id);

@@ -1,6 +1,6 @@
 import type { Logger } from '../../lib/logger.ts';
 import type { LeaderJob } from '../coord/leader.ts';
-import { codeScope, type Coordinator } from '../coord/types.ts';
+import type { Coordinator } from '../coord/types.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
 import type { Store } from '../store/index.ts';
 
@@ -35,15 +35,15 @@ export function slotReconcilerJob(o: {
         await coord.dropSlot(s);
         dropped++;
       }
-      const have = new Set(slots.map((s) => s.holder));
+      const have = new Set(slots.map((s) => `${s.scope}\n${s.holder}`));
       let restored = 0;
       for (const l of await store.leases.liveLimited()) {
         if (signal.aborted) return;
-        if (have.has(l.lease_id)) continue;
-        if (await coord.restoreSlot(codeScope(l.code_id), l.max_concurrency, l.lease_id)) restored++;
+        if (have.has(`${l.scope}\n${l.lease_id}`)) continue;
+        if (await coord.restoreSlot(l.scope, l.limit, l.lease_id)) restored++;
         else {
           metrics.slotConflicts.inc();
-          log.error({ leaseId: l.lease_id, codeId: l.code_id, limit: l.max_concurrency }, 'a live lease has no free concurrency slot');
+          log.error({ leaseId: l.lease_id, scope: l.scope, limit: l.limit }, 'a live lease has no free concurrency slot');
         }
       }
       if (dropped) metrics.slotsReconciled.inc({ action: 'dropped' }, dropped);

@@ -11,6 +11,8 @@ export interface Project {
   user_id: string;
   name: string;
   created_at: Date;
+  /** Most tasks of the project running at once, across all replicas; null: no limit. */
+  max_running: number | null;
 }
 
 /** Tokens are stored as their SHA-256; the plain token is shown once, when created. */
@@ -79,6 +81,12 @@ export class AccountsStore {
   async projectOfUser(projectId: string, userId: string): Promise<Project | undefined> {
     const r = await this.c.db.query<Project>('SELECT * FROM projects WHERE id = $1 AND user_id = $2', [projectId, userId]);
     return r.rows[0];
+  }
+
+  /** Sets (or, with null, removes) the limit on the project's running tasks; false if no such project. */
+  async setProjectLimit(projectId: string, maxRunning: number | null): Promise<boolean> {
+    const r = await this.c.db.query('UPDATE projects SET max_running = $2 WHERE id = $1', [projectId, maxRunning]);
+    return r.rowCount > 0;
   }
 
   async listProjects(userId?: string): Promise<Project[]> {

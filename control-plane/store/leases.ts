@@ -54,6 +54,8 @@ export interface OfferRow {
   expires_at: Date;
   /** The package's concurrency limit when it has one (a slot must be taken before the offer). */
   max_concurrency: number | null;
+  /** The project's limit on running tasks when it has one (a slot of its own too). */
+  project_max_running: number | null;
 }
 
 export interface RunnerRef {
@@ -69,6 +71,8 @@ export interface ClaimOptions {
   ageingS: number;
   /** Code packages to leave out (their concurrency slots cannot be taken right now). */
   exclude?: readonly string[];
+  /** Projects to leave out, likewise. */
+  excludeProjects?: readonly string[];
 }
 
 /** What a runner reports at the end of a lease. */
@@ -150,29 +154,37 @@ export class LeasesStore {
         )
       ).rows.map((r) => r.code_id);
       if (o.exclude) full.push(...o.exclude);
-      const cand = await q.query<{ id: string; code_id: string; max_concurrency: number | null }>(
+      // Projects at their limit of running tasks are left out the same way.
+      const fullProjects = (
+        await q.query<{ id: string }>(
+          `SELECT p.id FROM projects p WHERE p.max_running IS NOT NULL AND p.max_running <= (
+             SELECT count(*) FROM task_leases l JOIN tasks t ON t.id = l.task_id WHERE l.ended_at IS NULL AND t.project_id = p.id)`,
+        )
+      ).rows.map((r) => r.id);
+      if (o.excludeProjects) fullProjects.push(...o.excludeProjects);
+      const cand = await q.query<{ id: string; code_id: string; max_concurrency: number | null; project_id: string; project_max: number | null }>(
         `WITH head AS (
            (SELECT t.id FROM tasks t JOIN codes c ON c.id = t.code_id AND NOT c.paused
             WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.cluster = $1 AND t.eligible_at <= $2
-              AND NOT (t.code_id = ANY($5::text[]))
+              AND NOT (t.code_id = ANY($5::text[])) AND NOT (t.project_id = ANY($6::text[]))
             ORDER BY t.priority DESC, t.eligible_at, t.id LIMIT $3)
            UNION
            (SELECT t.id FROM tasks t JOIN codes c ON c.id = t.code_id AND NOT c.paused
             WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.cluster = $1
               AND t.eligible_at <= $2::timestamptz - make_interval(secs => $4) AND t.priority < 2
-              AND NOT (t.code_id = ANY($5::text[]))
+              AND NOT (t.code_id = ANY($5::text[])) AND NOT (t.project_id = ANY($6::text[]))
             ORDER BY t.eligible_at, t.id LIMIT $3)
          ),
          c AS (
-           SELECT t.id, t.code_id, t.eligible_at, r.max_concurrency,
+           SELECT t.id, t.code_id, t.eligible_at, r.max_concurrency, t.project_id, p.max_running AS project_max,
              LEAST(2, t.priority + floor(extract(epoch FROM ($2::timestamptz - t.eligible_at)) / $4)::int) AS eff
            FROM head JOIN tasks t ON t.id = head.id JOIN codes c ON c.id = t.code_id
-           JOIN code_revisions r ON r.id = c.latest_revision_id
+           JOIN code_revisions r ON r.id = c.latest_revision_id JOIN projects p ON p.id = t.project_id
          )
-         SELECT id, code_id, max_concurrency FROM (
+         SELECT id, code_id, max_concurrency, project_id, project_max FROM (
            SELECT c.*, row_number() OVER (PARTITION BY code_id, eff ORDER BY eligible_at, id) AS rr FROM c
          ) x ORDER BY eff DESC, rr, eligible_at, id`,
-        [runner.cluster, now, Math.max(n * 4, 64), o.ageingS, full],
+        [runner.cluster, now, Math.max(n * 4, 64), o.ageingS, full, fullProjects],
       );
       if (cand.rows.length === 0) return [];
       const locked = new Set(
@@ -201,15 +213,34 @@ export class LeasesStore {
           if (r.max_concurrency !== null && !free.has(r.code_id)) free.set(r.code_id, r.max_concurrency - (liveBy.get(r.code_id) ?? 0));
         }
       }
+      // The same for projects with a limit on running tasks (locks after the packages', in id order).
+      const limitedProjects = [...new Set(cand.rows.filter((r) => r.project_max !== null).map((r) => r.project_id))].sort();
+      const freeProject = new Map<string, number>();
+      if (limitedProjects.length > 0) {
+        for (const projectId of limitedProjects) {
+          await q.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`project:${projectId}`]);
+        }
+        const live = await q.query<{ project_id: string; n: number }>(
+          `SELECT t.project_id, count(*)::int AS n FROM task_leases l JOIN tasks t ON t.id = l.task_id
+           WHERE l.ended_at IS NULL AND t.project_id = ANY($1::text[]) GROUP BY t.project_id`,
+          [limitedProjects],
+        );
+        const liveBy = new Map(live.rows.map((r) => [r.project_id, r.n]));
+        for (const r of cand.rows) {
+          if (r.project_max !== null && !freeProject.has(r.project_id)) {
+            freeProject.set(r.project_id, r.project_max - (liveBy.get(r.project_id) ?? 0));
+          }
+        }
+      }
       const chosen: string[] = [];
       for (const r of cand.rows) {
         if (chosen.length >= n) break;
         if (!locked.has(r.id)) continue;
         const f = free.get(r.code_id);
-        if (f !== undefined) {
-          if (f <= 0) continue;
-          free.set(r.code_id, f - 1);
-        }
+        const fp = freeProject.get(r.project_id);
+        if ((f !== undefined && f <= 0) || (fp !== undefined && fp <= 0)) continue;
+        if (f !== undefined) free.set(r.code_id, f - 1);
+        if (fp !== undefined) freeProject.set(r.project_id, fp - 1);
         chosen.push(r.id);
       }
       if (chosen.length === 0) return [];
@@ -236,8 +267,11 @@ export class LeasesStore {
       );
       // Keep the claim order (priority, round-robin) for the offers.
       const order = new Map(chosen.map((id, i) => [id, i]));
-      const limit = new Map(cand.rows.map((r) => [r.id, r.max_concurrency]));
-      for (const r of rows.rows) r.max_concurrency = limit.get(r.task_id) ?? null;
+      const limit = new Map(cand.rows.map((r) => [r.id, r]));
+      for (const r of rows.rows) {
+        r.max_concurrency = limit.get(r.task_id)?.max_concurrency ?? null;
+        r.project_max_running = limit.get(r.task_id)?.project_max ?? null;
+      }
       return rows.rows.sort((a, b) => order.get(a.task_id)! - order.get(b.task_id)!);
     });
   }
@@ -562,15 +596,24 @@ export class LeasesStore {
     return new Set(r.rows.map((x) => x.id));
   }
 
-  /** Live leases of code packages that have a max_concurrency, with that limit. */
-  async liveLimited(): Promise<{ lease_id: string; code_id: string; max_concurrency: number }[]> {
+  /** Live leases that hold a concurrency slot: of packages with a max_concurrency and of projects with a limit. */
+  async liveLimited(): Promise<{ lease_id: string; scope: string; limit: number }[]> {
     return (
-      await this.c.db.query<{ lease_id: string; code_id: string; max_concurrency: number }>(
-        `SELECT l.id AS lease_id, l.code_id, r.max_concurrency FROM task_leases l JOIN codes c ON c.id = l.code_id
-           JOIN code_revisions r ON r.id = c.latest_revision_id
-         WHERE l.ended_at IS NULL AND r.max_concurrency IS NOT NULL ORDER BY l.granted_at`,
+      await this.c.db.query<{ lease_id: string; scope: string; limit: number }>(
+        `SELECT l.id AS lease_id, 'code:' || l.code_id AS scope, r.max_concurrency AS "limit"
+         FROM task_leases l JOIN codes c ON c.id = l.code_id JOIN code_revisions r ON r.id = c.latest_revision_id
+         WHERE l.ended_at IS NULL AND r.max_concurrency IS NOT NULL
+         UNION ALL
+         SELECT l.id, 'project:' || p.id, p.max_running
+         FROM task_leases l JOIN tasks t ON t.id = l.task_id JOIN projects p ON p.id = t.project_id
+         WHERE l.ended_at IS NULL AND p.max_running IS NOT NULL`,
       )
     ).rows;
+  }
+
+  /** Projects with a limit on running tasks (left out of claims while slots cannot be taken). */
+  async limitedProjects(): Promise<string[]> {
+    return (await this.c.db.query<{ id: string }>('SELECT id FROM projects WHERE max_running IS NOT NULL')).rows.map((r) => r.id);
   }
 
   /** Code packages of a cluster's queue that have a max_concurrency (excluded while slots cannot be taken). */

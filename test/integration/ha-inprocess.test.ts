@@ -211,3 +211,32 @@ t.test('etcd down for 30 s: the API keeps serving, limited work pauses, unlimite
   t.equal((await fetch(`${a.url}/readyz`)).status, 200, 'ready again');
   t.equal([a, b].filter((x) => x.coord.status().isLeader).length, 1, 'still exactly one leader');
 });
+
+t.test("a project's limit on running tasks holds across replicas", async (t) => {
+  const r = await rig(t);
+  const a = await r.replica('a');
+  const b = await r.replica('b');
+  await code(r, a, 'one');
+  await code(r, a, 'two');
+  t.ok(await r.setup.accounts.setProjectLimit(r.projectId, 2), 'limit set');
+  await r.runner([a]);
+  await r.runner([b]);
+  const ids = [
+    ...(await queue(r, a, 'one', '{"noop_sleep_ms": 300}', 8)),
+    ...(await queue(r, b, 'two', '{"noop_sleep_ms": 300}', 8)),
+  ];
+  await until('all complete', async () => (await status(r.setup, ids)).every((x) => x.status === 'complete'), 30_000);
+  const leases = await r.setup.db.query<{ started_at: Date; ended_at: Date }>(
+    'SELECT started_at, ended_at FROM task_leases WHERE task_id = ANY($1::text[]) AND started_at IS NOT NULL',
+    [ids],
+  );
+  const edges = leases.rows.flatMap((l) => [
+    { at: l.started_at.getTime(), d: 1 },
+    { at: l.ended_at.getTime(), d: -1 },
+  ]);
+  edges.sort((x, y) => x.at - y.at || x.d - y.d);
+  let running = 0;
+  let max = 0;
+  for (const e of edges) max = Math.max(max, (running += e.d));
+  t.equal(max, 2, 'never more than 2 of the project running at once, and the limit was reached');
+});
