@@ -78,7 +78,7 @@ export class Providers implements ProviderSource {
     if (!creds) throw new ProviderError('MissingCredentials', `cluster ${c.id} has no AWS credentials: set autoscale.aws.access_key_id and secret_access_key`);
     const p = new Ec2Provider(
       { ...(c.aws as unknown as AwsSettings), access_key_id: creds.accessKeyId, secret_access_key: creds.secretAccessKey },
-      { log: this.o.log.child({ provider: 'ec2', clusterId: c.id }) },
+      { log: this.o.log.child({ provider: 'ec2', clusterId: c.id }), ...(this.o.config.ec2Endpoint ? { endpoint: this.o.config.ec2Endpoint } : {}) },
     );
     this.ec2.set(c.id, { at: c.updated_at.getTime(), p });
     return p;

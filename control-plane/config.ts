@@ -91,6 +91,8 @@ export interface ControlPlaneConfig {
   /** Slots of each local runner process, and the executor they use. */
   readonly localRunnerSlots: number;
   readonly localExecutor: 'docker' | 'noop';
+  /** An EC2-compatible endpoint instead of AWS's (a private cloud, or tests' fake EC2). */
+  readonly ec2Endpoint: string | undefined;
 }
 
 export interface RunnerTimers {
@@ -216,6 +218,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     runnersVersion: e.str('GANTRY_RUNNERS_VERSION', '0.1.0'),
     localRunnerSlots: e.int('GANTRY_LOCAL_RUNNER_SLOTS', 2, { min: 1, max: 256 }),
     localExecutor: e.oneOf('GANTRY_LOCAL_EXECUTOR', 'docker', ['docker', 'noop'] as const),
+    ec2Endpoint: e.str('GANTRY_EC2_ENDPOINT'),
   });
 }
 

@@ -152,7 +152,10 @@ export class EtcdCoordinator implements Coordinator {
       await this.revokeId(id);
       this.staleLeases.delete(id);
     }
-    if (this.watchers.length === 0) await this.watch();
+    if (this.watchers.length < 2) {
+      for (const w of this.watchers.splice(0)) await w.cancel().catch(() => undefined);
+      await this.watch();
+    }
     const lease = this.client.lease(Math.ceil(this.ttlMs / 1000), { autoKeepAlive: true });
     let leaseId: string;
     try {
@@ -197,17 +200,19 @@ export class EtcdCoordinator implements Coordinator {
     }
   }
 
+  /** Watches the election and the events (created once; the library resumes them after etcd outages). */
   private async watch(): Promise<void> {
     const election = await this.client.watch().prefix(this.keys.electionPrefix()).create();
+    this.watchers.push(election);
     election.on('put', () => this.scheduleEvaluate());
     election.on('delete', () => this.scheduleEvaluate());
     election.on('connected', () => this.scheduleEvaluate());
     election.on('error', (err) => this.log.warn({ err: err.message }, 'etcd election watch error'));
     const events = await this.client.watch().prefix(this.keys.eventsPrefix()).create();
+    this.watchers.push(events);
     events.on('put', (kv: IKeyValue) => this.onEventKey(kv));
     events.on('error', (err) => this.log.warn({ err: err.message }, 'etcd event watch error'));
     events.on('disconnected', () => this.log.warn('etcd event watch disconnected; events resume on reconnect'));
-    this.watchers = [election, events];
   }
 
   private scheduleEvaluate(): void {
