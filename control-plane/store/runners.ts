@@ -74,7 +74,6 @@ export class RunnersStore {
     return (await this.c.db.query<RunnerRow>('SELECT * FROM runners WHERE id = $1', [runnerId])).rows[0];
   }
 
-
   /** The runner holds a session on some replica and has beaten within `withinMs`. */
   async connectedRecently(runnerId: string, withinMs: number): Promise<boolean> {
     const r = await this.c.db.query(
