@@ -57,7 +57,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
   const waitMs = config.dbStartWaitSeconds === 0 ? Number.MAX_SAFE_INTEGER : config.dbStartWaitSeconds * 1000;
   const store = o.store ?? (await openStore(config, log.child({ component: 'store' }), clock, ids, waitMs));
   // Cluster secrets: keys from GANTRY_SECRET_KEYS, else a key file in the data directory.
-  // A store handed in by a test keeps whatever keys the test gave it.
+  // A store handed in (main.ts, tests) keeps the keys its opener gave it.
   if (!o.store || config.secretKeys) {
     store.clusters.useSecrets(
       loadSecretBox({
