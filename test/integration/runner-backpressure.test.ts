@@ -59,8 +59,12 @@ t.test('a runner that stops reading is dropped, memory stays bounded, its offers
   const pc = await connectProtocolClient(t, api, cluster, { slots: TASKS, read: false });
   pc.credit(TASKS);
   await until('the control plane to drop the runner', async () => api.cp.dispatcher.session(pc.runnerId) === undefined, 30000);
-  const runnerRow = (await api.store.db.query<{ connected: boolean }>('SELECT connected FROM runners WHERE id = $1', [pc.runnerId])).rows[0]!;
-  t.equal(runnerRow.connected, false, 'the runner is recorded as disconnected');
+  // The session is gone from the dispatcher first; its row is written as it closes.
+  await until('the runner is recorded as disconnected', async () => {
+    const row = (await api.store.db.query<{ connected: boolean }>('SELECT connected FROM runners WHERE id = $1', [pc.runnerId])).rows[0]!;
+    return !row.connected;
+  }, 5000);
+  t.pass('the runner is recorded as disconnected');
   const offered = Number(
     (await api.store.db.query<{ n: string }>('SELECT count(*) AS n FROM task_leases WHERE runner_id = $1', [pc.runnerId])).rows[0]!.n,
   );
