@@ -78,7 +78,9 @@ export class EtcdCoordinator implements Coordinator {
 
   async start(): Promise<void> {
     await this.establish();
-    this.checkTimer = setInterval(() => this.check(), Math.max(100, Math.floor(this.ttlMs / 4)));
+    // Checked every TTL/8: with freshness at 3/4 TTL, leader work stops by 7/8 of the TTL after
+    // the last good keepalive, before etcd can expire the lease and elect someone else.
+    this.checkTimer = setInterval(() => this.check(), Math.max(50, Math.floor(this.ttlMs / 8)));
   }
 
   async stop(): Promise<void> {
