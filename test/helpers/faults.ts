@@ -197,3 +197,20 @@ export async function spawnRunnerProcess(
   }
   return { ...rp, runnerId, healthPort, workDir };
 }
+
+/**
+ * The most leases running at any one instant, from their [started_at, ended_at] history (a
+ * lease that ends at the instant another starts does not overlap it). A lease still running
+ * counts until now.
+ */
+export function maxRunning(leases: readonly { started_at: Date; ended_at: Date | null }[]): number {
+  const edges = leases.flatMap((l) => [
+    { at: l.started_at.getTime(), d: 1 },
+    { at: (l.ended_at ?? new Date()).getTime(), d: -1 },
+  ]);
+  edges.sort((a, b) => a.at - b.at || a.d - b.d);
+  let running = 0;
+  let max = 0;
+  for (const e of edges) max = Math.max(max, (running += e.d));
+  return max;
+}

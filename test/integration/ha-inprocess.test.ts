@@ -15,7 +15,7 @@ import { startRunner, type Runner } from '../../runner/runner.ts';
 import { freshPgDatabase, tempDir } from '../helpers/db.ts';
 import { EtcdInstance, etcdPrefix } from '../helpers/etcd.ts';
 import { until } from '../helpers/runner.ts';
-import { FINAL } from '../helpers/faults.ts';
+import { FINAL, maxRunning } from '../helpers/faults.ts';
 import { etcdEndpoint } from '../helpers/services.ts';
 
 const FAST = {
@@ -230,13 +230,5 @@ t.test("a project's limit on running tasks holds across replicas", async (t) => 
     'SELECT started_at, ended_at FROM task_leases WHERE task_id = ANY($1::text[]) AND started_at IS NOT NULL',
     [ids],
   );
-  const edges = leases.rows.flatMap((l) => [
-    { at: l.started_at.getTime(), d: 1 },
-    { at: l.ended_at.getTime(), d: -1 },
-  ]);
-  edges.sort((x, y) => x.at - y.at || x.d - y.d);
-  let running = 0;
-  let max = 0;
-  for (const e of edges) max = Math.max(max, (running += e.d));
-  t.equal(max, 2, 'never more than 2 of the project running at once, and the limit was reached');
+  t.equal(maxRunning(leases.rows), 2, 'never more than 2 of the project running at once, and the limit was reached');
 });

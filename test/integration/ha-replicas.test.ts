@@ -15,7 +15,7 @@ import { etcdPrefix } from '../helpers/etcd.ts';
 import { freePort } from '../helpers/pg-instance.ts';
 import { kill9, startGantryProcess, type GantryProcess } from '../helpers/process.ts';
 import { spawnRunner, until } from '../helpers/runner.ts';
-import { FINAL } from '../helpers/faults.ts';
+import { FINAL, maxRunning } from '../helpers/faults.ts';
 import { etcdEndpoint } from '../helpers/services.ts';
 
 const LEASE_TTL_MS = 4000;
@@ -242,14 +242,7 @@ t.test('kill -9 the leader 20 times: schedules fire once per period, limits hold
        WHERE c.name = $1 AND l.started_at IS NOT NULL`,
       [code],
     );
-    const edges = leases.rows.flatMap((l) => [
-      { at: l.started_at.getTime(), d: 1 },
-      { at: l.ended_at.getTime(), d: -1 },
-    ]);
-    edges.sort((a, b) => a.at - b.at || a.d - b.d);
-    let running = 0;
-    let max = 0;
-    for (const e of edges) max = Math.max(max, (running += e.d));
+    const max = maxRunning(leases.rows);
     t.ok(leases.rows.length > 10, `${code}: ran ${leases.rows.length} leases`);
     t.ok(max <= limit, `${code}: at most ${limit} running at once (saw ${max})`);
   }
