@@ -91,7 +91,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
     else if (e.type === 'timeout') {
       s.cancelForTimeout(e.leaseId, e.attempt);
       void store.leases.markCancelSent(e.leaseId).catch(() => undefined);
-    } else if (e.type === 'drain') s.drain(e.mode, e.deadlineMs);
+    }
   });
   coord.onHealth((healthy) => {
     metrics.coordinatorUp.set(healthy ? 1 : 0);

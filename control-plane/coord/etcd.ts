@@ -401,8 +401,4 @@ export class EtcdCoordinator implements Coordinator {
     if (rest.length > 0) this.held.set(slot.holder, rest);
     else this.held.delete(slot.holder);
   }
-
-  restoreSlot(scope: string, limit: number, holder: string): Promise<boolean> {
-    return this.acquire(scope, limit, holder);
-  }
 }

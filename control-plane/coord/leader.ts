@@ -14,8 +14,6 @@ export interface LeaderJob {
 export interface LeaderWork {
   /** Stops the jobs and waits for ticks in flight. */
   stop(): Promise<void>;
-  /** Runs every job once now (when this replica leads); for tests and wake-ups. */
-  readonly running: boolean;
 }
 
 /**
@@ -27,11 +25,9 @@ export function runLeaderWork(coord: Coordinator, jobs: readonly LeaderJob[], lo
   let stopped = false;
   const inFlight = new Set<Promise<void>>();
   const timers = new Set<NodeJS.Timeout>();
-  let current: AbortSignal | undefined;
 
   coord.onLeadership(({ term, signal }) => {
     if (stopped) return;
-    current = signal;
     const fence: Fence = { term, holder: coord.replicaId };
     log.info({ term, jobs: jobs.map((j) => j.name) }, 'leader work started');
     signal.addEventListener('abort', () => log.warn({ term }, 'leader work stopped'), { once: true });
@@ -69,9 +65,6 @@ export function runLeaderWork(coord: Coordinator, jobs: readonly LeaderJob[], lo
   });
 
   return {
-    get running() {
-      return current !== undefined && !current.aborted && !stopped;
-    },
     async stop() {
       stopped = true;
       for (const t of timers) clearTimeout(t);

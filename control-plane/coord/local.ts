@@ -91,8 +91,4 @@ export class LocalCoordinator implements Coordinator {
     const m = this.slotsByScope.get(slot.scope);
     if (m?.get(slot.index) === slot.holder) m.delete(slot.index);
   }
-
-  restoreSlot(scope: string, limit: number, holder: string): Promise<boolean> {
-    return this.acquire(scope, limit, holder);
-  }
 }

@@ -14,9 +14,7 @@ export type CoordEvent =
   /** A lease ran past its task's timeout: its runner's replica cancels it. */
   | { type: 'timeout'; runnerId: string; leaseId: string; attempt: number }
   /** Instances changed state (KILL, or a KILL cancelled): replicas re-read which runners are held. */
-  | { type: 'instances' }
-  /** The runner should drain: finish its tasks (or hand them back) and take no more. */
-  | { type: 'drain'; runnerId: string; mode: 'finish' | 'hand_back'; deadlineMs: number };
+  | { type: 'instances' };
 
 /** Leadership held by this replica: its term fences every leader write. */
 export interface Leadership {
@@ -70,8 +68,6 @@ export interface Coordinator {
   slots(): Promise<Slot[]>;
   /** Deletes a slot if it is still held by `holder` (reconciler). */
   dropSlot(slot: Slot): Promise<void>;
-  /** Puts a slot for `holder` on behalf of a replica that lost it (reconciler); false when none is free. */
-  restoreSlot(scope: string, limit: number, holder: string): Promise<boolean>;
 }
 
 export const codeScope = (codeId: string) => `code:${codeId}`;

@@ -40,7 +40,7 @@ export function slotReconcilerJob(o: {
       for (const l of await store.leases.liveLimited()) {
         if (signal.aborted) return;
         if (have.has(`${l.scope}\n${l.lease_id}`)) continue;
-        if (await coord.restoreSlot(l.scope, l.limit, l.lease_id)) restored++;
+        if (await coord.acquire(l.scope, l.limit, l.lease_id)) restored++;
         else {
           metrics.slotConflicts.inc();
           log.error({ leaseId: l.lease_id, scope: l.scope, limit: l.limit }, 'a live lease has no free concurrency slot');
