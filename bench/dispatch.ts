@@ -12,6 +12,7 @@
  * dropped) with runner processes on this host. Usage: npm run bench [-- --tasks 20000]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,7 +22,10 @@ import Dockerode from 'dockerode';
 import pg from 'pg';
 import { createLogger } from '../lib/logger.ts';
 import { loadConfig } from '../control-plane/config.ts';
-import { startControlPlane } from '../control-plane/server.ts';
+import { openStore } from '../control-plane/store/index.ts';
+import { loadSecretBox } from '../lib/secretbox.ts';
+import { newId } from '../lib/ids.ts';
+import { systemClock } from '../lib/clock.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const IMAGE = process.env.GANTRY_TEST_IMAGE ?? 'gantry-test/busybox:latest';
@@ -95,25 +99,50 @@ function spawnRunner(env: Record<string, string>): ChildProcess {
   });
 }
 
+/** `gantry start` on the bench's database, as its own process (as it runs in production). */
+async function startControlPlaneProcess(env: Record<string, string>): Promise<{ proc: ChildProcess; url: string; grpcPort: number }> {
+  const prof = process.env.GANTRY_BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.GANTRY_BENCH_PROFILE}`] : [];
+  const proc = spawn(process.execPath, [...prof, '--import', 'tsx', path.join(ROOT, 'control-plane/main.ts'), 'start'], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? '', GANTRY_PORT: '0', GANTRY_GRPC_PORT: '0', GANTRY_LOCAL_RUNNERS: '0', LOG_LEVEL: 'warn', ...env },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  await new Promise<void>((resolve, reject) => {
+    proc.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('Press Ctrl-C to stop')) resolve();
+    });
+    proc.on('exit', (code) => reject(new Error(`the control plane exited (${code}) before it was ready:\n${out}`)));
+  });
+  return { proc, url: /API base URL: (\S+)\/2\//.exec(out)![1]!, grpcPort: Number(/runner gRPC:\s+[\d.]+:(\d+)/.exec(out)![1]) };
+}
+
 async function main() {
   const admin = process.env.GANTRY_BENCH_PG_URL ?? process.env.GANTRY_TEST_PG_URL ?? 'postgres://gantry:gantry@127.0.0.1:5432/postgres';
   const db = await freshDatabase(admin);
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'gantry-bench-'));
   const log = createLogger({ name: 'bench', level: 'warn' });
-  const config = loadConfig({
+  const env = {
     DATABASE_URL: db.url,
-    GANTRY_PORT: '0',
-    GANTRY_GRPC_PORT: '0',
     GANTRY_DATA_DIR: work,
+    GANTRY_SECRET_KEYS: `bench:${randomBytes(32).toString('base64')}`,
     GANTRY_LOG_FLUSH_INTERVAL_MS: '20',
     GANTRY_PG_POOL_MAX: '20',
-  });
-  const cp = await startControlPlane(config, log);
+  };
+  // The control plane in its own process, so that this one's HTTP client and database reads
+  // do not share its event loop; this process reaches the same database through a store.
+  const config = loadConfig({ ...env, GANTRY_PG_POOL_MAX: '4' });
+  const store = await openStore(config, log, systemClock, newId);
+  store.clusters.useSecrets(loadSecretBox({ keys: config.secretKeys, dataDir: work, shared: true }));
   const children: ChildProcess[] = [];
   try {
-    const user = await cp.store.accounts.createUser('bench@example.com');
-    const project = await cp.store.accounts.createProject(user.id, 'bench');
-    const { token } = await cp.store.accounts.createToken(user.id);
+    progress('starting the control plane');
+    const cp = await startControlPlaneProcess(env);
+    children.push(cp.proc);
+    const user = await store.accounts.createUser('bench@example.com');
+    const project = await store.accounts.createProject(user.id, 'bench');
+    const { token } = await store.accounts.createToken(user.id);
     const base = `${cp.url}/2/projects/${project.id}`;
     const auth = { Authorization: `OAuth ${token}` };
     const upload = async (name: string, command: string) => {
@@ -133,15 +162,32 @@ async function main() {
     };
     const latencies = async (cluster: string) =>
       (
-        await cp.store.db.query<{ ms: number }>(
+        await store.db.query<{ ms: number }>(
           `SELECT extract(epoch FROM (start_time - created_at)) * 1000 AS ms FROM tasks WHERE cluster = $1 AND start_time IS NOT NULL`,
           [cluster],
         )
       ).rows.map((r) => Number(r.ms));
+    // The backlog is drained when the cluster has no queued task and no live lease: two
+    // lookups at the head of small indexes, cheap enough to ask every few milliseconds
+    // without loading the PostgreSQL being measured (a count of completed tasks would
+    // read a table that grows by thousands of rows a second).
+    const drained = async (cluster: string, timeoutMs: number) => {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const r = await store.db.query<{ busy: boolean }>(
+          `SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'queued' AND cluster = $1)
+             OR EXISTS (SELECT 1 FROM task_leases WHERE ended_at IS NULL AND cluster = $1) AS busy`,
+          [cluster],
+        );
+        if (!r.rows[0]!.busy) return;
+        if (Date.now() > deadline) throw new Error(`the ${cluster} backlog did not drain in time`);
+        await new Promise((res) => setTimeout(res, 10));
+      }
+    };
     const waitDone = async (cluster: string, n: number, timeoutMs: number) => {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
-        const r = await cp.store.db.query<{ n: number }>(
+        const r = await store.db.query<{ n: number }>(
           `SELECT count(*)::int AS n FROM tasks WHERE cluster = $1 AND status = 'complete' AND log_complete`,
           [cluster],
         );
@@ -157,7 +203,7 @@ async function main() {
 
     // 2. Single tasks on a warm Docker runner.
     await upload('true', 'true');
-    const docker = await cp.store.clusters.create('bench-docker', { memoryMb: 128 });
+    const docker = await store.clusters.create('bench-docker', { memoryMb: 128 });
     children.push(
       spawnRunner({
         GANTRY_CONTROL_PLANE: `127.0.0.1:${cp.grpcPort}`,
@@ -171,9 +217,9 @@ async function main() {
     progress(`docker path: ${N_DOCKER} tasks one at a time on a warm runner`);
     await queue('true', 1, 'bench-docker'); // warm-up: runner connected, image cached
     await waitDone('bench-docker', 1, 60000);
-    await cp.store.db.query(`DELETE FROM task_log_chunks WHERE task_id IN (SELECT id FROM tasks WHERE cluster = 'bench-docker')`);
-    await cp.store.db.query(`DELETE FROM task_leases WHERE cluster = 'bench-docker'`);
-    await cp.store.db.query(`DELETE FROM tasks WHERE cluster = 'bench-docker'`);
+    await store.db.query(`DELETE FROM task_log_chunks WHERE task_id IN (SELECT id FROM tasks WHERE cluster = 'bench-docker')`);
+    await store.db.query(`DELETE FROM task_leases WHERE cluster = 'bench-docker'`);
+    await store.db.query(`DELETE FROM tasks WHERE cluster = 'bench-docker'`);
     for (let i = 0; i < N_DOCKER; i++) {
       await queue('true', 1, 'bench-docker');
       await waitDone('bench-docker', i + 1, 60000);
@@ -182,7 +228,7 @@ async function main() {
 
     // 3. Throughput of no-op tasks through runner processes.
     await upload('noop', 'true');
-    const noop = await cp.store.clusters.create('bench-noop');
+    const noop = await store.clusters.create('bench-noop');
     for (let i = 0; i < RUNNERS; i++) {
       children.push(
         spawnRunner({
@@ -204,15 +250,26 @@ async function main() {
       await waitDone('bench-noop', i + 2, 60000);
     }
     const noopSingle = await latencies('bench-noop');
+    // Where the single-task latency goes: queued (the API's clock) → lease granted (the
+    // claim's clock) → started (the runner's clock; one host, one clock).
+    const split = (
+      await store.db.query<{ claim: number; start: number }>(
+        `SELECT extract(epoch FROM (l.granted_at - t.created_at)) * 1000 AS claim,
+           extract(epoch FROM (t.start_time - l.granted_at)) * 1000 AS start
+         FROM tasks t JOIN task_leases l ON l.task_id = t.id AND l.attempt = t.attempt
+         WHERE t.cluster = 'bench-noop' AND t.start_time IS NOT NULL`,
+      )
+    ).rows;
     progress(`no-op path: ${N_NOOP} tasks through ${RUNNERS} runner processes × ${SLOTS} slots (throughput)`);
-    await cp.store.db.query(`UPDATE tasks SET cluster = 'bench-noop-done' WHERE cluster = 'bench-noop'`);
+    await store.db.query(`UPDATE tasks SET cluster = 'bench-noop-done' WHERE cluster = 'bench-noop'`);
     // Planner statistics as a running system has them (autovacuum's analyze lags a fresh
     // database by a minute; without it the first claims may plan for an empty table).
-    await cp.store.db.query('ANALYZE');
+    await store.db.query('ANALYZE');
     const t0 = performance.now();
     for (let done = 0; done < N_NOOP; done += BATCH) await queue('noop', Math.min(BATCH, N_NOOP - done), 'bench-noop');
     const queuedMs = performance.now() - t0;
-    await waitDone('bench-noop', N_NOOP, 600000);
+    await drained('bench-noop', 600000);
+    await waitDone('bench-noop', N_NOOP, 60000);
     const totalMs = performance.now() - t0;
     const noopLat = await latencies('bench-noop');
 
@@ -231,17 +288,22 @@ async function main() {
       noop_tasks: N_NOOP,
       noop_queue_api_ms: Math.round(queuedMs),
       noop_single_queued_to_started_ms: { p50: round(pct(noopSingle, 50)), p99: round(pct(noopSingle, 99)), n: noopSingle.length },
+      noop_single_split_ms: {
+        queued_to_granted_p50: round(pct(split.map((r) => Number(r.claim)), 50)),
+        granted_to_started_p50: round(pct(split.map((r) => Number(r.start)), 50)),
+      },
       noop_backlog_queued_to_started_ms: { p50: round(pct(noopLat, 50)), p99: round(pct(noopLat, 99)) },
       runners: RUNNERS,
       slots_per_runner: SLOTS,
     };
     process.stdout.write(JSON.stringify(result) + '\n');
   } finally {
-    // SIGINT lets a profiled runner write its profile; SIGKILL follows for the rest.
+    // SIGINT lets a profiled process write its profile; SIGKILL follows for the rest.
     for (const c of children) c.kill(process.env.GANTRY_BENCH_PROFILE ? 'SIGINT' : 'SIGKILL');
     if (process.env.GANTRY_BENCH_PROFILE) await new Promise((r) => setTimeout(r, 3000));
-    await cp.stop();
-    await db.drop().catch(() => undefined);
+    for (const c of children) c.kill('SIGKILL');
+    await store.close();
+    if (!process.env.GANTRY_BENCH_KEEP_DB) await db.drop().catch(() => undefined);
     fs.rmSync(work, { recursive: true, force: true });
   }
 }

@@ -153,12 +153,17 @@ export class RunnerAgent {
     return { ok: true, reason: 'ok' };
   }
 
-  /** Running executions (slots in use). */
+  /** Running executions (slots in use): ledger entries with neither a result nor an abort. */
   busy(): number {
-    let n = 0;
-    for (const e of this.ledger.values()) if (!e.result && !e.aborted) n++;
-    return n;
+    return this.occupied.size;
   }
+
+  /**
+   * Leases of `busy()`, kept as the ledger changes (the ledger also holds finished leases
+   * until their result and log are safe, thousands under load: counting it per offer was
+   * quadratic).
+   */
+  private readonly occupied = new Set<string>();
 
   async start(): Promise<void> {
     try {
@@ -478,6 +483,7 @@ export class RunnerAgent {
     }
     const e: LedgerEntry = { offer: o, phase: LeasePhase.LEASE_PHASE_ACCEPTED, containerId: '', acked: false, logDone: false };
     this.ledger.set(o.leaseId, e);
+    this.occupied.add(o.leaseId);
     const spool = new LogSpool(path.join(this.config.workDir, 'spool', `${o.leaseId}.log`), Number(o.logMaxBytes) || 8 * 1024 * 1024);
     this.shipper.add(o.leaseId, o.attempt, spool);
     this.write({ $case: 'accept', value: { leaseId: o.leaseId, attempt: o.attempt } });
@@ -550,6 +556,7 @@ export class RunnerAgent {
     spool.finish();
     this.shipper.touch(o.leaseId);
     e.phase = LeasePhase.LEASE_PHASE_FINISHED;
+    this.occupied.delete(o.leaseId);
     e.result = {
       leaseId: o.leaseId,
       attempt: o.attempt,
@@ -574,6 +581,7 @@ export class RunnerAgent {
     spool.finish();
     this.shipper.drop(e.offer.leaseId);
     this.ledger.delete(e.offer.leaseId);
+    this.occupied.delete(e.offer.leaseId);
     this.metrics.running.set(this.busy());
     this.sendCredit();
     this.checkDrained();
@@ -595,7 +603,10 @@ export class RunnerAgent {
     this.write({ $case: 'cancelAck', value: { leaseId: c.leaseId, attempt: c.attempt } });
     if (e.result) return;
     if (e.execution) e.execution.cancel(c.graceMs);
-    else e.aborted = 'cancel';
+    else {
+      e.aborted = 'cancel';
+      this.occupied.delete(c.leaseId);
+    }
   }
 
   /** The lease is no longer ours: kill the task and forget it; report nothing. */
@@ -606,6 +617,7 @@ export class RunnerAgent {
     if (e.result) return;
     this.log.warn({ leaseId, taskId: e.offer.taskId }, 'lease revoked by the control plane');
     this.ledger.delete(leaseId);
+    this.occupied.delete(leaseId);
     this.shipper.drop(leaseId);
     if (e.execution && !e.result) {
       e.aborted = 'revoke';
@@ -628,6 +640,7 @@ export class RunnerAgent {
   private maybeForget(e: LedgerEntry): void {
     if (e.acked && e.logDone) {
       this.ledger.delete(e.offer.leaseId);
+      this.occupied.delete(e.offer.leaseId);
       this.checkDrained();
     }
   }

@@ -243,18 +243,22 @@ export class LogShipper {
       while (e.sent < e.spool.length && e.sent - e.acked < WINDOW) {
         const part = e.spool.read(e.sent, MAX_FRAME);
         if (!part) break;
+        // The last piece of a finished log carries the length and CRC itself (one frame, one
+        // write on the server, instead of a data frame and an empty final frame).
+        const final = e.spool.finished && e.sent + part.data.length === e.spool.length;
         const ok = call.write({
           leaseId: e.leaseId,
           attempt: e.attempt,
           stream: part.stream,
           offset: e.sent,
           data: part.data,
-          final: false,
-          totalBytes: 0,
-          crc32: 0,
+          final,
+          totalBytes: final ? e.spool.length : 0,
+          crc32: final ? e.spool.crc : 0,
         });
         if (e.inflight.size === 0) e.lastAckAt = Date.now(); // the wait for an answer starts now
-        e.inflight.set(e.sent, { end: e.sent + part.data.length, gen: e.gen, final: false });
+        e.inflight.set(e.sent, { end: e.sent + part.data.length, gen: e.gen, final });
+        if (final) e.finalSent = true;
         e.sent += part.data.length;
         if (!ok) {
           this.blocked = true;

@@ -277,7 +277,13 @@ export class RunnerSession {
     };
     for (const f of frames) if (f.frame) metrics.frames.inc({ type: f.frame.$case, dir: 'in' });
 
-    const accepts = of('accept');
+    const done = of('completed');
+    const finishing = new Set(done.map((c) => c.leaseId));
+    // An Accept whose Completed is in the same burst is not written: the result ends the
+    // lease (or is refused as stale) by itself.
+    const allAccepts = of('accept');
+    const accepts = allAccepts.filter((a) => !finishing.has(a.leaseId));
+    if (allAccepts.length > accepts.length) metrics.offerResults.inc({ result: 'accepted' }, allAccepts.length - accepts.length);
     if (accepts.length > 0) {
       const ok = await store.leases.acceptMany(runner.id, accepts, ttl);
       for (const a of accepts) {
@@ -285,8 +291,6 @@ export class RunnerSession {
         if (!ok.has(a.leaseId)) this.revoke(a.leaseId, a.attempt, RevokeReason.REVOKE_REASON_UNKNOWN_LEASE);
       }
     }
-    const done = of('completed');
-    const finishing = new Set(done.map((c) => c.leaseId));
     const allStarts = of('started');
     // A task that started and finished within this burst is recorded in one write (completeMany).
     const folded = new Map(allStarts.filter((s) => finishing.has(s.leaseId)).map((s) => [s.leaseId, s]));

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import pg from 'pg';
 import { PGlite } from '@electric-sql/pglite';
@@ -11,8 +12,18 @@ export interface QueryResult<T> {
 }
 
 /** Anything SQL can be sent to: the pool, a transaction, or a migration session. */
+export interface QueryOptions {
+  /**
+   * Keep the statement prepared on each connection (PostgreSQL): parsed and planned once,
+   * with a generic plan (the pool sets plan_cache_mode). Only for SQL whose text never varies
+   * (one prepared statement per distinct text and connection) and whose plan does not depend
+   * on its parameters' values (primary-key lookups, the one index a query can use).
+   */
+  prepare?: boolean;
+}
+
 export interface Queryable {
-  query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<QueryResult<T>>;
+  query<T = Record<string, unknown>>(sql: string, params?: unknown[], o?: QueryOptions): Promise<QueryResult<T>>;
   /** Several statements, no parameters (migrations). */
   exec(sql: string): Promise<void>;
 }
@@ -54,11 +65,24 @@ export function translatePgError(err: unknown): unknown {
   return err;
 }
 
+/** Statement names by SQL text (a hash: the same text gets the same name in every process). */
+const statementNames = new Map<string, string>();
+function statementName(sql: string): string {
+  let name = statementNames.get(sql);
+  if (!name) {
+    name = `g_${createHash('sha1').update(sql).digest('hex').slice(0, 16)}`;
+    statementNames.set(sql, name);
+  }
+  return name;
+}
+
 function pgQueryable(client: pg.Pool | pg.PoolClient): Queryable {
   return {
-    async query<T>(sql: string, params?: unknown[]) {
+    async query<T>(sql: string, params?: unknown[], o?: QueryOptions) {
       try {
-        const r = await client.query(sql, params as unknown[]);
+        const r = o?.prepare
+          ? await client.query({ name: statementName(sql), text: sql, values: params as unknown[] })
+          : await client.query(sql, params as unknown[]);
         return { rows: r.rows as T[], rowCount: r.rowCount ?? 0 };
       } catch (err) {
         throw translatePgError(err);
@@ -98,6 +122,10 @@ export function openPostgres(o: PgOptions): Db {
     idleTimeoutMillis: 30000,
     keepAlive: true,
     types: pgTypes,
+    // Statements kept prepared (QueryOptions.prepare, only those written to plan well without
+    // their parameters' values) are planned once per connection, not at every run: planning
+    // was most of a claim's time. Other statements are unnamed and planned each time as usual.
+    options: '-c plan_cache_mode=force_generic_plan',
   });
   // An idle client whose server went away emits here; without a listener the process dies.
   pool.on('error', (err) => o.log.warn({ err: err.message }, 'idle database connection lost'));

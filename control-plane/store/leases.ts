@@ -106,6 +106,80 @@ export interface LeaseConfig {
   runnerLossBudget: number;
 }
 
+/**
+ * The claim's candidates (SQL: a WITH list ending in `ordered`). Short slices of a
+ * cluster's queue, each read in the order of the one queue index (tasks_ready) — the head by
+ * priority, and at each lower level the oldest tasks, which ageing may have lifted — never
+ * the whole queue; then ageing, round-robin across packages within a level, and `ord`, the
+ * order of offers. Parameters: $1 cluster, $2 now, $3 rows per slice,
+ * $4 ageing seconds, $5 packages and $6 projects to leave out.
+ */
+const CANDIDATES = `
+  head AS (
+    (SELECT t.id, t.code_id, t.project_id, t.priority, t.eligible_at FROM tasks t JOIN codes c ON c.id = t.code_id AND NOT c.paused
+     WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.cluster = $1 AND t.eligible_at <= $2
+       AND NOT (t.code_id = ANY($5::text[])) AND NOT (t.project_id = ANY($6::text[]))
+     ORDER BY t.priority DESC, t.eligible_at, t.id LIMIT $3)
+    UNION
+    (SELECT t.id, t.code_id, t.project_id, t.priority, t.eligible_at FROM tasks t JOIN codes c ON c.id = t.code_id AND NOT c.paused
+     WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.cluster = $1 AND t.priority = 1
+       AND t.eligible_at <= $2::timestamptz - make_interval(secs => $4)
+       AND NOT (t.code_id = ANY($5::text[])) AND NOT (t.project_id = ANY($6::text[]))
+     ORDER BY t.eligible_at, t.id LIMIT $3)
+    UNION
+    (SELECT t.id, t.code_id, t.project_id, t.priority, t.eligible_at FROM tasks t JOIN codes c ON c.id = t.code_id AND NOT c.paused
+     WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.cluster = $1 AND t.priority = 0
+       AND t.eligible_at <= $2::timestamptz - make_interval(secs => $4)
+       AND NOT (t.code_id = ANY($5::text[])) AND NOT (t.project_id = ANY($6::text[]))
+     ORDER BY t.eligible_at, t.id LIMIT $3)
+  ),
+  -- The slices carry what the ordering needs: joining them back to tasks by id would let a
+  -- planner pick a hash join over a sequential scan of the table for a few hundred rows.
+  c AS (
+    SELECT h.id, h.code_id, h.eligible_at, r.max_concurrency, h.project_id, p.max_running AS project_max,
+      LEAST(2, h.priority + floor(extract(epoch FROM ($2::timestamptz - h.eligible_at)) / $4)::int) AS eff
+    FROM head h JOIN codes c ON c.id = h.code_id
+    JOIN code_revisions r ON r.id = c.latest_revision_id JOIN projects p ON p.id = h.project_id
+  ),
+  ordered AS (
+    SELECT x.*, row_number() OVER (ORDER BY eff DESC, rr, eligible_at, id) AS ord FROM (
+      SELECT c.*, row_number() OVER (PARTITION BY code_id, eff ORDER BY eligible_at, id) AS rr FROM c
+    ) x
+  )`;
+
+/**
+ * Leases for claimed tasks (SQL: a WITH list after one named \`v\`(task_id, lease_id, ord)
+ * of locked, claimable tasks). The task keeps its status and updated_at (it is still queued
+ * to its user), so the update touches no indexed column and stays on its heap page (HOT).
+ * Each attempt has its own log: a task offered again starts from an empty one, so this
+ * attempt's output may be stored as soon as it arrives, even before the Accept.
+ * Parameters: $R runner, $N now, $E epoch, $X expiry (given as placeholders to fill).
+ */
+const GRANT = `
+  upd AS (
+    UPDATE tasks t SET lease_id = v.lease_id, runner_id = $R, attempt = t.attempt + 1,
+      log_size = 0, log_crc = 0, log_complete = false
+    FROM v WHERE t.id = v.task_id
+    RETURNING t.id, t.project_id, t.code_id, t.code_name, t.code_rev, t.code_revision_id, t.payload, t.timeout,
+      t.priority, t.cluster, t.schedule_id, t.attempt, v.lease_id, v.ord
+  ),
+  ins AS (  -- executed although not referenced: data-modifying CTEs always run
+    INSERT INTO task_leases (id, task_id, attempt, runner_id, session_epoch, code_id, cluster, granted_at, expires_at, state)
+    SELECT lease_id, id, attempt, $R, $E, code_id, cluster, $N, $X, 'offered' FROM upd
+    RETURNING id
+  ),
+  cleared AS (
+    DELETE FROM task_log_chunks d USING upd WHERE d.task_id = upd.id AND upd.attempt > 1
+    RETURNING 1
+  )`;
+
+/** The columns of an OfferRow, from `upd` joined to the revision `r` (expiry: placeholder $X). */
+const OFFER_COLUMNS = `upd.lease_id, upd.attempt, upd.id AS task_id, upd.project_id, upd.code_id, upd.code_name, upd.code_rev,
+  upd.code_revision_id, r.image, r.command, r.env_vars, r.config, r.checksum, upd.payload, upd.timeout,
+  upd.priority, upd.cluster, upd.schedule_id, $X::timestamptz AS expires_at`;
+
+const fill = (sql: string, p: Record<string, number>) => sql.replace(/\$([A-Z])\b/g, (_, k: string) => `$${p[k]}`);
+
 export class LeasesStore {
   private readonly endedCbs: ((leaseIds: string[]) => void)[] = [];
 
@@ -138,11 +212,60 @@ export class LeasesStore {
    */
   async claim(runner: RunnerRef, n: number, o: ClaimOptions): Promise<OfferRow[]> {
     if (n <= 0) return [];
+    const fast = await this.claimUnlimited(runner, n, o);
+    return fast ?? this.claimLimited(runner, n, o);
+  }
+
+  /**
+   * The claim as one statement, for a queue head without concurrency limits (the common
+   * case, and the one latency depends on): candidates, row locks on the first `n` of them
+   * in offer order, leases, offers — one round trip, committed on its own. Undefined when a
+   * candidate's package or project has a limit: those need the advisory locks and counts of
+   * claimLimited, so the whole claim goes there (strict priority is never bent).
+   */
+  private async claimUnlimited(runner: RunnerRef, n: number, o: ClaimOptions): Promise<OfferRow[] | undefined> {
+    const now = this.c.clock.now();
+    const leaseIds = Array.from({ length: n }, () => this.c.ids());
+    // Locked by primary key, the state checked on the locked (newest) row: with the state in
+    // the WHERE of `tasks t`, a planner whose statistics predate a burst of queued tasks
+    // could read the whole queue through its partial index to find a few rows.
+    const ph = { R: 9, N: 2, E: 10, X: 11 };
+    const r = await this.c.db.query<OfferRow & { limited: boolean; ord: number }>(
+      fill(
+        `WITH ${CANDIDATES},
+         limited AS (SELECT EXISTS (SELECT 1 FROM c WHERE max_concurrency IS NOT NULL OR project_max IS NOT NULL) AS yes),
+         -- Candidates in offer order, each locked by primary key as it comes (a lateral
+         -- lookup: never a join over the table), until $7 are held.
+         pick AS (
+           SELECT o.id, o.ord, t.status, t.lease_id
+           FROM (SELECT id, ord FROM ordered WHERE NOT (SELECT yes FROM limited) ORDER BY ord) o
+           CROSS JOIN LATERAL (SELECT t.status, t.lease_id FROM tasks t WHERE t.id = o.id FOR UPDATE SKIP LOCKED) t
+           LIMIT $7
+         ),
+         v AS (
+           SELECT p.id AS task_id, ($8::text[])[row_number() OVER (ORDER BY p.ord)] AS lease_id, p.ord
+           FROM pick p WHERE p.status = 'queued' AND p.lease_id IS NULL
+         ),
+         ${GRANT}
+         SELECT (SELECT yes FROM limited) AS limited, g.* FROM (SELECT 1) one LEFT JOIN (
+           SELECT ${OFFER_COLUMNS}, upd.ord FROM upd JOIN code_revisions r ON r.id = upd.code_revision_id
+         ) g ON true ORDER BY g.ord`,
+        ph,
+      ),
+      [runner.cluster, now, Math.max(n * 4, 64), o.ageingS, o.exclude ?? [], o.excludeProjects ?? [], n, leaseIds, runner.id, runner.epoch,
+        new Date(now.getTime() + o.acceptDeadlineMs)],
+      { prepare: true },
+    );
+    if (r.rows[0]?.limited) return undefined;
+    return r.rows
+      .filter((x) => x.lease_id !== null)
+      .map(({ limited: _, ord: __, ...x }) => ({ ...x, max_concurrency: null, project_max_running: null }) as OfferRow);
+  }
+
+  /** The claim where limits apply, in one transaction (see claim). */
+  private async claimLimited(runner: RunnerRef, n: number, o: ClaimOptions): Promise<OfferRow[]> {
     const now = this.c.clock.now();
     return this.c.db.tx(async (q) => {
-      // Two short index-ordered slices of the queue (the head by priority, and the oldest
-      // tasks that ageing may have lifted), never the whole queue; then ageing, round-robin
-      // across packages within a level, and the order of offers.
       // Packages already at max_concurrency are left out of the scan, so their backlog cannot
       // block the head of the queue; the locked count below stays the authority.
       const full = (
@@ -163,39 +286,11 @@ export class LeasesStore {
       ).rows.map((r) => r.id);
       if (o.excludeProjects) fullProjects.push(...o.excludeProjects);
       const cand = await q.query<{ id: string; code_id: string; max_concurrency: number | null; project_id: string; project_max: number | null }>(
-        `WITH head AS (
-           (SELECT t.id FROM tasks t JOIN codes c ON c.id = t.code_id AND NOT c.paused
-            WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.cluster = $1 AND t.eligible_at <= $2
-              AND NOT (t.code_id = ANY($5::text[])) AND NOT (t.project_id = ANY($6::text[]))
-            ORDER BY t.priority DESC, t.eligible_at, t.id LIMIT $3)
-           UNION
-           (SELECT t.id FROM tasks t JOIN codes c ON c.id = t.code_id AND NOT c.paused
-            WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.cluster = $1
-              AND t.eligible_at <= $2::timestamptz - make_interval(secs => $4) AND t.priority < 2
-              AND NOT (t.code_id = ANY($5::text[])) AND NOT (t.project_id = ANY($6::text[]))
-            ORDER BY t.eligible_at, t.id LIMIT $3)
-         ),
-         c AS (
-           SELECT t.id, t.code_id, t.eligible_at, r.max_concurrency, t.project_id, p.max_running AS project_max,
-             LEAST(2, t.priority + floor(extract(epoch FROM ($2::timestamptz - t.eligible_at)) / $4)::int) AS eff
-           FROM head JOIN tasks t ON t.id = head.id JOIN codes c ON c.id = t.code_id
-           JOIN code_revisions r ON r.id = c.latest_revision_id JOIN projects p ON p.id = t.project_id
-         )
-         SELECT id, code_id, max_concurrency, project_id, project_max FROM (
-           SELECT c.*, row_number() OVER (PARTITION BY code_id, eff ORDER BY eligible_at, id) AS rr FROM c
-         ) x ORDER BY eff DESC, rr, eligible_at, id`,
+        `WITH ${CANDIDATES}
+         SELECT id, code_id, max_concurrency, project_id, project_max FROM ordered ORDER BY ord`,
         [runner.cluster, now, Math.max(n * 4, 64), o.ageingS, full, fullProjects],
       );
       if (cand.rows.length === 0) return [];
-      const locked = new Set(
-        (
-          await q.query<{ id: string }>(
-            `SELECT id FROM tasks WHERE id = ANY($1::text[]) AND status = 'queued' AND lease_id IS NULL
-             FOR UPDATE SKIP LOCKED`,
-            [cand.rows.map((r) => r.id)],
-          )
-        ).rows.map((r) => r.id),
-      );
       // Concurrency: free slots per limited package, from live lease rows.
       const limited = [...new Set(cand.rows.filter((r) => r.max_concurrency !== null).map((r) => r.code_id))].sort();
       const free = new Map<string, number>();
@@ -232,55 +327,71 @@ export class LeasesStore {
           }
         }
       }
+      // Row locks only on the tasks about to be claimed, in claim order: the next admissible
+      // candidates, as many as are still wanted; a candidate another claim holds (or took
+      // since the scan) is skipped and the next ones are tried. The candidate list is several
+      // times `n` long (for round-robin), and locking all of it would write to every row.
       const chosen: string[] = [];
-      for (const r of cand.rows) {
-        if (chosen.length >= n) break;
-        if (!locked.has(r.id)) continue;
-        const f = free.get(r.code_id);
-        const fp = freeProject.get(r.project_id);
-        if ((f !== undefined && f <= 0) || (fp !== undefined && fp <= 0)) continue;
-        if (f !== undefined) free.set(r.code_id, f - 1);
-        if (fp !== undefined) freeProject.set(r.project_id, fp - 1);
-        chosen.push(r.id);
+      const take = (m: Map<string, number>, k: string, d: number) => {
+        const v = m.get(k);
+        if (v !== undefined) m.set(k, v + d);
+      };
+      let next = 0;
+      while (chosen.length < n && next < cand.rows.length) {
+        const batch: (typeof cand.rows)[number][] = [];
+        while (batch.length < n - chosen.length && next < cand.rows.length) {
+          const r = cand.rows[next++]!;
+          if ((free.get(r.code_id) ?? 1) <= 0 || (freeProject.get(r.project_id) ?? 1) <= 0) continue;
+          take(free, r.code_id, -1);
+          take(freeProject, r.project_id, -1);
+          batch.push(r);
+        }
+        if (batch.length === 0) break;
+        // By primary key only, the state checked on the locked (newest) row here: with the
+        // state in the WHERE, a planner whose statistics predate a burst of queued tasks
+        // would read the whole queue through its partial index to find a few rows.
+        const locked = new Set(
+          (
+            await q.query<{ id: string; status: string; lease_id: string | null }>(
+              'SELECT id, status, lease_id FROM tasks WHERE id = ANY($1::text[]) FOR UPDATE SKIP LOCKED',
+              [batch.map((r) => r.id)],
+            )
+          ).rows
+            .filter((r) => r.status === 'queued' && r.lease_id === null)
+            .map((r) => r.id),
+        );
+        for (const r of batch) {
+          if (locked.has(r.id)) {
+            chosen.push(r.id);
+          } else {
+            take(free, r.code_id, 1);
+            take(freeProject, r.project_id, 1);
+          }
+        }
       }
       if (chosen.length === 0) return [];
       const leaseIds = chosen.map(() => this.c.ids());
       const expires = new Date(now.getTime() + o.acceptDeadlineMs);
+      const ph = { R: 3, N: 4, E: 5, X: 6 };
       const rows = await q.query<OfferRow>(
-        `WITH v AS (SELECT * FROM unnest($1::text[], $2::text[]) AS v(task_id, lease_id)),
-         upd AS (
-           UPDATE tasks t SET lease_id = v.lease_id, runner_id = $3, attempt = t.attempt + 1, updated_at = $4
-           FROM v WHERE t.id = v.task_id
-           RETURNING t.id, t.project_id, t.code_id, t.code_name, t.code_rev, t.code_revision_id, t.payload, t.timeout,
-             t.priority, t.cluster, t.schedule_id, t.attempt, v.lease_id
-         ),
-         ins AS (  -- executed although not referenced: data-modifying CTEs always run
-           INSERT INTO task_leases (id, task_id, attempt, runner_id, session_epoch, code_id, cluster, granted_at, expires_at, state)
-           SELECT lease_id, id, attempt, $3, $5, code_id, cluster, $4, $6, 'offered' FROM upd
-           RETURNING id
-         )
-         SELECT upd.lease_id, upd.attempt, upd.id AS task_id, upd.project_id, upd.code_id, upd.code_name, upd.code_rev,
-           upd.code_revision_id, r.image, r.command, r.env_vars, r.config, r.checksum, upd.payload, upd.timeout,
-           upd.priority, upd.cluster, upd.schedule_id, $6::timestamptz AS expires_at
-         FROM upd JOIN code_revisions r ON r.id = upd.code_revision_id`,
+        fill(
+          `WITH v AS (SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS v(task_id, lease_id, ord)),
+           ${GRANT}
+           SELECT ${OFFER_COLUMNS} FROM upd JOIN code_revisions r ON r.id = upd.code_revision_id ORDER BY upd.ord`,
+          ph,
+        ),
         [chosen, leaseIds, runner.id, now, runner.epoch, expires],
       );
-      // Keep the claim order (priority, round-robin) for the offers.
-      const order = new Map(chosen.map((id, i) => [id, i]));
       const limit = new Map(cand.rows.map((r) => [r.id, r]));
       for (const r of rows.rows) {
         r.max_concurrency = limit.get(r.task_id)?.max_concurrency ?? null;
         r.project_max_running = limit.get(r.task_id)?.project_max ?? null;
       }
-      return rows.rows.sort((a, b) => order.get(a.task_id)! - order.get(b.task_id)!);
+      return rows.rows;
     });
   }
 
-  /**
-   * Offered → accepted: the runner reserved a slot. A previous attempt's log is cleared here
-   * (each attempt has its own log, and this attempt's output may arrive before Started).
-   * False if the lease is no longer offered to it.
-   */
+  /** Offered → accepted: the runner reserved a slot. False if the lease is no longer offered to it. */
   async accept(leaseId: string, attempt: number, runnerId: string, ttlMs: number): Promise<boolean> {
     return (await this.acceptMany(runnerId, [{ leaseId, attempt }], ttlMs)).has(leaseId);
   }
@@ -668,20 +779,13 @@ export class LeasesStore {
     if (items.length === 0) return new Set();
     const now = this.c.clock.now();
     return this.c.db.tx(async (q) => {
-      const r = await q.query<{ id: string; task_id: string; attempt: number }>(
+      const r = await q.query<{ id: string }>(
         `WITH v AS (SELECT * FROM unnest($1::text[], $2::int[]) AS v(id, attempt))
          UPDATE task_leases l SET state = 'accepted', expires_at = $4
          FROM v WHERE l.id = v.id AND l.attempt = v.attempt AND l.runner_id = $3 AND l.state = 'offered'
-         RETURNING l.id, l.task_id, l.attempt`,
+         RETURNING l.id`,
         [items.map((i) => i.leaseId), items.map((i) => i.attempt), runnerId, new Date(now.getTime() + ttlMs)],
       );
-      // A later attempt starts a new log (the first attempt has none to clear).
-      const again = r.rows.filter((x) => x.attempt > 1);
-      if (again.length > 0) {
-        const ids = again.map((x) => x.task_id);
-        await q.query('DELETE FROM task_log_chunks WHERE task_id = ANY($1::text[])', [ids]);
-        await q.query('UPDATE tasks SET log_size = 0, log_crc = 0, log_complete = false WHERE id = ANY($1::text[])', [ids]);
-      }
       return new Set(r.rows.map((x) => x.id));
     });
   }
@@ -735,8 +839,9 @@ export class LeasesStore {
 
   /**
    * Results of many leases of one runner in one transaction. The common case (a result
-   * that ends the task, no retry to queue) is applied with two set-based statements; the
-   * rest (retries, runner errors, stale or duplicate results) one by one.
+   * that ends the task, no retry to queue) is applied by one statement that ends the lease
+   * and the task together, each guarded as the one-by-one path guards it; the rest
+   * (retries, runner errors, stale or duplicate results, a lease listed twice) go one by one.
    */
   async completeMany(
     runnerId: string,
@@ -746,70 +851,79 @@ export class LeasesStore {
     if (items.length === 0) return [];
     const now = this.c.clock.now();
     const out = await this.c.db.tx(async (q) => {
-      const ids = items.map((i) => i.leaseId);
-      const rows = await q.query<{
-        id: string; attempt: number; runner_id: string; state: LeaseState; task_id: string;
-        t_lease: string | null; retries_left: number; cancel_requested_at: Date | null;
-      }>(
-        `SELECT l.id, l.attempt, l.runner_id, l.state, l.task_id, t.lease_id AS t_lease, t.retries_left, t.cancel_requested_at
-         FROM task_leases l JOIN tasks t ON t.id = l.task_id WHERE l.id = ANY($1::text[]) ORDER BY t.id FOR UPDATE OF l, t`,
-        [ids],
-      );
-      const by = new Map(rows.rows.map((r) => [r.id, r]));
-      const out: Disposition[] = [];
-      // A Started that came in the same burst as its Completed (a short task) is recorded by
-      // the completion itself: one write to the task and the lease instead of two.
-      const simple: { c: (typeof items)[number]; status: TaskStatus; taskId: string; ran: number }[] = [];
+      // Candidates for the one-statement path: the first result of each lease whose outcome
+      // ends the task by itself (a runner error may requeue it).
       const seen = new Set<string>();
-      for (const c of items) {
-        const r = by.get(c.leaseId);
+      const fast: number[] = [];
+      items.forEach((c, i) => {
         const status = OUTCOME_STATUS[c.outcome];
-        const isSimple =
-          r && !seen.has(c.leaseId) && r.attempt === c.attempt && r.runner_id === runnerId && r.state !== 'done' &&
-          r.t_lease === r.id && status !== 'retry' && !((status === 'error' || status === 'timeout') && r.retries_left > 0);
+        if (status !== 'retry' && !seen.has(c.leaseId)) fast.push(i);
         seen.add(c.leaseId);
-        if (isSimple) {
-          simple.push({ c, status: status as TaskStatus, taskId: r.task_id, ran: c.started && r.state !== 'running' ? 1 : 0 });
-          out.push('recorded');
-        } else {
-          if (c.started) await this.startedIn(q, runnerId, [{ leaseId: c.leaseId, attempt: c.attempt, ...c.started }], cfg.leaseTtlMs);
-          out.push(await this.completeOne(q, c, runnerId, cfg));
+      });
+      const recorded = new Set<string>();
+      if (fast.length > 0) {
+        const f = fast.map((i) => items[i]!);
+        const status = (c: Completion) => OUTCOME_STATUS[c.outcome] as TaskStatus;
+        // `o` is the lease as this statement's snapshot has it (its state before the update:
+        // a Started folded into this result counts a run only if none was recorded). The
+        // task's guards are checked on the snapshot to pick the leases and again, on the
+        // locked row, by the task's update; if they disagree (a concurrent cancel or
+        // reclaim), the counts differ and the transaction runs again.
+        const r = await q.query<{ id: string; tasks: number }>(
+          `WITH v AS (
+             SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], $8::text[], $9::text[])
+               AS v(lease_id, attempt, status, msg, exit_code, started_at, ended_at, folded_at, container_id)
+           ),
+           l AS (
+             UPDATE task_leases l SET state = 'done', ended_at = $11, outcome = v.status,
+               started_at = coalesce(l.started_at, v.folded_at::timestamptz), container_id = coalesce(l.container_id, v.container_id)
+             FROM v, task_leases o, tasks t
+             WHERE l.id = v.lease_id AND o.id = l.id AND t.id = o.task_id
+               AND l.attempt = v.attempt AND l.runner_id = $10 AND l.state <> 'done'
+               AND t.lease_id = l.id AND t.status IN ('queued', 'running')
+               AND NOT (v.status IN ('error', 'timeout') AND t.retries_left > 0)
+             RETURNING l.id, l.task_id, v.status, v.msg, v.exit_code, v.started_at, v.ended_at,
+               CASE WHEN v.folded_at IS NOT NULL AND o.state <> 'running' THEN 1 ELSE 0 END AS ran
+           ),
+           t AS (
+             UPDATE tasks t SET status = l.status, msg = coalesce(l.msg, t.msg), exit_code = l.exit_code,
+               start_time = coalesce(t.start_time, l.started_at::timestamptz), end_time = l.ended_at::timestamptz,
+               lease_id = NULL, updated_at = $11, percent = CASE WHEN l.status = 'complete' THEN 100 ELSE t.percent END,
+               run_times = t.run_times + l.ran
+             FROM l WHERE t.id = l.task_id AND t.lease_id = l.id AND t.status IN ('queued', 'running')
+             RETURNING t.id
+           )
+           SELECT l.id, (SELECT count(*) FROM t)::int AS tasks FROM l`,
+          [
+            f.map((c) => c.leaseId),
+            f.map((c) => c.attempt),
+            f.map(status),
+            f.map((c) => c.msg || (status(c) === 'cancelled' ? 'Cancelled by user' : null)),
+            f.map((c) => c.exitCode),
+            f.map((c) => (c.startedAt ? new Date(c.startedAt).toISOString() : null)),
+            f.map((c) => new Date(c.finishedAt || now.getTime()).toISOString()),
+            f.map((c) => c.started?.startedAt.toISOString() ?? null),
+            f.map((c) => c.started?.containerId ?? null),
+            runnerId,
+            now,
+          ],
+        );
+        if (r.rows.length > 0 && r.rows[0]!.tasks !== r.rows.length) {
+          throw Object.assign(new Error('a task changed while its result was recorded; recording again'), { code: '40001' });
         }
+        for (const x of r.rows) recorded.add(x.id);
       }
-      if (simple.length > 0) {
-        const msg = (x: (typeof simple)[number]) => x.c.msg || (x.status === 'cancelled' ? 'Cancelled by user' : null);
-        await q.query(
-          `UPDATE task_leases l SET state = 'done', ended_at = $3, outcome = v.status,
-             started_at = coalesce(l.started_at, v.started_at::timestamptz), container_id = coalesce(l.container_id, v.container_id)
-           FROM unnest($1::text[], $2::text[], $4::text[], $5::text[]) AS v(id, status, started_at, container_id) WHERE l.id = v.id`,
-          [
-            simple.map((x) => x.c.leaseId),
-            simple.map((x) => x.status),
-            now,
-            simple.map((x) => x.c.started?.startedAt.toISOString() ?? null),
-            simple.map((x) => x.c.started?.containerId ?? null),
-          ],
-        );
-        await q.query(
-          `UPDATE tasks t SET status = v.status, msg = coalesce(v.msg, t.msg), exit_code = v.exit_code,
-             start_time = coalesce(t.start_time, v.started_at::timestamptz), end_time = v.ended_at::timestamptz,
-             lease_id = NULL, updated_at = $8, percent = CASE WHEN v.status = 'complete' THEN 100 ELSE t.percent END,
-             run_times = t.run_times + v.ran
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], $9::int[])
-             AS v(id, lease_id, status, msg, exit_code, started_at, ended_at, ran)
-           WHERE t.id = v.id AND t.lease_id = v.lease_id AND t.status IN ('queued', 'running')`,
-          [
-            simple.map((x) => x.taskId),
-            simple.map((x) => x.c.leaseId),
-            simple.map((x) => x.status),
-            simple.map(msg),
-            simple.map((x) => x.c.exitCode),
-            simple.map((x) => (x.c.startedAt ? new Date(x.c.startedAt).toISOString() : null)),
-            simple.map((x) => new Date(x.c.finishedAt || now.getTime()).toISOString()),
-            now,
-            simple.map((x) => x.ran),
-          ],
-        );
+      const out: Disposition[] = [];
+      const fastSet = new Set(fast);
+      for (let i = 0; i < items.length; i++) {
+        const c = items[i]!;
+        if (fastSet.has(i) && recorded.has(c.leaseId)) {
+          out.push('recorded');
+          continue;
+        }
+        // Everything else as the single-result path does it (it locks the lease and the task).
+        if (c.started) await this.startedIn(q, runnerId, [{ leaseId: c.leaseId, attempt: c.attempt, ...c.started }], cfg.leaseTtlMs);
+        out.push(await this.completeOne(q, c, runnerId, cfg));
       }
       return out;
     });

@@ -23,6 +23,9 @@ export interface LogAckResult {
 
 interface Cursor {
   taskId: string;
+  attempt: number;
+  /** The stored size when read (the compare of the compare-and-set). */
+  was: number;
   size: number;
   crc: number;
   complete: boolean;
@@ -40,7 +43,13 @@ interface Cursor {
 export class LogsStore {
   constructor(private readonly c: StoreCtx) {}
 
-  /** Applies a burst of frames from one runner in one transaction; one result per frame, in order. */
+  /**
+   * Applies a burst of frames from one runner in one transaction; one result per frame, in
+   * order. The cursors are read without row locks and written back compare-and-set: a
+   * concurrent writer of the same log (a second stream of the runner, overlapping a
+   * reconnect) makes the transaction run again on fresh cursors. A lock would cost a write
+   * to every task row for a race that almost never happens.
+   */
   async appendMany(runnerId: string, frames: LogWrite[]): Promise<LogAckResult[]> {
     if (frames.length === 0) return [];
     return this.c.db.tx(async (q) => {
@@ -50,8 +59,7 @@ export class LogsStore {
       }>(
         `SELECT l.id, l.attempt, l.state, t.id AS task_id, t.log_size, t.log_crc, t.log_complete
          FROM task_leases l JOIN tasks t ON t.id = l.task_id
-         WHERE l.id = ANY($1::text[]) AND l.runner_id = $2 AND t.attempt = l.attempt
-         ORDER BY t.id FOR UPDATE OF t`,
+         WHERE l.id = ANY($1::text[]) AND l.runner_id = $2 AND t.attempt = l.attempt`,
         [leaseIds, runnerId],
       );
       const leases = new Map(rows.rows.map((r) => [r.id, r]));
@@ -64,15 +72,13 @@ export class LogsStore {
           out.push({ committed: 0, stop: true, complete: false });
           continue;
         }
-        // The log stream can overtake the control stream: before the Accept is processed
-        // nothing is stored, and the runner resends.
-        if (l.state === 'offered') {
-          out.push({ committed: 0, stop: false, complete: false });
-          continue;
-        }
+        // The log stream can overtake the control stream: frames of a lease whose Accept is
+        // not processed yet are stored like any other (the claim that made this attempt
+        // already cleared the previous attempt's log).
         let cur = cursors.get(l.id);
         if (!cur) {
-          cur = { taskId: l.task_id, size: Number(l.log_size), crc: Number(l.log_crc), complete: l.log_complete, dirty: false, reset: false };
+          const size = Number(l.log_size);
+          cur = { taskId: l.task_id, attempt: l.attempt, size, crc: Number(l.log_crc), complete: l.log_complete, dirty: false, reset: false, was: size };
           cursors.set(l.id, cur);
         }
         if (!cur.complete && f.data.length > 0 && f.offset === cur.size) {
@@ -96,20 +102,33 @@ export class LogsStore {
         }
         out.push({ committed: cur.size, stop: false, complete: cur.complete });
       }
+      // Cursors first, compare-and-set (same attempt, same size, not complete): this also
+      // takes the row locks, so the chunks below are written by the cursor's only writer.
+      const dirty = [...cursors.values()].filter((c) => c.dirty);
+      if (dirty.length > 0) {
+        const set = await q.query(
+          `UPDATE tasks t SET log_size = v.size, log_crc = v.crc, log_complete = v.complete
+           FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::int[], $6::bigint[]) AS v(id, size, crc, complete, attempt, was)
+           WHERE t.id = v.id AND t.attempt = v.attempt AND t.log_size = v.was AND NOT t.log_complete`,
+          [
+            dirty.map((c) => c.taskId),
+            dirty.map((c) => c.size),
+            dirty.map((c) => c.crc),
+            dirty.map((c) => c.complete),
+            dirty.map((c) => c.attempt),
+            dirty.map((c) => c.was),
+          ],
+        );
+        if (set.rowCount !== dirty.length) {
+          throw Object.assign(new Error('a log was written concurrently; applying the frames again'), { code: '40001' });
+        }
+      }
       const resets = [...cursors.values()].filter((c) => c.reset).map((c) => c.taskId);
       if (resets.length > 0) await q.query('DELETE FROM task_log_chunks WHERE task_id = ANY($1::text[])', [resets]);
       if (chunks.length > 0) {
         const params: unknown[] = [];
         const values = chunks.map((ch) => `($${params.push(ch.taskId)}, $${params.push(ch.offset)}, $${params.push(ch.stream)}, $${params.push(ch.data)})`);
         await q.query(`INSERT INTO task_log_chunks (task_id, byte_offset, stream, data) VALUES ${values.join(', ')}`, params);
-      }
-      const dirty = [...cursors.values()].filter((c) => c.dirty);
-      if (dirty.length > 0) {
-        await q.query(
-          `UPDATE tasks t SET log_size = v.size, log_crc = v.crc, log_complete = v.complete
-           FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[]) AS v(id, size, crc, complete) WHERE t.id = v.id`,
-          [dirty.map((c) => c.taskId), dirty.map((c) => c.size), dirty.map((c) => c.crc), dirty.map((c) => c.complete)],
-        );
       }
       return out;
     });
