@@ -122,6 +122,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
     metrics,
     coordStatus: () => coord.status(),
     draining: () => state !== 'running',
+    handOff: (task) => dispatcher.handOff(task),
     onTasksQueued: (cluster) => {
       dispatcher.wake(cluster);
       coord.publish({ type: 'ready', cluster });

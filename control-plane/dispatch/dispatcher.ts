@@ -3,6 +3,7 @@ import type { ControlPlaneConfig } from '../config.ts';
 import type { RunnerSession } from '../grpc/session.ts';
 import type { Store } from '../store/index.ts';
 import type { OfferRow } from '../store/leases.ts';
+import type { NewTask } from '../store/tasks.ts';
 import { StoreUnavailableError } from '../errors.ts';
 import { codeScope, projectScope, type Coordinator } from '../coord/types.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
@@ -156,6 +157,39 @@ export class Dispatcher {
 
   all(): RunnerSession[] {
     return [...this.sessions.values()];
+  }
+
+  /**
+   * Queues one new task and, when a runner of its cluster on this replica has a free slot,
+   * grants it to that runner in the same statement (LeasesStore.queueAndGrant) and offers
+   * it at once: an idle runner gets new work with one commit between the request and the
+   * offer. Undefined when no runner here can take it now (the caller queues it as usual).
+   * The runner's pump is held meanwhile, so the same credit is never offered twice.
+   */
+  async handOff(task: NewTask): Promise<{ taskId: string; granted: boolean } | undefined> {
+    if (task.delay > 0 || this.stopped) return undefined;
+    let best: RunnerSession | undefined;
+    for (const s of this.sessions.values()) {
+      if (s.runner?.cluster !== task.cluster || s.pumping || s.freeSlots() <= 0) continue;
+      if (!best || s.freeSlots() > best.freeSlots()) best = s;
+    }
+    if (!best?.runner) return undefined;
+    const s = best;
+    s.pumping = true;
+    try {
+      const r = await this.store.leases.queueAndGrant(task, s.runner!, this.config.timers.acceptDeadlineMs);
+      // A session closed meanwhile: the accept deadline returns the task to the queue.
+      if (r.offer && s.state !== 'closed') {
+        s.offer([r.offer]);
+        // Let the event loop put the offer on the wire before the caller answers its HTTP
+        // request: the answer (and the client it wakes) would otherwise go first.
+        await new Promise((res) => setImmediate(res));
+      }
+      return { taskId: r.taskId, granted: r.offer !== undefined };
+    } finally {
+      s.pumping = false;
+      if (s.pumpAgain) void this.pump(s);
+    }
   }
 
   /** Offers work to every runner of `cluster` ('*': all clusters) with free credit. */

@@ -2,6 +2,7 @@ import type { Clock } from '../../lib/clock.ts';
 import type { Logger } from '../../lib/logger.ts';
 import type { ControlPlaneConfig } from '../config.ts';
 import type { Store } from '../store/index.ts';
+import type { NewTask } from '../store/tasks.ts';
 import type { CoordStatus } from '../coord/types.ts';
 
 /** What request handlers need, shared by every request. */
@@ -12,6 +13,8 @@ export interface ApiDeps {
   readonly log: Logger;
   /** Called after tasks were queued, so dispatch can offer them at once. */
   readonly onTasksQueued?: (cluster: string) => void;
+  /** Queues one task straight to an idle runner of this replica, if there is one (Dispatcher.handOff). */
+  readonly handOff?: (task: NewTask) => Promise<{ taskId: string; granted: boolean } | undefined>;
   /** Called when a running task's cancel was requested, so its runner hears at once. */
   readonly onCancelRequested?: (runnerId: string) => void;
   /** Called after instances were marked KILL (terminate, delete): their runners stop taking work. */

@@ -1,7 +1,7 @@
 import type { StoreCtx } from './ctx.ts';
 import type { Queryable } from './db.ts';
 import type { TaskStatus } from './codes.ts';
-import type { TasksStore } from './tasks.ts';
+import { INSERT_COLUMNS, insertValues, type NewTask, type TasksStore } from './tasks.ts';
 import { checkFence, type Fence } from './fence.ts';
 
 /**
@@ -260,6 +260,54 @@ export class LeasesStore {
     return r.rows
       .filter((x) => x.lease_id !== null)
       .map(({ limited: _, ord: __, ...x }) => ({ ...x, max_concurrency: null, project_max_running: null }) as OfferRow);
+  }
+
+  /**
+   * Queues one task and, in the same statement, grants it to `runner` when nothing stands
+   * before it: it is eligible now, its package is not paused, neither its package nor its
+   * project has a concurrency limit, and no eligible task of its cluster is waiting. Then a
+   * new task reaches an idle runner with one commit instead of two (its insert, then a
+   * claim). Otherwise the task is queued as by TasksStore.queue and `offer` is undefined.
+   */
+  async queueAndGrant(t: NewTask, runner: RunnerRef, acceptDeadlineMs: number): Promise<{ taskId: string; offer: OfferRow | undefined }> {
+    const now = this.c.clock.now();
+    const taskId = this.c.ids();
+    const values = insertValues(t, taskId, now);
+    const n = values.length;
+    const cols = INSERT_COLUMNS.map((c) => c).join(', ');
+    const ph = { R: n + 2, N: n + 5, E: n + 3, X: n + 4 };
+    const r = await this.c.db.query<OfferRow>(
+      fill(
+        `WITH g AS (
+           SELECT (NOT c.paused AND r.max_concurrency IS NULL AND p.max_running IS NULL AND $${n + 6}::boolean
+             AND NOT EXISTS (SELECT 1 FROM tasks q WHERE q.status = 'queued' AND q.lease_id IS NULL AND q.cluster = $9
+                               AND q.eligible_at <= $N)) AS ok
+           FROM codes c JOIN code_revisions r ON r.id = c.latest_revision_id JOIN projects p ON p.id = $2
+           WHERE c.id = $3
+         ),
+         upd AS (
+           INSERT INTO tasks (${cols}, lease_id, runner_id, attempt)
+           SELECT ${values.map((_, i) => `$${i + 1}`).join(', ')},
+             CASE WHEN g.ok THEN $${n + 1} END, CASE WHEN g.ok THEN $R END, CASE WHEN g.ok THEN 1 ELSE 0 END
+           FROM (SELECT coalesce((SELECT ok FROM g), false) AS ok) g
+           RETURNING id, project_id, code_id, code_name, code_rev, code_revision_id, payload, timeout, priority, cluster,
+             schedule_id, attempt, lease_id
+         ),
+         ins AS (
+           INSERT INTO task_leases (id, task_id, attempt, runner_id, session_epoch, code_id, cluster, granted_at, expires_at, state)
+           SELECT lease_id, id, attempt, $R, $E, code_id, cluster, $N, $X, 'offered' FROM upd WHERE lease_id IS NOT NULL
+           RETURNING id
+         )
+         SELECT ${OFFER_COLUMNS} FROM upd JOIN code_revisions r ON r.id = upd.code_revision_id`,
+        ph,
+      ),
+      [...values, this.c.ids(), runner.id, runner.epoch, new Date(now.getTime() + acceptDeadlineMs), now, t.delay === 0],
+      { prepare: true },
+    );
+    const row = r.rows[0];
+    if (!row) throw new Error(`task ${taskId} was not queued`);
+    if (row.lease_id === null) return { taskId, offer: undefined };
+    return { taskId, offer: { ...row, max_concurrency: null, project_max_running: null } };
   }
 
   /** The claim where limits apply, in one transaction (see claim). */

@@ -71,11 +71,20 @@ const LIST_COLUMNS = `id, project_id, code_id, code_name, code_revision_id, code
   delay, label, msg, percent, schedule_id, original_task_id, retry_task_id, retry_count, created_at, updated_at,
   eligible_at, start_time, end_time, log_size, exit_code, attempt, runner_losses, runner_id, run_times`;
 
-const INSERT_COLUMNS = [
+export const INSERT_COLUMNS = [
   'id', 'project_id', 'code_id', 'code_name', 'code_revision_id', 'code_rev', 'status', 'priority', 'cluster',
   'timeout', 'delay', 'payload', 'label', 'schedule_id', 'scheduled_for', 'original_task_id', 'retry_count',
   'retries_left', 'retries_delay', 'created_at', 'updated_at', 'eligible_at',
 ] as const;
+
+/** A new task's values for INSERT_COLUMNS, queued at `now`. */
+export function insertValues(t: NewTask, id: string, now: Date): unknown[] {
+  return [
+    id, t.projectId, t.codeId, t.codeName, t.revisionId, t.rev, 'queued', t.priority, t.cluster, t.timeout,
+    t.delay, t.payload, t.label, t.scheduleId ?? null, t.scheduledFor ?? null, t.originalTaskId ?? null,
+    t.retryCount ?? 0, t.retries, t.retriesDelay, now, now, new Date(now.getTime() + t.delay * 1000),
+  ];
+}
 
 export type CancelOutcome =
   | { kind: 'cancelled'; task: Task }
@@ -96,11 +105,7 @@ export class TasksStore {
     for (const t of tasks) {
       const id = this.c.ids();
       ids.push(id);
-      const values = [
-        id, t.projectId, t.codeId, t.codeName, t.revisionId, t.rev, 'queued', t.priority, t.cluster, t.timeout,
-        t.delay, t.payload, t.label, t.scheduleId ?? null, t.scheduledFor ?? null, t.originalTaskId ?? null,
-        t.retryCount ?? 0, t.retries, t.retriesDelay, now, now, new Date(now.getTime() + t.delay * 1000),
-      ];
+      const values = insertValues(t, id, now);
       rows.push(`(${values.map((v) => `$${params.push(v)}`).join(', ')})`);
     }
     await q.query(`INSERT INTO tasks (${INSERT_COLUMNS.join(', ')}) VALUES ${rows.join(', ')}`, params);

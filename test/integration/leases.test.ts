@@ -190,5 +190,50 @@ for (const engine of ENGINES) {
       await store.leases.sweep(CFG);
       t.match(await status(store, id!), { status: 'cancelled' });
     });
+
+    t.test('queueAndGrant: a new task goes straight to a runner only when nothing stands before it', async (t) => {
+      const { p, ref, code } = await setup(store, 'c-hand');
+      const newTask = (c: Awaited<ReturnType<typeof code>>, o: { delay?: number; priority?: number } = {}) => ({
+        projectId: p.id, codeId: c.id, codeName: c.name, revisionId: c.latest_revision_id, rev: c.rev,
+        retries: c.retries, retriesDelay: c.retries_delay, payload: 'hand', priority: o.priority ?? 0,
+        cluster: 'c-hand', timeout: 60, delay: o.delay ?? 0, label: null,
+      });
+      const lease = async (taskId: string) =>
+        (await store.db.query<{ state: string; attempt: number; runner_id: string }>('SELECT state, attempt, runner_id FROM task_leases WHERE task_id = $1', [taskId])).rows;
+      const task = async (taskId: string) =>
+        (await store.db.query<{ status: string; lease_id: string | null; attempt: number }>('SELECT status, lease_id, attempt FROM tasks WHERE id = $1', [taskId])).rows[0]!;
+
+      const a = await code('hand-a');
+      const granted = await store.leases.queueAndGrant(newTask(a), ref, CLAIM.acceptDeadlineMs);
+      t.ok(granted.offer, 'an idle queue: granted in the insert');
+      t.equal(granted.offer!.task_id, granted.taskId);
+      t.match(granted.offer, { attempt: 1, image: 'busybox', payload: 'hand', max_concurrency: null, project_max_running: null });
+      t.same(await lease(granted.taskId), [{ state: 'offered', attempt: 1, runner_id: ref.id }], 'its lease is offered to the runner');
+      t.match(await task(granted.taskId), { status: 'queued', lease_id: granted.offer!.lease_id, attempt: 1 });
+      t.same(await store.leases.claim(ref, 4, CLAIM), [], 'a claim does not offer it again');
+
+      const delayed = await store.leases.queueAndGrant(newTask(a, { delay: 30 }), ref, CLAIM.acceptDeadlineMs);
+      t.notOk(delayed.offer, 'a delayed task is only queued');
+      t.match(await task(delayed.taskId), { status: 'queued', lease_id: null, attempt: 0 });
+      t.same(await lease(delayed.taskId), []);
+
+      const limited = await code('hand-limited', { max_concurrency: 5 });
+      t.notOk((await store.leases.queueAndGrant(newTask(limited), ref, CLAIM.acceptDeadlineMs)).offer, 'a package with a limit goes through the claim');
+      const paused = await code('hand-paused');
+      await store.codes.setPaused(p.id, paused.id, true);
+      t.notOk((await store.leases.queueAndGrant(newTask(paused), ref, CLAIM.acceptDeadlineMs)).offer, 'a paused package is only queued');
+      await store.codes.setPaused(p.id, paused.id, false);
+
+      // Now eligible tasks wait (the limited one and the unpaused one): a new task does not pass them.
+      const behind = await store.leases.queueAndGrant(newTask(a, { priority: 2 }), ref, CLAIM.acceptDeadlineMs);
+      t.notOk(behind.offer, 'eligible tasks are waiting: the new one queues behind them for the claim');
+      const offers = await store.leases.claim(ref, 8, CLAIM);
+      t.equal(offers[0]!.task_id, behind.taskId, 'and the claim orders it by priority as usual');
+      t.equal(offers.length, 3, 'the waiting ones are claimed with it');
+
+      await store.accounts.setProjectLimit(p.id, 100);
+      t.notOk((await store.leases.queueAndGrant(newTask(a), ref, CLAIM.acceptDeadlineMs)).offer, 'a project with a limit goes through the claim');
+      await store.accounts.setProjectLimit(p.id, null);
+    });
   });
 }

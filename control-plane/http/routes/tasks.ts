@@ -166,6 +166,13 @@ export function tasksRouter(): Router<ApiState> {
     });
     const clusters = await authorizeClusters(deps, ctx.state.userId!, tasks.map((t, i) => ({ cluster: t.cluster, field: `tasks[${i}].cluster` })));
     for (const t of tasks) t.cluster = clusters.get(t.cluster)!;
+    // One task and an idle runner here: queued and offered with one commit.
+    const handed = tasks.length === 1 && deps.handOff ? await deps.handOff(tasks[0]!) : undefined;
+    if (handed) {
+      if (!handed.granted) deps.onTasksQueued?.(tasks[0]!.cluster);
+      ctx.body = { msg: 'Queued up', tasks: [{ id: handed.taskId }] };
+      return;
+    }
     const ids = await deps.store.tasks.queue(tasks);
     for (const c of new Set(tasks.map((t) => t.cluster))) deps.onTasksQueued?.(c);
     ctx.body = { msg: 'Queued up', tasks: ids.map((id) => ({ id })) };
