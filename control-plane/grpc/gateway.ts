@@ -17,6 +17,7 @@ import type { Dispatcher } from '../dispatch/dispatcher.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
 import type { Store } from '../store/index.ts';
 import { handleLogStream } from './logs.ts';
+import { RunnerSerial } from './serial.ts';
 import { RunnerSession } from './session.ts';
 
 export const GATEWAY_SERVICE = 'gantry.runner.v1.RunnerGateway';
@@ -64,7 +65,10 @@ export async function startGateway(d: Deps): Promise<Gateway> {
   });
   const health = new HealthImplementation({ '': 'SERVING', [GATEWAY_SERVICE]: 'SERVING' });
   health.addToServer(server);
+  // One runner's result and log writes run one at a time (they update the same task rows).
+  const serial = new RunnerSerial();
   const sessionDeps = {
+    serial,
     store,
     config,
     metrics,
@@ -104,7 +108,7 @@ export async function startGateway(d: Deps): Promise<Gateway> {
         },
         () => call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'control plane unavailable' }),
       );
-      handleLogStream(call, () => who.catch(() => undefined), { store, metrics, log: log.child({ component: 'logs' }) });
+      handleLogStream(call, () => who.catch(() => undefined), { store, metrics, serial, log: log.child({ component: 'logs' }) });
     },
     fetchCode: (call: grpc.ServerWritableStream<FetchCodeRequest, CodeChunk>) => {
       void (async () => {

@@ -3,6 +3,7 @@ import type { Logger } from '../../lib/logger.ts';
 import type { LogAck, LogFrame } from '../../proto/gen/gantry/runner/v1/runner.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
 import type { Store } from '../store/index.ts';
+import type { RunnerSerial } from './serial.ts';
 
 /** Frames applied in one transaction at most. */
 const MAX_BATCH = 500;
@@ -16,7 +17,7 @@ const MAX_BATCH = 500;
 export function handleLogStream(
   call: ServerDuplexStream<LogFrame, LogAck>,
   runnerId: () => Promise<string | undefined>,
-  deps: { store: Store; metrics: ControlPlaneMetrics; log: Logger },
+  deps: { store: Store; metrics: ControlPlaneMetrics; serial: RunnerSerial; log: Logger },
 ): void {
   const inbox: LogFrame[] = [];
   let busy = false;
@@ -41,7 +42,7 @@ export function handleLogStream(
           for (const f of batch) call.write({ leaseId: f.leaseId, attempt: f.attempt, committedOffset: 0, complete: false, stop: true, frameOffset: f.offset });
           continue;
         }
-        const results = await deps.store.logs.appendMany(
+        const results = await deps.serial.run(rid, () => deps.store.logs.appendMany(
           rid,
           batch.map((f) => ({
             leaseId: f.leaseId,
@@ -51,7 +52,7 @@ export function handleLogStream(
             data: f.data,
             ...(f.final ? { final: { totalBytes: Number(f.totalBytes), crc: f.crc32 } } : {}),
           })),
-        );
+        ));
         let bytes = 0;
         batch.forEach((f, i) => {
           const r = results[i]!;

@@ -18,12 +18,15 @@ import type { ControlPlaneConfig } from '../config.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
 import type { Store } from '../store/index.ts';
 import type { Completion, OfferRow, RunnerRef } from '../store/leases.ts';
+import type { RunnerSerial } from './serial.ts';
 
 export type SessionState = 'handshake' | 'open' | 'draining' | 'closed';
 
 /** What a session needs from the control plane. */
 export interface SessionDeps {
   store: Store;
+  /** Serializes this runner's result writes with its log writes (see RunnerSerial). */
+  serial: RunnerSerial;
   config: ControlPlaneConfig;
   metrics: ControlPlaneMetrics;
   log: Logger;
@@ -297,11 +300,8 @@ export class RunnerSession {
     const starts = allStarts.filter((s) => !finishing.has(s.leaseId));
     if (allStarts.length > 0) this.penaltyMs = 0;
     if (starts.length > 0) {
-      const granted = await store.leases.startedMany(
-        runner.id,
-        starts.map((s) => ({ leaseId: s.leaseId, attempt: s.attempt, containerId: s.containerId, startedAt: new Date(Number(s.startedAt)) })),
-        ttl,
-      );
+      const items = starts.map((s) => ({ leaseId: s.leaseId, attempt: s.attempt, containerId: s.containerId, startedAt: new Date(Number(s.startedAt)) }));
+      const granted = await this.deps.serial.run(runner.id, () => store.leases.startedMany(runner.id, items, ttl));
       for (const s of starts) {
         const g = granted.get(s.leaseId);
         if (!g) this.revoke(s.leaseId, s.attempt, RevokeReason.REVOKE_REASON_UNKNOWN_LEASE);
@@ -310,9 +310,7 @@ export class RunnerSession {
     }
     if (done.length > 0) {
       const outcomes = done.map((c) => OUTCOMES[c.outcome] ?? 'runner_error');
-      const dispositions = await store.leases.completeMany(
-        runner.id,
-        done.map((c, i) => ({
+      const results = done.map((c, i) => ({
           leaseId: c.leaseId,
           attempt: c.attempt,
           outcome: outcomes[i]!,
@@ -325,8 +323,9 @@ export class RunnerSession {
           ...(folded.has(c.leaseId)
             ? { started: { containerId: folded.get(c.leaseId)!.containerId, startedAt: new Date(Number(folded.get(c.leaseId)!.startedAt)) } }
             : {}),
-        })),
-        { leaseTtlMs: ttl, runnerLossBudget: config.runnerLossBudget },
+      }));
+      const dispositions = await this.deps.serial.run(runner.id, () =>
+        store.leases.completeMany(runner.id, results, { leaseTtlMs: ttl, runnerLossBudget: config.runnerLossBudget }),
       );
       done.forEach((c, i) => {
         const d = dispositions[i]!;
