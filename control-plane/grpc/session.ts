@@ -311,18 +311,18 @@ export class RunnerSession {
     if (done.length > 0) {
       const outcomes = done.map((c) => OUTCOMES[c.outcome] ?? 'runner_error');
       const results = done.map((c, i) => ({
-          leaseId: c.leaseId,
-          attempt: c.attempt,
-          outcome: outcomes[i]!,
-          exitCode: c.exitCode,
-          oomKilled: c.oomKilled,
-          // A success keeps whatever the task said through its progress; other outcomes explain themselves.
-          msg: outcomes[i] === 'succeeded' ? '' : c.msg,
-          startedAt: Number(c.startedAt),
-          finishedAt: Number(c.finishedAt),
-          ...(folded.has(c.leaseId)
-            ? { started: { containerId: folded.get(c.leaseId)!.containerId, startedAt: new Date(Number(folded.get(c.leaseId)!.startedAt)) } }
-            : {}),
+        leaseId: c.leaseId,
+        attempt: c.attempt,
+        outcome: outcomes[i]!,
+        exitCode: c.exitCode,
+        oomKilled: c.oomKilled,
+        // A success keeps whatever the task said through its progress; other outcomes explain themselves.
+        msg: outcomes[i] === 'succeeded' ? '' : c.msg,
+        startedAt: Number(c.startedAt),
+        finishedAt: Number(c.finishedAt),
+        ...(folded.has(c.leaseId)
+          ? { started: { containerId: folded.get(c.leaseId)!.containerId, startedAt: new Date(Number(folded.get(c.leaseId)!.startedAt)) } }
+          : {}),
       }));
       const dispositions = await this.deps.serial.run(runner.id, () =>
         store.leases.completeMany(runner.id, results, { leaseTtlMs: ttl, runnerLossBudget: config.runnerLossBudget }),

@@ -11,7 +11,6 @@ export interface QueryResult<T> {
   rowCount: number;
 }
 
-/** Anything SQL can be sent to: the pool, a transaction, or a migration session. */
 export interface QueryOptions {
   /**
    * Keep the statement prepared on each connection (PostgreSQL): parsed and planned once,
@@ -22,6 +21,7 @@ export interface QueryOptions {
   prepare?: boolean;
 }
 
+/** Anything SQL can be sent to: the pool, a transaction, or a migration session. */
 export interface Queryable {
   query<T = Record<string, unknown>>(sql: string, params?: unknown[], o?: QueryOptions): Promise<QueryResult<T>>;
   /** Several statements, no parameters (migrations). */

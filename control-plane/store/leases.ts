@@ -274,7 +274,7 @@ export class LeasesStore {
     const taskId = this.c.ids();
     const values = insertValues(t, taskId, now);
     const n = values.length;
-    const cols = INSERT_COLUMNS.map((c) => c).join(', ');
+    const cols = INSERT_COLUMNS.join(', ');
     const ph = { R: n + 2, N: n + 5, E: n + 3, X: n + 4 };
     const r = await this.c.db.query<OfferRow>(
       fill(
