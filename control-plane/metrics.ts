@@ -30,6 +30,11 @@ export class ControlPlaneMetrics {
     labelNames: ['type', 'dir'] as const,
     registers: [this.registry],
   });
+  readonly handOffs = new Counter({
+    name: 'gantry_task_handoffs_total',
+    help: 'New tasks granted to an idle runner in the same statement that queued them',
+    registers: [this.registry],
+  });
   readonly logBytes = new Counter({ name: 'gantry_log_bytes_total', help: 'Task log bytes stored', registers: [this.registry] });
   readonly dispatchLatency = new Histogram({
     name: 'gantry_dispatch_latency_seconds',

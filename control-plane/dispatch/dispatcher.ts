@@ -179,6 +179,7 @@ export class Dispatcher {
     try {
       const r = await this.store.leases.queueAndGrant(task, s.runner!, this.config.timers.acceptDeadlineMs);
       // A session closed meanwhile: the accept deadline returns the task to the queue.
+      if (r.offer) this.metrics?.handOffs.inc();
       if (r.offer && s.state !== 'closed') {
         s.offer([r.offer]);
         // Let the event loop put the offer on the wire before the caller answers its HTTP

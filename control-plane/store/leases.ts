@@ -114,24 +114,17 @@ export interface LeaseConfig {
  * order of offers. Parameters: $1 cluster, $2 now, $3 rows per slice,
  * $4 ageing seconds, $5 packages and $6 projects to leave out.
  */
+const slice = (where: string, order: string) => `
+    (SELECT t.id, t.code_id, t.project_id, t.priority, t.eligible_at FROM tasks t JOIN codes c ON c.id = t.code_id AND NOT c.paused
+     WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.cluster = $1 AND ${where}
+       AND NOT (t.code_id = ANY($5::text[])) AND NOT (t.project_id = ANY($6::text[]))
+     ORDER BY ${order} LIMIT $3)`;
+const aged = (priority: number) =>
+  slice(`t.priority = ${priority} AND t.eligible_at <= $2::timestamptz - make_interval(secs => $4)`, 't.eligible_at, t.id');
 const CANDIDATES = `
-  head AS (
-    (SELECT t.id, t.code_id, t.project_id, t.priority, t.eligible_at FROM tasks t JOIN codes c ON c.id = t.code_id AND NOT c.paused
-     WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.cluster = $1 AND t.eligible_at <= $2
-       AND NOT (t.code_id = ANY($5::text[])) AND NOT (t.project_id = ANY($6::text[]))
-     ORDER BY t.priority DESC, t.eligible_at, t.id LIMIT $3)
-    UNION
-    (SELECT t.id, t.code_id, t.project_id, t.priority, t.eligible_at FROM tasks t JOIN codes c ON c.id = t.code_id AND NOT c.paused
-     WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.cluster = $1 AND t.priority = 1
-       AND t.eligible_at <= $2::timestamptz - make_interval(secs => $4)
-       AND NOT (t.code_id = ANY($5::text[])) AND NOT (t.project_id = ANY($6::text[]))
-     ORDER BY t.eligible_at, t.id LIMIT $3)
-    UNION
-    (SELECT t.id, t.code_id, t.project_id, t.priority, t.eligible_at FROM tasks t JOIN codes c ON c.id = t.code_id AND NOT c.paused
-     WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.cluster = $1 AND t.priority = 0
-       AND t.eligible_at <= $2::timestamptz - make_interval(secs => $4)
-       AND NOT (t.code_id = ANY($5::text[])) AND NOT (t.project_id = ANY($6::text[]))
-     ORDER BY t.eligible_at, t.id LIMIT $3)
+  head AS (${slice('t.eligible_at <= $2', 't.priority DESC, t.eligible_at, t.id')}
+    UNION ${aged(1)}
+    UNION ${aged(0)}
   ),
   -- The slices carry what the ordering needs: joining them back to tasks by id would let a
   -- planner pick a hash join over a sequential scan of the table for a few hundred rows.
@@ -147,10 +140,15 @@ const CANDIDATES = `
     ) x
   )`;
 
+/** An `offered` lease for each row of `upd` (placeholders $R runner, $E epoch, $N now, $X expiry). */
+const LEASES_FROM_UPD = `INSERT INTO task_leases (id, task_id, attempt, runner_id, session_epoch, code_id, cluster, granted_at, expires_at, state)
+    SELECT lease_id, id, attempt, $R, $E, code_id, cluster, $N, $X, 'offered' FROM upd`;
+
 /**
  * Leases for claimed tasks (SQL: a WITH list after one named \`v\`(task_id, lease_id, ord)
  * of locked, claimable tasks). The task keeps its status and updated_at (it is still queued
- * to its user), so the update touches no indexed column and stays on its heap page (HOT).
+ * to its user), so the update touches no indexed column and can stay on its heap page (a
+ * HOT update, when the page has room).
  * Each attempt has its own log: a task offered again starts from an empty one, so this
  * attempt's output may be stored as soon as it arrives, even before the Accept.
  * Parameters: $R runner, $N now, $E epoch, $X expiry (given as placeholders to fill).
@@ -164,8 +162,7 @@ const GRANT = `
       t.priority, t.cluster, t.schedule_id, t.attempt, v.lease_id, v.ord
   ),
   ins AS (  -- executed although not referenced: data-modifying CTEs always run
-    INSERT INTO task_leases (id, task_id, attempt, runner_id, session_epoch, code_id, cluster, granted_at, expires_at, state)
-    SELECT lease_id, id, attempt, $R, $E, code_id, cluster, $N, $X, 'offered' FROM upd
+    ${LEASES_FROM_UPD}
     RETURNING id
   ),
   cleared AS (
@@ -294,8 +291,7 @@ export class LeasesStore {
              schedule_id, attempt, lease_id
          ),
          ins AS (
-           INSERT INTO task_leases (id, task_id, attempt, runner_id, session_epoch, code_id, cluster, granted_at, expires_at, state)
-           SELECT lease_id, id, attempt, $R, $E, code_id, cluster, $N, $X, 'offered' FROM upd WHERE lease_id IS NOT NULL
+           ${LEASES_FROM_UPD} WHERE lease_id IS NOT NULL
            RETURNING id
          )
          SELECT ${OFFER_COLUMNS} FROM upd JOIN code_revisions r ON r.id = upd.code_revision_id`,

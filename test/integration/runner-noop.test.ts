@@ -25,6 +25,34 @@ t.test('a queued task runs on a runner and completes with its log (noop executor
   t.match(log, /payload-123/);
 });
 
+t.test('one task queued while a runner idles is granted to it by the insert itself (hand-off)', async (t) => {
+  const api = await startTestApi(t, 'postgres', { scheduler: true, env: FAST });
+  await startTestRunner(t, api, { env: { GANTRY_RUNNER_EXECUTOR: 'noop' } });
+  t.equal((await uploadCode(api.user, { name: 'handed' })).status, 200);
+  await until('the runner has free credit', async () => api.cp.dispatcher.all().some((s) => s.freeSlots() > 0));
+  const q = await api.user.project('POST', '/tasks', { json: { tasks: [{ code_name: 'handed', payload: 'hand-off' }] } });
+  const id = q.body.tasks[0].id;
+  const lease = (
+    await api.cp.store.db.query<{ same: boolean; attempt: number }>(
+      'SELECT l.granted_at = t.created_at AS same, l.attempt FROM task_leases l JOIN tasks t ON t.id = l.task_id WHERE t.id = $1',
+      [id],
+    )
+  ).rows;
+  t.same(lease, [{ same: true, attempt: 1 }], 'the lease exists when the reply does, granted at the instant the task was queued');
+  t.match(await (await fetch(`${api.url}/metrics`)).text(), /gantry_task_handoffs_total 1\b/, 'and it is counted as a hand-off');
+  await until('task complete', async () => (await api.user.project('GET', `/tasks/${id}`)).body.status === 'complete');
+
+  // A second task while the first package is paused and has a task waiting: no hand-off.
+  t.equal((await uploadCode(api.user, { name: 'held' })).status, 200);
+  const held = await api.user.project('GET', '/codes');
+  const heldId = held.body.codes.find((c: { name: string }) => c.name === 'held').id;
+  t.equal((await api.user.project('POST', `/codes/${heldId}/pause_task_queue`)).status, 200);
+  await api.user.project('POST', '/tasks', { json: { tasks: [{ code_name: 'held', payload: 'waits' }] } });
+  const q2 = await api.user.project('POST', '/tasks', { json: { tasks: [{ code_name: 'handed', payload: 'after' }] } });
+  await until('second task complete', async () => (await api.user.project('GET', `/tasks/${q2.body.tasks[0].id}`)).body.status === 'complete');
+  t.match(await (await fetch(`${api.url}/metrics`)).text(), /gantry_task_handoffs_total 1\b/, 'a task waiting in the cluster sends the new one through the claim');
+});
+
 t.test('probes: grpc.health.v1, /metrics on both processes, the runner /healthz; bad credentials refused', async (t) => {
   const grpc = await import('@grpc/grpc-js');
   const { service: HealthService } = await import('grpc-health-check');

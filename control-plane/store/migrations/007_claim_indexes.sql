@@ -2,7 +2,8 @@
 --
 -- Lease expiry was indexed (task_leases_expiry), so every Accept, Started and Beat, which
 -- move expires_at, wrote a new entry into each of the table's five indexes. Without it those
--- updates stay on the heap page (HOT updates: one write instead of six). The lease sweeper
+-- updates touch no indexed column and can stay on the heap page (HOT updates, when the page
+-- has room: one write instead of six). The lease sweeper
 -- finds expired leases among the open ones (through a partial index holding only live leases,
 -- one per task on a runner), which is as cheap at its once-a-second pace.
 DROP INDEX task_leases_expiry;
