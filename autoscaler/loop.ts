@@ -6,7 +6,7 @@ import type { Store } from '../control-plane/store/index.ts';
 import type { ScaledCluster } from '../control-plane/store/autoscale.ts';
 import { decide } from './decide.ts';
 import { autoscaleConfig, initialState, type LaunchResult, type Tunables } from './types.ts';
-import { ProviderError, shortfallReason, type Provider } from './providers/types.ts';
+import { ProviderError, ThrottledError, shortfallReason, type Provider } from './providers/types.ts';
 import { reconcile } from './providers/reconcile.ts';
 
 /** Where the loop gets a cluster's provider and what it needs to launch for it. */
@@ -29,6 +29,27 @@ export interface AutoscalerOptions {
   tuning: Partial<Tunables>;
   /** Instances changed state: every replica re-reads which runners may take work. */
   onInstancesChanged(): void;
+  /** Back-off of a cluster whose provider calls fail (default FAILURE_BACKOFF). */
+  backoff?: { baseMs: number; maxMs: number };
+}
+
+/**
+ * A cluster whose provider calls fail (bad credentials, throttling, a cloud outage) is left
+ * alone for 10 s, then 20 s, … up to 10 min between attempts: each attempt costs the cloud
+ * calls of a tick and would log the same error every tick (one user's 350 broken clusters
+ * made 13,000 lines in one run). Its error is logged once per attempt, and once when it
+ * recovers.
+ */
+export const FAILURE_BACKOFF = Object.freeze({ baseMs: 10_000, maxMs: 600_000 });
+
+/** A cluster being backed off: no provider call for it before `until`. */
+interface Failing {
+  /** Consecutive failed attempts. */
+  attempts: number;
+  until: number;
+  since: number;
+  /** The cluster's settings when it failed: changed settings (new credentials) end the back-off. */
+  updatedAt: number;
 }
 
 /**
@@ -43,6 +64,8 @@ export function autoscalerJob(o: AutoscalerOptions): LeaderJob {
   const { store, providers, clock, log } = o;
   /** Launch outcomes since the last tick, per cluster, for decide()'s bookkeeping. */
   const results = new Map<string, LaunchResult[]>();
+  const failing = new Map<string, Failing>();
+  const backoff = o.backoff ?? FAILURE_BACKOFF;
   let term: number | undefined;
 
   async function tickCluster(c: ScaledCluster, fence: Fence, resumed: boolean, signal: AbortSignal): Promise<void> {
@@ -193,13 +216,40 @@ export function autoscalerJob(o: AutoscalerOptions): LeaderJob {
       // The first tick of a leadership resumes the intents a predecessor may have sent.
       const resumed = term !== fence.term;
       term = fence.term;
-      for (const c of await store.autoscale.clusters()) {
+      const clusters = await store.autoscale.clusters();
+      const ids = new Set(clusters.map((c) => c.id));
+      for (const id of failing.keys()) if (!ids.has(id)) failing.delete(id);
+      for (const c of clusters) {
         if (signal.aborted) return;
+        const now = clock.now().getTime();
+        let f = failing.get(c.id);
+        if (f && f.updatedAt !== c.updated_at.getTime()) {
+          failing.delete(c.id);
+          f = undefined;
+        }
+        if (f && now < f.until) continue;
         try {
           await tickCluster(c, fence, resumed, signal);
+          if (f) {
+            failing.delete(c.id);
+            log.info({ clusterId: c.id, provider: c.provider, attempts: f.attempts, failingForMs: now - f.since }, 'autoscaler: the cluster\'s provider answers again');
+          }
         } catch (err) {
           if (signal.aborted) return;
-          log.error({ clusterId: c.id, err }, 'autoscaler tick failed for a cluster');
+          if (!(err instanceof ProviderError)) {
+            // Not the cluster's cloud (the database, a fence): nothing to back off from.
+            log.error({ clusterId: c.id, err }, 'autoscaler tick failed for a cluster');
+            continue;
+          }
+          const attempts = (f?.attempts ?? 0) + 1;
+          const delay = Math.min(backoff.maxMs, backoff.baseMs * 2 ** (attempts - 1));
+          // A throttled call says when the cloud takes calls again; never sooner than that.
+          const until = Math.max(now + delay, err instanceof ThrottledError ? err.retryAt : 0);
+          failing.set(c.id, { attempts, until, since: f?.since ?? now, updatedAt: c.updated_at.getTime() });
+          log.error(
+            { clusterId: c.id, provider: c.provider, code: err.cloudCode, err: err.message, attempts, retryInMs: until - now },
+            'autoscaler: the cluster\'s provider calls fail; backing off',
+          );
         }
       }
     },

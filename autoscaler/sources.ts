@@ -1,4 +1,5 @@
 import os from 'node:os';
+import type { Clock } from '../lib/clock.ts';
 import type { Logger } from '../lib/logger.ts';
 import { ConfigError } from '../lib/errors.ts';
 import type { ControlPlaneConfig } from '../control-plane/config.ts';
@@ -66,6 +67,8 @@ export class Providers implements ProviderSource {
       localToken?: (clusterId: string) => string | undefined;
       /** Extra environment for local runners (tests: labels, log level). */
       localEnv?: Record<string, string>;
+      /** The EC2 providers' clock (throttling and breaker windows, listing ages); tests run it virtually. */
+      clock?: Clock;
     },
   ) {}
 
@@ -78,7 +81,11 @@ export class Providers implements ProviderSource {
     if (!creds) throw new ProviderError('MissingCredentials', `cluster ${c.id} has no AWS credentials: set autoscale.aws.access_key_id and secret_access_key`);
     const p = new Ec2Provider(
       { ...(c.aws as unknown as AwsSettings), access_key_id: creds.accessKeyId, secret_access_key: creds.secretAccessKey },
-      { log: this.o.log.child({ provider: 'ec2', clusterId: c.id }), ...(this.o.config.ec2Endpoint ? { endpoint: this.o.config.ec2Endpoint } : {}) },
+      {
+        log: this.o.log.child({ provider: 'ec2', clusterId: c.id }),
+        ...(this.o.config.ec2Endpoint ? { endpoint: this.o.config.ec2Endpoint } : {}),
+        ...(this.o.clock ? { clock: this.o.clock } : {}),
+      },
     );
     this.ec2.set(c.id, { at: c.updated_at.getTime(), p });
     return p;

@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util';
+import { QUOTA_MAX, type QuotaLimits } from './config.ts';
 import { SecretsUnavailableError } from './store/clusters.ts';
 import type { Store } from './store/index.ts';
 
@@ -9,6 +10,9 @@ export const USAGE = `Usage: gantry <command> [options]
   migrate                                apply database migrations and exit
   user create --email EMAIL              create a user
   user list                              list users
+  user quota --email EMAIL [--clusters N] [--codes N] [--schedules N] [--queued-tasks N]
+                                         show a user's quotas and usage; with values, set them first
+                                         (N: 0 to 2147483647, or default for GANTRY_QUOTA_*; --user takes an id or email)
   project create --user USER --name NAME create a project owned by USER (id or email)
   project list [--user USER]             list projects
   project limit --id PROJECT --max-running N|none
@@ -23,6 +27,14 @@ export const USAGE = `Usage: gantry <command> [options]
 Configuration comes from the environment (see README.md: DATABASE_URL, GANTRY_DATA_DIR, GANTRY_PORT, ...).`;
 
 export class UsageError extends Error {}
+
+/** `gantry user quota` options and the quotas they set. */
+const QUOTA_OPTIONS = [
+  ['clusters', 'clusters'],
+  ['codes', 'codes'],
+  ['schedules', 'schedules'],
+  ['queued-tasks', 'queuedTasks'],
+] as const satisfies readonly (readonly [string, keyof QuotaLimits])[];
 
 /**
  * Runs one admin command against the store and returns what to print. Separate from
@@ -39,6 +51,10 @@ export async function runAdmin(store: Store, argv: string[]): Promise<string> {
       id: { type: 'string' },
       memory: { type: 'string' },
       'max-running': { type: 'string' },
+      clusters: { type: 'string' },
+      codes: { type: 'string' },
+      schedules: { type: 'string' },
+      'queued-tasks': { type: 'string' },
     },
     strict: true,
   });
@@ -61,6 +77,29 @@ export async function runAdmin(store: Store, argv: string[]): Promise<string> {
     }
     case 'user list':
       return (await store.accounts.listUsers()).map((u) => `${u.id} ${u.email}`).join('\n') || '(no users)';
+    case 'user quota': {
+      const ref = values.email ?? values.user;
+      if (!ref) throw new UsageError(`gantry user quota: --email is required\n\n${USAGE}`);
+      const u = await userOf(ref);
+      const patch: { [K in keyof QuotaLimits]?: number | null } = {};
+      for (const [opt, key] of QUOTA_OPTIONS) {
+        const raw = values[opt];
+        if (raw === undefined) continue;
+        const n = raw === 'default' ? null : Number(raw);
+        if (n !== null && (!/^\d+$/.test(raw) || n > QUOTA_MAX)) {
+          throw new UsageError(`--${opt} must be a whole number from 0 to ${QUOTA_MAX}, or default`);
+        }
+        patch[key] = n;
+      }
+      await store.quotas.set(u.id, patch);
+      const q = await store.quotas.get(u.id);
+      const lines = [`quotas of ${u.email} (user ${u.id})`];
+      for (const [opt, key] of QUOTA_OPTIONS) {
+        const set = q.overrides[key] !== undefined ? `set by an operator; default ${store.quotas.defaults[key]}` : 'default';
+        lines.push(`  ${opt.padEnd(13)} ${String(q.limits[key]).padStart(10)} (${set}), in use ${q.usage[key]}`);
+      }
+      return lines.join('\n');
+    }
     case 'project create': {
       const u = await userOf(need('user'));
       const p = await store.accounts.createProject(u.id, need('name'));

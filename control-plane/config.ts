@@ -2,6 +2,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { EnvReader } from '../lib/env.ts';
 import { ConfigError } from '../lib/errors.ts';
+import { DEFAULT_ZIP_LIMITS, type ZipLimits } from '../lib/zip.ts';
 
 /** The control plane's configuration: read once from the environment, then frozen. */
 export interface ControlPlaneConfig {
@@ -17,6 +18,8 @@ export interface ControlPlaneConfig {
   readonly maxJsonBody: number;
   /** Largest code-package upload (multipart), in bytes. */
   readonly maxUploadBytes: number;
+  /** Bounds of a code package's zip, checked at upload from its central directory (lib/zip.ts). */
+  readonly zipLimits: Readonly<ZipLimits>;
   /** Task timeout ceiling for ordinary clusters (IronWorker: 3600 s). */
   readonly maxTimeout: number;
   /** Higher timeout ceilings for named long-running clusters. */
@@ -42,6 +45,13 @@ export interface ControlPlaneConfig {
   readonly timers: Readonly<RunnerTimers>;
   /** Internal retries after runner loss or runner errors before a task ends. */
   readonly runnerLossBudget: number;
+  /**
+   * A runner at fault (it failed to run a task through its own fault, or rejected an offer)
+   * is offered nothing for this long, doubling with each fault up to runnerPenaltyMaxMs,
+   * reset by a task it starts. Kept in the runners row: a reconnect does not clear it.
+   */
+  readonly runnerPenaltyBaseMs: number;
+  readonly runnerPenaltyMaxMs: number;
   /** A queued task gains one priority level per this many seconds waited. */
   readonly priorityAgeingS: number;
   /** Per-task log cap in bytes; beyond it the runner truncates with a visible note. */
@@ -93,7 +103,42 @@ export interface ControlPlaneConfig {
   readonly localExecutor: 'docker' | 'noop';
   /** An EC2-compatible endpoint instead of AWS's (a private cloud, or tests' fake EC2). */
   readonly ec2Endpoint: string | undefined;
+  /** Per-user quotas (GANTRY_QUOTA_*); an operator overrides them per user (`gantry user quota`). */
+  readonly quotas: Readonly<QuotaLimits>;
+  /** Seconds a client refused by the queued-tasks quota is told to wait (Retry-After with 429). */
+  readonly quotaRetryAfterS: number;
 }
+
+/** Per-user limits, counted across all of the user's projects. */
+export interface QuotaLimits {
+  /** Live clusters the user owns. */
+  clusters: number;
+  /** Live code packages (a new revision of a package is not a new package). */
+  codes: number;
+  /** Schedules still scheduled (complete and cancelled ones do not count). */
+  schedules: number;
+  /** Tasks with status queued, delayed ones included. */
+  queuedTasks: number;
+}
+
+/**
+ * Quota defaults, and why. Each is well above what one team's normal use needs and bounds
+ * what one user can make the installation carry:
+ * - clusters 20: a cluster per memory size, region or team fits easily; every autoscaled one
+ *   costs EC2 calls and a pass of the leader loop each tick (the finding was one user with 350);
+ * - code packages 500: one per kind of worker; each adds to dispatch's round-robin and holds
+ *   its revisions' zips (up to GANTRY_MAX_UPLOAD_BYTES each);
+ * - schedules 1,000 active: at run_every ≥ 60 s that is at most about 17 firings a second;
+ * - queued tasks 100,000: a hundred full POSTs of 1,000; about 22 s of work at the measured
+ *   4,500 no-op tasks/s of one control plane and hours for real tasks on a modest fleet,
+ *   while bounding the rows and queue-index entries one user can pile up.
+ */
+export const DEFAULT_QUOTAS: Readonly<QuotaLimits> = Object.freeze({
+  clusters: 20,
+  codes: 500,
+  schedules: 1000,
+  queuedTasks: 100_000,
+});
 
 export interface RunnerTimers {
   beatIntervalMs: number;
@@ -106,6 +151,14 @@ export interface RunnerTimers {
   reconnectBaseMs: number;
   reconnectCapMs: number;
 }
+
+/** The largest quota value (the columns are PostgreSQL integers). */
+export const QUOTA_MAX = 2 ** 31 - 1;
+/**
+ * Retry-After of a queueing refused by the queued-tasks quota: the queue frees as tasks
+ * run, and the store recounts a refused user's tasks at most once a second anyway.
+ */
+export const DEFAULT_QUOTA_RETRY_AFTER_S = 5;
 
 /** Parses `GANTRY_CLUSTER_MAX_TIMEOUTS="long-running=86400,etl=43200"`. */
 function parseClusterTimeouts(raw: string | undefined): Record<string, number> {
@@ -173,6 +226,10 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     logLevel: e.oneOf('LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
     maxJsonBody: e.int('GANTRY_MAX_JSON_BODY', 5 * 1024 * 1024, { min: 65536 }),
     maxUploadBytes: e.int('GANTRY_MAX_UPLOAD_BYTES', 256 * 1024 * 1024, { min: 65536 }),
+    zipLimits: Object.freeze({
+      maxEntries: e.int('GANTRY_MAX_ZIP_ENTRIES', DEFAULT_ZIP_LIMITS.maxEntries, { min: 1 }),
+      maxUnpackedBytes: e.int('GANTRY_MAX_ZIP_UNPACKED_BYTES', DEFAULT_ZIP_LIMITS.maxUnpackedBytes, { min: 65536 }),
+    }),
     maxTimeout: e.int('GANTRY_MAX_TIMEOUT', 3600, { min: 1 }),
     clusterMaxTimeouts: Object.freeze(parseClusterTimeouts(e.str('GANTRY_CLUSTER_MAX_TIMEOUTS'))),
     schedulerTickMs: e.int('GANTRY_SCHEDULER_TICK_MS', 1000, { min: 10, max: 60000 }),
@@ -198,6 +255,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       reconnectCapMs: e.int('GANTRY_RECONNECT_CAP_MS', 30000, { min: 10 }),
     }),
     runnerLossBudget: e.int('GANTRY_RUNNER_LOSS_BUDGET', 3, { min: 0, max: 100 }),
+    runnerPenaltyBaseMs: e.int('GANTRY_RUNNER_PENALTY_BASE_MS', 5000, { min: 0, max: 86_400_000 }),
+    runnerPenaltyMaxMs: e.int('GANTRY_RUNNER_PENALTY_MAX_MS', 600_000, { min: 0, max: 86_400_000 }),
     priorityAgeingS: e.int('GANTRY_PRIORITY_AGEING_S', 600, { min: 1 }),
     logMaxBytes: e.int('GANTRY_LOG_MAX_BYTES', 8 * 1024 * 1024, { min: 1024 }),
     sweepIntervalMs: e.int('GANTRY_SWEEP_INTERVAL_MS', 1000, { min: 10 }),
@@ -219,6 +278,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     localRunnerSlots: e.int('GANTRY_LOCAL_RUNNER_SLOTS', 2, { min: 1, max: 256 }),
     localExecutor: e.oneOf('GANTRY_LOCAL_EXECUTOR', 'docker', ['docker', 'noop'] as const),
     ec2Endpoint: e.str('GANTRY_EC2_ENDPOINT'),
+    quotas: Object.freeze({
+      clusters: e.int('GANTRY_QUOTA_CLUSTERS', DEFAULT_QUOTAS.clusters, { min: 0, max: QUOTA_MAX }),
+      codes: e.int('GANTRY_QUOTA_CODES', DEFAULT_QUOTAS.codes, { min: 0, max: QUOTA_MAX }),
+      schedules: e.int('GANTRY_QUOTA_SCHEDULES', DEFAULT_QUOTAS.schedules, { min: 0, max: QUOTA_MAX }),
+      queuedTasks: e.int('GANTRY_QUOTA_QUEUED_TASKS', DEFAULT_QUOTAS.queuedTasks, { min: 0, max: QUOTA_MAX }),
+    }),
+    quotaRetryAfterS: e.int('GANTRY_QUOTA_RETRY_AFTER_S', DEFAULT_QUOTA_RETRY_AFTER_S, { min: 1, max: 3600 }),
   });
 }
 

@@ -25,6 +25,7 @@ async function main(argv: string[]): Promise<number> {
   if (cmd !== 'start') {
     const store = await openStore(config, log, systemClock, newId);
     store.clusters.useSecrets(loadSecretBox({ keys: config.secretKeys, dataDir: config.dataDir, shared: Boolean(config.databaseUrl) }));
+    store.quotas.useDefaults(config.quotas, config.quotaRetryAfterS);
     try {
       process.stdout.write((cmd === 'migrate' ? 'migrations applied' : await runAdmin(store, argv)) + '\n');
       return 0;

@@ -7,6 +7,7 @@ import type { ControlPlaneConfig } from './config.ts';
 import { Dispatcher } from './dispatch/dispatcher.ts';
 import { startGateway, type Gateway } from './grpc/gateway.ts';
 import { createApp } from './http/app.ts';
+import { answerClientError } from './http/client-error.ts';
 import { ControlPlaneMetrics } from './metrics.ts';
 import { leaseSweeperJob } from './scheduler/lease-sweeper.ts';
 import { promotionJob, scheduleJob } from './scheduler/schedule-loop.ts';
@@ -56,6 +57,8 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
   const ids = o.ids ?? newId;
   const waitMs = config.dbStartWaitSeconds === 0 ? Number.MAX_SAFE_INTEGER : config.dbStartWaitSeconds * 1000;
   const store = o.store ?? (await openStore(config, log.child({ component: 'store' }), clock, ids, waitMs));
+  // The quotas this process enforces are its configuration's, whoever opened the store.
+  store.quotas.useDefaults(config.quotas, config.quotaRetryAfterS);
   // Cluster secrets: keys from GANTRY_SECRET_KEYS, else a key file in the data directory.
   // A store handed in (main.ts, tests) keeps the keys its opener gave it.
   if (!o.store || config.secretKeys) {
@@ -142,6 +145,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
   });
   const server = http.createServer(app.callback());
   server.keepAliveTimeout = 5000;
+  server.on('clientError', answerClientError);
   let gateway: Gateway | undefined;
   try {
     await new Promise<void>((resolve, reject) => {
@@ -247,3 +251,4 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
     },
   };
 }
+

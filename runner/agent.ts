@@ -21,6 +21,7 @@ import {
   type ServerFrame,
   type Settings,
 } from '../proto/gen/gantry/runner/v1/runner.ts';
+import { ZipRejectedError } from '../lib/zip.ts';
 import { CodeCache } from './code-cache.ts';
 import type { RunnerConfig } from './config.ts';
 import type { ExecResult, Execution, Executor } from './executor/types.ts';
@@ -36,8 +37,23 @@ const OUTCOME: Record<ExecResult['outcome'], Outcome> = {
   failed: Outcome.OUTCOME_FAILED,
   timed_out: Outcome.OUTCOME_TIMED_OUT,
   cancelled: Outcome.OUTCOME_CANCELLED,
+  task_fault: Outcome.OUTCOME_TASK_FAULT,
   runner_error: Outcome.OUTCOME_RUNNER_ERROR,
 };
+
+/** Carries a task's own fault found before its execution began (its zip package) to the result. */
+class TaskFault extends Error {
+  constructor(readonly result: ExecResult) {
+    super(result.msg);
+  }
+}
+
+/** The msg of a runner_error from preparing a task: a full disk says so (it is this runner's to fix). */
+function runnerErrorMsg(err: unknown): string {
+  const e = err as { code?: unknown; message?: unknown } | null;
+  const msg = typeof e?.message === 'string' ? e.message : String(err);
+  return e?.code === 'ENOSPC' ? `the runner's disk is full: ${msg}` : msg;
+}
 
 /** One lease the runner holds: kept until its result is acknowledged and its log is safe. */
 interface LedgerEntry {
@@ -127,7 +143,7 @@ export class RunnerAgent {
         }),
     );
     this.shipper = new LogShipper(log.child({ component: 'logs' }), (id, how) => this.onLogDone(id, how));
-    this.codes = new CodeCache(path.join(config.workDir, 'code'));
+    this.codes = new CodeCache(path.join(config.workDir, 'code'), config.zipLimits);
     this.stats = new StatsSampler(config.workDir);
   }
 
@@ -498,7 +514,26 @@ export class RunnerAgent {
     let result: ExecResult;
     try {
       let codeDir: string | undefined;
-      if (code.hasArchive) codeDir = await this.codes.get(code.archiveChecksum, () => this.fetchCode(code.revisionId, o.leaseId));
+      if (code.hasArchive) {
+        try {
+          codeDir = await this.codes.get(code.archiveChecksum, () => this.fetchCode(code.revisionId, o.leaseId));
+        } catch (err) {
+          // A package that cannot be unpacked is its owner's to fix; any other failure here
+          // (the fetch, the disk) is the runner's and falls through to runner_error.
+          if (!(err instanceof ZipRejectedError)) throw err;
+          if (e.aborted) return this.finishAborted(e, spool);
+          const now = Date.now();
+          this.log.warn({ taskId: o.taskId, leaseId: o.leaseId, codeName: code.name, err: err.message }, 'code package refused');
+          throw new TaskFault({
+            outcome: 'task_fault',
+            exitCode: -1,
+            oomKilled: false,
+            msg: `the code package cannot be used: ${err.message}; fix the zip and upload the code package again`,
+            startedAt: now,
+            finishedAt: now,
+          });
+        }
+      }
       if (e.aborted) return this.finishAborted(e, spool);
       e.execution = this.executor.start(
         {
@@ -517,6 +552,7 @@ export class RunnerAgent {
           memoryMb: o.memoryMb || this.config.taskMemoryMb,
           ...(codeDir ? { codeDir } : {}),
           ...(o.dockerAuth ? { dockerAuth: o.dockerAuth } : {}),
+          ...(o.container ? { container: o.container } : {}),
         },
         {
           onOutput: (stream, data) => {
@@ -549,7 +585,10 @@ export class RunnerAgent {
       result = await e.execution.result;
     } catch (err) {
       const now = Date.now();
-      result = { outcome: 'runner_error', exitCode: -1, oomKilled: false, msg: (err as Error).message, startedAt: now, finishedAt: now };
+      result =
+        err instanceof TaskFault
+          ? err.result
+          : { outcome: 'runner_error', exitCode: -1, oomKilled: false, msg: runnerErrorMsg(err), startedAt: now, finishedAt: now };
     }
     if (e.aborted === 'revoke') return this.finishAborted(e, spool);
     if (e.handedBack) result = { ...result, outcome: 'runner_error', msg: 'handed back by a draining runner' };
@@ -588,10 +627,22 @@ export class RunnerAgent {
   }
 
   private fetchCode(revisionId: string, leaseId: string): Promise<Buffer> {
+    // A zip holding at most maxUnpackedBytes of files cannot be much larger than that; the
+    // bound keeps a hostile package from filling this process's memory before it is checked.
+    const maxBytes = this.config.zipLimits.maxUnpackedBytes + 64 * 1024 * 1024;
     return new Promise((resolve, reject) => {
       const chunks: Buffer[] = [];
+      let size = 0;
       const s = this.client.fetchCode({ revisionId, leaseId }, this.metadata(), { deadline: Date.now() + 120_000 });
-      s.on('data', (c: CodeChunk) => chunks.push(Buffer.from(c.data)));
+      s.on('data', (c: CodeChunk) => {
+        size += c.data.length;
+        if (size > maxBytes) {
+          reject(new ZipRejectedError(`the zip is more than ${maxBytes} bytes, more than a package within the limits can be`));
+          s.cancel();
+          return;
+        }
+        chunks.push(Buffer.from(c.data));
+      });
       s.on('error', (err: grpc.ServiceError) => reject(new Error(`could not fetch the code package: ${err.details || err.message}`)));
       s.on('end', () => resolve(Buffer.concat(chunks)));
     });

@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { EnvReader } from '../lib/env.ts';
 import { ConfigError } from '../lib/errors.ts';
+import { DEFAULT_ZIP_LIMITS, type ZipLimits } from '../lib/zip.ts';
 
 /** The runner agent's configuration: read once from the environment, then frozen. */
 export interface RunnerConfig {
@@ -32,6 +33,14 @@ export interface RunnerConfig {
   readonly logLevel: string;
   /** Extra labels on every container (e.g. a test run id), "k=v,k2=v2". */
   readonly containerLabels: Readonly<Record<string, string>>;
+  /**
+   * How long a pull that failed through the image's own fault (not found, unauthorised, an
+   * invalid reference) is remembered per image and registry credentials: tasks of the same
+   * bad image meanwhile fail at once without another pull. 0 turns it off.
+   */
+  readonly pullFailureTtlMs: number;
+  /** What a zip code package may hold once unpacked on this runner's disk. */
+  readonly zipLimits: Readonly<ZipLimits>;
 }
 
 export function loadRunnerConfig(env: Record<string, string | undefined>): RunnerConfig {
@@ -77,5 +86,11 @@ export function loadRunnerConfig(env: Record<string, string | undefined>): Runne
     instanceId: e.str('GANTRY_INSTANCE_ID', ''),
     logLevel: e.oneOf('LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
     containerLabels: Object.freeze(labels),
+    pullFailureTtlMs: e.int('GANTRY_RUNNER_PULL_FAILURE_TTL_S', 30, { min: 0, max: 86400 }) * 1000,
+    zipLimits: Object.freeze({
+      maxEntries: e.int('GANTRY_RUNNER_ZIP_MAX_ENTRIES', DEFAULT_ZIP_LIMITS.maxEntries, { min: 1, max: 10_000_000 }),
+      maxUnpackedBytes:
+        e.int('GANTRY_RUNNER_ZIP_MAX_UNPACKED_MB', DEFAULT_ZIP_LIMITS.maxUnpackedBytes / 1048576, { min: 1, max: 1024 * 1024 }) * 1048576,
+    }),
   });
 }

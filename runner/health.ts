@@ -32,8 +32,13 @@ export async function startHealthServer(agent: RunnerAgent, metrics: RunnerMetri
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, host, () => resolve());
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
   });
+  // A server error after listening (a failed accept) must not end the runner: health is a side door.
+  server.on('error', () => undefined);
   return {
     port: (server.address() as AddressInfo).port,
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),

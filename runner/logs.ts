@@ -26,6 +26,8 @@ export class LogSpool {
   crc = 0;
   finished = false;
   truncated = false;
+  /** The spool file could not be written (a full disk): the log ends where it stood, with a note. */
+  failed: Error | undefined;
   private readonly records: { offset: number; stream: number; length: number }[] = [];
   private fd: number | undefined;
   private memory: Buffer[] | undefined = [];
@@ -48,9 +50,21 @@ export class LogSpool {
       chunk = chunk.subarray(0, Math.max(0, this.maxBytes - this.length));
       this.truncated = true;
     }
-    if (chunk.length > 0) this.write(STREAMS[stream], chunk);
-    if (this.truncated) {
-      this.write(STREAMS.system, Buffer.from(`\n[gantry] log truncated: the task wrote more than ${this.maxBytes} bytes\n`));
+    try {
+      if (chunk.length > 0) this.write(STREAMS[stream], chunk);
+      if (this.truncated) {
+        this.write(STREAMS.system, Buffer.from(`\n[gantry] log truncated: the task wrote more than ${this.maxBytes} bytes\n`));
+      }
+    } catch (err) {
+      // The disk refused the spool (ENOSPC, EIO): keep what is stored and take nothing more.
+      // A failed write() changed nothing, so the log stays consistent up to here.
+      this.failed = err as Error;
+      this.truncated = true;
+      try {
+        this.write(STREAMS.system, Buffer.from(`\n[gantry] log truncated: the runner could not store more of it (${(err as Error).message})\n`));
+      } catch {
+        /* the note cannot be stored either */
+      }
     }
   }
 
@@ -67,9 +81,17 @@ export class LogSpool {
 
   private spill(): void {
     fs.mkdirSync(path.dirname(this.file), { recursive: true });
-    this.fd = fs.openSync(this.file, 'w+');
-    const buf = Buffer.concat(this.memory!);
-    fs.writeSync(this.fd, buf, 0, buf.length, 0);
+    const fd = fs.openSync(this.file, 'w+');
+    try {
+      const buf = Buffer.concat(this.memory!);
+      fs.writeSync(fd, buf, 0, buf.length, 0);
+    } catch (err) {
+      // Still in memory: the log is whole there, the file is dropped.
+      fs.closeSync(fd);
+      fs.rmSync(this.file, { force: true });
+      throw err;
+    }
+    this.fd = fd;
     this.memory = undefined;
   }
 
@@ -108,7 +130,11 @@ export class LogSpool {
       /* already closed */
     }
     this.fd = undefined;
-    fs.rmSync(this.file, { force: true });
+    try {
+      fs.rmSync(this.file, { force: true });
+    } catch {
+      // Left on disk: only space; nothing reads a spool of a lease that is gone.
+    }
   }
 }
 
@@ -192,7 +218,13 @@ export class LogShipper {
       e.gen++;
       this.dirty.add(e);
     }
-    call.on('data', (a: LogAck) => this.onAck(a));
+    call.on('data', (a: LogAck) => {
+      try {
+        this.onAck(a);
+      } catch (err) {
+        this.log.error({ leaseId: a.leaseId, err: (err as Error).message }, 'failed to handle a log ack');
+      }
+    });
     call.on('drain', () => {
       this.blocked = false;
       this.flush();
@@ -231,59 +263,75 @@ export class LogShipper {
     }
   }
 
-  /** Sends what is spooled and not yet sent, within each lease's window. */
+  /**
+   * Sends what is spooled and not yet sent, within each lease's window. Never throws (it runs
+   * from timers and stream events): a log whose spool cannot be read back is given up, and
+   * its lease told it is done.
+   */
   flush(): void {
     const call = this.call;
     if (!call || this.blocked) return;
     for (const e of this.dirty) {
-      if (e.complete) {
-        this.dirty.delete(e);
-        continue;
+      try {
+        if (this.flushOne(call, e)) return;
+      } catch (err) {
+        this.log.error({ leaseId: e.leaseId, err: (err as Error).message }, 'cannot read a spooled log back; giving it up');
+        this.drop(e.leaseId);
+        this.onDone(e.leaseId, 'stopped');
       }
-      while (e.sent < e.spool.length && e.sent - e.acked < WINDOW) {
-        const part = e.spool.read(e.sent, MAX_FRAME);
-        if (!part) break;
-        // The last piece of a finished log carries the length and CRC itself (one frame, one
-        // write on the server, instead of a data frame and an empty final frame).
-        const final = e.spool.finished && e.sent + part.data.length === e.spool.length;
-        const ok = call.write({
-          leaseId: e.leaseId,
-          attempt: e.attempt,
-          stream: part.stream,
-          offset: e.sent,
-          data: part.data,
-          final,
-          totalBytes: final ? e.spool.length : 0,
-          crc32: final ? e.spool.crc : 0,
-        });
-        if (e.inflight.size === 0) e.lastAckAt = Date.now(); // the wait for an answer starts now
-        e.inflight.set(e.sent, { end: e.sent + part.data.length, gen: e.gen, final });
-        if (final) e.finalSent = true;
-        e.sent += part.data.length;
-        if (!ok) {
-          this.blocked = true;
-          return;
-        }
-      }
-      if (e.sent < e.spool.length && e.sent - e.acked >= WINDOW) continue; // window full: stays dirty
-      if (e.spool.finished && e.sent === e.spool.length && !e.finalSent) {
-        e.finalSent = true;
-        if (e.inflight.size === 0) e.lastAckAt = Date.now();
-        e.inflight.set(e.spool.length, { end: e.spool.length, gen: e.gen, final: true });
-        call.write({
-          leaseId: e.leaseId,
-          attempt: e.attempt,
-          stream: LogStream.LOG_STREAM_SYSTEM,
-          offset: e.spool.length,
-          data: Buffer.alloc(0),
-          final: true,
-          totalBytes: e.spool.length,
-          crc32: e.spool.crc,
-        });
-      }
-      // Nothing left to send until new output, the end of the log, or a resend.
-      if (e.sent === e.spool.length && (!e.spool.finished || e.finalSent)) this.dirty.delete(e);
     }
+  }
+
+  /** One lease's share of a flush; true when the stream is full and the flush must stop. */
+  private flushOne(call: ClientDuplexStream<LogFrame, LogAck>, e: Entry): boolean {
+    if (e.complete) {
+      this.dirty.delete(e);
+      return false;
+    }
+    while (e.sent < e.spool.length && e.sent - e.acked < WINDOW) {
+      const part = e.spool.read(e.sent, MAX_FRAME);
+      if (!part) break;
+      // The last piece of a finished log carries the length and CRC itself (one frame, one
+      // write on the server, instead of a data frame and an empty final frame).
+      const final = e.spool.finished && e.sent + part.data.length === e.spool.length;
+      const ok = call.write({
+        leaseId: e.leaseId,
+        attempt: e.attempt,
+        stream: part.stream,
+        offset: e.sent,
+        data: part.data,
+        final,
+        totalBytes: final ? e.spool.length : 0,
+        crc32: final ? e.spool.crc : 0,
+      });
+      if (e.inflight.size === 0) e.lastAckAt = Date.now(); // the wait for an answer starts now
+      e.inflight.set(e.sent, { end: e.sent + part.data.length, gen: e.gen, final });
+      if (final) e.finalSent = true;
+      e.sent += part.data.length;
+      if (!ok) {
+        this.blocked = true;
+        return true;
+      }
+    }
+    if (e.sent < e.spool.length && e.sent - e.acked >= WINDOW) return false; // window full: stays dirty
+    if (e.spool.finished && e.sent === e.spool.length && !e.finalSent) {
+      e.finalSent = true;
+      if (e.inflight.size === 0) e.lastAckAt = Date.now();
+      e.inflight.set(e.spool.length, { end: e.spool.length, gen: e.gen, final: true });
+      call.write({
+        leaseId: e.leaseId,
+        attempt: e.attempt,
+        stream: LogStream.LOG_STREAM_SYSTEM,
+        offset: e.spool.length,
+        data: Buffer.alloc(0),
+        final: true,
+        totalBytes: e.spool.length,
+        crc32: e.spool.crc,
+      });
+    }
+    // Nothing left to send until new output, the end of the log, or a resend.
+    if (e.sent === e.spool.length && (!e.spool.finished || e.finalSent)) this.dirty.delete(e);
+    return false;
   }
 
   private onAck(a: LogAck): void {

@@ -10,6 +10,12 @@ export class RunnerMetrics {
     labelNames: ['outcome'] as const,
     registers: [this.registry],
   });
+  readonly imagePulls = new Counter({
+    name: 'gantry_runner_image_pulls_total',
+    help: 'Images tasks needed that were not present: pulled, failed, shared (waited for a pull under way), remembered (failed at once from a recent failure)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
   readonly reconnects = new Counter({ name: 'gantry_runner_reconnects_total', help: 'Control stream reconnects', registers: [this.registry] });
   readonly frames = new Counter({
     name: 'gantry_runner_frames_total',

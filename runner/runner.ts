@@ -20,6 +20,7 @@ export interface Runner {
 /** Starts a runner agent with its executor and health endpoint; separate from main.ts so tests compose it. */
 export async function startRunner(config: RunnerConfig, log: Logger, faults: AgentFaults = {}): Promise<Runner> {
   const runnerId = loadRunnerId(config.workDir);
+  const metrics = new RunnerMetrics();
   const executor: Executor =
     config.executor === 'noop'
       ? new NoopExecutor()
@@ -29,9 +30,10 @@ export async function startRunner(config: RunnerConfig, log: Logger, faults: Age
           networkMode: config.networkMode,
           labels: config.containerLabels,
           log: log.child({ component: 'docker' }),
+          pullFailureTtlMs: config.pullFailureTtlMs,
+          onPull: (result) => metrics.imagePulls.inc({ result }),
         });
   const slots = config.slots > 0 ? config.slots : Math.max(1, Math.floor((await StatsSampler.totalMemoryMb()) / config.taskMemoryMb));
-  const metrics = new RunnerMetrics();
   const agent = new RunnerAgent(config, slots, executor, log, metrics, faults);
   const health = config.healthPort >= 0 ? await startHealthServer(agent, metrics, config.healthHost, config.healthPort) : undefined;
   await agent.start();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (from Debian's packages) and starts what Gantry's tests need, idempotently:
-# PostgreSQL 15, etcd 3.4, a Docker engine, and the local busybox test image.
-# Usage: scripts/services.sh [postgres] [etcd] [docker]   (no argument: all three)
+# PostgreSQL 15, etcd 3.4, a Docker engine, the local busybox test image, and iproute2.
+# Usage: scripts/services.sh [postgres] [etcd] [docker] [netns]   (no argument: all four)
 set -euo pipefail
 
 STATE_DIR=${GANTRY_SERVICES_DIR:-/var/lib/gantry-services}
@@ -98,13 +98,21 @@ start_docker() {
   say "test image $TEST_IMAGE is present"
 }
 
+# The partition tests (test/integration/partition-*.test.ts) build network namespaces and
+# veth pairs with iproute2's `ip` (as root; no kernel module, no iptables).
+need_netns() {
+  command -v ip >/dev/null 2>&1 || need_pkgs iproute2
+  say "iproute2 (ip netns) is present"
+}
+
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(postgres etcd docker)
+[ ${#want[@]} -gt 0 ] || want=(postgres etcd docker netns)
 for s in "${want[@]}"; do
   case "$s" in
     postgres) start_postgres ;;
     etcd) start_etcd ;;
     docker) start_docker ;;
-    *) die "unknown service $s (postgres, etcd, docker)" ;;
+    netns) need_netns ;;
+    *) die "unknown service $s (postgres, etcd, docker, netns)" ;;
   esac
 done

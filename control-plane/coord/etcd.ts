@@ -277,6 +277,9 @@ export class EtcdCoordinator implements Coordinator {
     this.session = undefined;
     this.stepDown(why);
     this.held.clear();
+    // Who led is unknown until the next session reads the election: without this, status()
+    // named the leader from before the loss as soon as the new session was healthy.
+    this.leaderName = undefined;
     this.setHealthy(false);
     this.staleLeases.add(s.leaseId);
     s.lease.release();

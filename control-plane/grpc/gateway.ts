@@ -17,6 +17,7 @@ import type { Dispatcher } from '../dispatch/dispatcher.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
 import type { Store } from '../store/index.ts';
 import { handleLogStream } from './logs.ts';
+import { ClusterPolicyCache } from './policy-cache.ts';
 import { RunnerSerial } from './serial.ts';
 import { RunnerSession } from './session.ts';
 
@@ -69,6 +70,7 @@ export async function startGateway(d: Deps): Promise<Gateway> {
   const serial = new RunnerSerial();
   const sessionDeps = {
     serial,
+    policies: new ClusterPolicyCache((id) => store.clusters.containerPolicy(id), config.timers.beatIntervalMs),
     store,
     config,
     metrics,
@@ -86,13 +88,13 @@ export async function startGateway(d: Deps): Promise<Gateway> {
 
   server.addService(RunnerGatewayService, {
     connect: (call: grpc.ServerDuplexStream<RunnerFrame, ServerFrame>) => {
-      authenticate(store, call.metadata).then(
-        (a) => {
+      // Every path ends in a status: a rejection here would be unhandled and stop the process.
+      authenticate(store, call.metadata)
+        .then((a) => {
           if ('error' in a) return call.emit('error', unauthenticated(a.error));
           new RunnerSession(call, a.clusterId, sessionDeps);
-        },
-        (err) => call.emit('error', { code: grpc.status.UNAVAILABLE, details: `control plane unavailable: ${(err as Error).message}` }),
-      );
+        })
+        .catch((err) => call.emit('error', { code: grpc.status.UNAVAILABLE, details: `control plane unavailable: ${(err as Error).message}` }));
     },
     logs: (call: grpc.ServerDuplexStream<LogFrame, LogAck>) => {
       // The runner is named in metadata and must belong to the authenticated cluster.
@@ -102,12 +104,11 @@ export async function startGateway(d: Deps): Promise<Gateway> {
         const r = await store.runners.get(runnerId);
         return r && r.cluster_id === a.clusterId ? r.id : undefined;
       });
-      who.then(
-        (id) => {
+      who
+        .then((id) => {
           if (!id) call.emit('error', unauthenticated('invalid cluster credentials or unknown x-gantry-runner-id'));
-        },
-        () => call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'control plane unavailable' }),
-      );
+        })
+        .catch(() => call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'control plane unavailable' }));
       handleLogStream(call, () => who.catch(() => undefined), { store, metrics, serial, log: log.child({ component: 'logs' }) });
     },
     fetchCode: (call: grpc.ServerWritableStream<FetchCodeRequest, CodeChunk>) => {

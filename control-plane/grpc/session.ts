@@ -1,6 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
+import { CONTAINER_DEFAULTS, type ContainerPolicy } from '../../lib/container-policy.ts';
 import type { Logger } from '../../lib/logger.ts';
+import { storableText } from '../../lib/text.ts';
+import type { ClusterPolicyCache } from './policy-cache.ts';
 import {
   CancelReason,
   Disposition,
@@ -8,6 +11,7 @@ import {
   LeasePhase,
   Outcome,
   ReconnectReason,
+  RejectReason,
   RevokeReason,
   type Hello,
   type RunnerFrame,
@@ -34,6 +38,8 @@ export interface SessionDeps {
   wake(cluster: string): void;
   register(s: RunnerSession): void;
   unregister(s: RunnerSession): void;
+  /** Clusters' container policies, read once per beat interval for all sessions of a cluster. */
+  policies: ClusterPolicyCache;
 }
 
 const OUTCOMES: Record<number, Completion['outcome']> = {
@@ -42,6 +48,7 @@ const OUTCOMES: Record<number, Completion['outcome']> = {
   [Outcome.OUTCOME_TIMED_OUT]: 'timed_out',
   [Outcome.OUTCOME_CANCELLED]: 'cancelled',
   [Outcome.OUTCOME_RUNNER_ERROR]: 'runner_error',
+  [Outcome.OUTCOME_TASK_FAULT]: 'task_fault',
 };
 const DISPOSITIONS = {
   recorded: Disposition.DISPOSITION_RECORDED,
@@ -74,6 +81,7 @@ export class RunnerSession {
   /** offer_seq of each offer sent, so credits can be corrected for offers in flight. */
   private readonly inFlightOffers: number[] = [];
   private accepting = false;
+  /** The runner's penalty (no offers before penaltyUntil), read from its row at Hello and written back there. */
   private penaltyUntil = 0;
   private penaltyMs = 0;
   private lastFrameAt = Date.now();
@@ -82,6 +90,9 @@ export class RunnerSession {
   private memoryMb = 512;
   /** The cluster's registry credentials (base64 "user:password"), decrypted at Hello; sent with every offer. */
   private dockerAuth = '';
+  /** The cluster's container policy as sent with every offer; read at Hello and re-read every beat interval. */
+  private container = wirePolicy(CONTAINER_DEFAULTS);
+  private containerReading = false;
   private unflushed = 0;
   /** When a queued frame last reached the socket (or the queue last started from empty). */
   private flushedAt = Date.now();
@@ -133,6 +144,11 @@ export class RunnerSession {
       reconnectBaseMs: t.reconnectBaseMs,
       reconnectCapMs: t.reconnectCapMs,
     };
+  }
+
+  /** The runner's penalty as this session holds it: no offers before `until` (ms since the epoch). */
+  get penalty(): { until: number; ms: number } {
+    return { until: this.penaltyUntil, ms: this.penaltyMs };
   }
 
   /** Slots the runner can take now: its last absolute credit less offers it had not seen. */
@@ -202,6 +218,7 @@ export class RunnerSession {
           logMaxBytes: this.deps.config.logMaxBytes,
           memoryMb: this.memoryMb,
           dockerAuth: this.dockerAuth,
+          container: this.container,
         },
       });
     }
@@ -298,7 +315,12 @@ export class RunnerSession {
     // A task that started and finished within this burst is recorded in one write (completeMany).
     const folded = new Map(allStarts.filter((s) => finishing.has(s.leaseId)).map((s) => [s.leaseId, s]));
     const starts = allStarts.filter((s) => !finishing.has(s.leaseId));
-    if (allStarts.length > 0) this.penaltyMs = 0;
+    if (allStarts.length > 0 && this.penaltyMs > 0) {
+      this.penaltyMs = 0;
+      await store.runners.resetPenalty(runner.id).catch((err: unknown) => {
+        this.log.warn({ runnerId: runner.id, err: (err as Error).message }, 'cannot reset the runner penalty in the store');
+      });
+    }
     if (starts.length > 0) {
       const items = starts.map((s) => ({ leaseId: s.leaseId, attempt: s.attempt, containerId: s.containerId, startedAt: new Date(Number(s.startedAt)) }));
       const granted = await this.deps.serial.run(runner.id, () => store.leases.startedMany(runner.id, items, ttl));
@@ -317,7 +339,7 @@ export class RunnerSession {
         exitCode: c.exitCode,
         oomKilled: c.oomKilled,
         // A success keeps whatever the task said through its progress; other outcomes explain themselves.
-        msg: outcomes[i] === 'succeeded' ? '' : c.msg,
+        msg: outcomes[i] === 'succeeded' ? '' : storableText(c.msg, 4096),
         startedAt: Number(c.startedAt),
         finishedAt: Number(c.finishedAt),
         ...(folded.has(c.leaseId)
@@ -327,12 +349,16 @@ export class RunnerSession {
       const dispositions = await this.deps.serial.run(runner.id, () =>
         store.leases.completeMany(runner.id, results, { leaseTtlMs: ttl, runnerLossBudget: config.runnerLossBudget }),
       );
+      // Only the runner's own faults count against it: a task's fault (task_fault) is the
+      // task's, and a draining runner's runner_error results are hand-backs, not faults.
+      const faults: string[] = [];
       done.forEach((c, i) => {
         const d = dispositions[i]!;
         metrics.completions.inc({ outcome: outcomes[i]!, disposition: d });
-        if (outcomes[i] === 'runner_error' && d === 'recorded') this.penalise(`could not run a task: ${c.msg}`);
+        if (outcomes[i] === 'runner_error' && d === 'recorded' && this.state !== 'draining') faults.push(`could not run a task: ${c.msg}`);
         this.send({ $case: 'completedAck', value: { leaseId: c.leaseId, attempt: c.attempt, disposition: DISPOSITIONS[d] } });
       });
+      if (faults.length > 0) await this.penalise(faults);
     }
     // Everything else, in arrival order; of the beats only the newest matters.
     const beats = of('beat');
@@ -372,9 +398,35 @@ export class RunnerSession {
         return;
       }
       case 'reject': {
+        const r = fr.value;
         this.deps.metrics.offerResults.inc({ result: 'rejected' });
-        await store.leases.release(fr.value.leaseId, fr.value.attempt, runner.id, 'rejected');
-        this.penalise(`offer rejected (${fr.value.detail || fr.value.reason})`);
+        if (r.reason === RejectReason.REJECT_REASON_IMAGE_PULL_FAILED) {
+          // The task's own fault, told by a runner that rejects rather than completing with
+          // OUTCOME_TASK_FAULT: recorded as that (requeueing it would bring it straight back),
+          // and nothing is held against the runner.
+          const d = await this.deps.serial.run(runner.id, () =>
+            store.leases.complete(
+              {
+                leaseId: r.leaseId,
+                attempt: r.attempt,
+                outcome: 'task_fault',
+                exitCode: -1,
+                oomKilled: false,
+                msg: storableText(r.detail, 4096) || "the image could not be pulled; check the code package's image",
+                startedAt: 0,
+                finishedAt: Date.now(),
+              },
+              runner.id,
+              { leaseTtlMs: ttl, runnerLossBudget: config.runnerLossBudget },
+            ),
+          );
+          this.deps.metrics.completions.inc({ outcome: 'task_fault', disposition: d });
+          this.deps.wake(runner.cluster);
+          return;
+        }
+        await store.leases.release(r.leaseId, r.attempt, runner.id, 'rejected');
+        // A draining runner refuses what crossed its DrainNotice: no fault of its own.
+        if (this.state !== 'draining') await this.penalise([`offer rejected (${r.detail || RejectReason[r.reason] || r.reason})`]);
         this.deps.wake(runner.cluster);
         return;
       }
@@ -393,8 +445,12 @@ export class RunnerSession {
         return;
       }
       case 'progress': {
+        // Written by the task (PROGRESS_FILE): bounded and made storable here, so a task's
+        // odd progress can never fail the write and close its runner's session.
         const p = fr.value;
-        await store.leases.progress(p.leaseId, p.attempt, runner.id, p.percent, p.msg);
+        const percent = p.percent === undefined ? undefined : Math.min(100, Math.max(0, Math.round(p.percent)));
+        const msg = p.msg === undefined ? undefined : storableText(p.msg, 4096);
+        await store.leases.progress(p.leaseId, p.attempt, runner.id, percent, msg);
         return;
       }
       case 'accept':
@@ -419,14 +475,25 @@ export class RunnerSession {
   }
 
   /**
-   * A runner that rejects work or fails to run it gets no offers for a while (5 s doubling
-   * to 10 min, reset by a start): a black-hole runner cannot stall the queue
-   * (research/dispatch.md 4.6, M13).
+   * A runner that rejects work or fails to run it through its own fault gets no offers for
+   * a while (5 s doubling per fault to 10 min, reset by a start; runnerPenaltyBaseMs and
+   * runnerPenaltyMaxMs): a black-hole runner cannot stall the queue (research/dispatch.md
+   * 4.6, M13). The penalty takes effect here at once and is kept in the runner's row, so a
+   * reconnect, to this replica or another, does not clear it; a store that cannot be
+   * written leaves it in force for this session only.
    */
-  private penalise(why: string): void {
-    this.penaltyMs = Math.min(Math.max(this.penaltyMs * 2, 5000), 600_000);
+  private async penalise(faults: string[]): Promise<void> {
+    const { runnerPenaltyBaseMs: base, runnerPenaltyMaxMs: max } = this.deps.config;
+    for (let i = 0; i < faults.length; i++) this.penaltyMs = Math.min(Math.max(this.penaltyMs * 2, base), max);
     this.penaltyUntil = Date.now() + this.penaltyMs;
-    this.log.warn({ runnerId: this.runner?.id, why, penaltyMs: this.penaltyMs }, 'runner penalised');
+    const why = faults.length === 1 ? faults[0]! : `${faults[0]!} (and ${faults.length - 1} more)`;
+    const runnerId = this.runner!.id;
+    this.log.warn({ runnerId, why, penaltyMs: this.penaltyMs }, 'runner penalised');
+    try {
+      await this.deps.store.runners.setPenalty(runnerId, this.penaltyMs, new Date(this.penaltyUntil), storableText(why, 1000));
+    } catch (err) {
+      this.log.warn({ runnerId, err: (err as Error).message }, 'cannot store the runner penalty; it holds for this session only');
+    }
   }
 
   private revoke(leaseId: string, attempt: number, reason: RevokeReason) {
@@ -445,6 +512,13 @@ export class RunnerSession {
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, "cannot read the cluster's registry credentials; images will be pulled without them");
     }
+    await this.readContainerPolicy();
+    // Re-read, so that a changed policy reaches the tasks offered after it without a reconnect.
+    const reread = () =>
+      this.readContainerPolicy().catch((err: unknown) => {
+        this.log.debug({ err: (err as Error).message }, "cannot re-read the cluster's container policy; keeping the last one read");
+      });
+    this.timers.push(setInterval(() => void reread(), config.timers.beatIntervalMs));
     const row = await store.runners.connect(
       {
         runnerId: h.runnerId,
@@ -462,6 +536,12 @@ export class RunnerSession {
     );
     if (!row) return this.close(`runner id ${h.runnerId} belongs to another cluster`, true);
     this.runner = { id: row.id, epoch: Number(row.session_epoch), cluster: cluster.name };
+    // A penalty earned on an earlier session (on any replica) still holds.
+    this.penaltyMs = Number(row.penalty_ms) || 0;
+    this.penaltyUntil = row.penalty_until ? new Date(row.penalty_until).getTime() : 0;
+    if (this.penaltyUntil > Date.now()) {
+      this.log.info({ runnerId: row.id, penaltyUntil: new Date(this.penaltyUntil).toISOString(), why: row.penalty_reason }, 'runner reconnected while penalised');
+    }
 
     // Reconcile the runner's ledger with the store (research/dispatch.md 4.3, 4.7).
     const live = new Map((await store.leases.liveOf(row.id)).map((l) => [l.id, l]));
@@ -542,6 +622,18 @@ export class RunnerSession {
     await this.sendPendingCancels(true);
   }
 
+  /** Reads the cluster's container policy into the offers sent from now on (one read at a time). */
+  private async readContainerPolicy(): Promise<void> {
+    if (this.containerReading || this.state === 'closed') return;
+    this.containerReading = true;
+    try {
+      const p = await this.deps.policies.get(this.clusterId);
+      if (p) this.container = wirePolicy(p);
+    } finally {
+      this.containerReading = false;
+    }
+  }
+
   private fail(err: unknown): void {
     this.log.warn({ err: (err as Error).message }, 'runner session failed');
     this.close(`internal error: ${(err as Error).message}`, true);
@@ -568,4 +660,16 @@ export class RunnerSession {
       this.log.debug({ why }, 'runner stream closed before handshake');
     }
   }
+}
+
+/** The policy as the Offer's ContainerPolicy message carries it (empty user: the image's own). */
+function wirePolicy(p: Readonly<ContainerPolicy>) {
+  return {
+    capAdd: [...p.capAdd],
+    pidsLimit: p.pidsLimit,
+    readOnlyRootfs: p.readOnlyRootfs,
+    tmpSizeMb: p.tmpSizeMb,
+    user: p.user ?? '',
+    nofile: p.nofile,
+  };
 }

@@ -3,6 +3,10 @@ import Router from '@koa/router';
 import { newId } from '../../lib/ids.ts';
 import { HttpError, StoreUnavailableError, notFound } from '../errors.ts';
 import { requireUser } from './auth.ts';
+import { checkRequestText } from './text.ts';
+import { validated } from './schema/endpoint.ts';
+import { ep } from './schema/index.ts';
+import { openApiDocument } from './schema/openapi.ts';
 import { clustersRouter } from './routes/clusters.ts';
 import { codesRouter } from './routes/codes.ts';
 import { schedulesRouter } from './routes/schedules.ts';
@@ -22,6 +26,7 @@ export function createApp(deps: ApiDeps): Koa<ApiState> {
     ctx.set('X-Request-Id', ctx.state.reqId);
     const started = performance.now();
     try {
+      checkRequestText(ctx.query);
       await next();
       if (ctx.status === 404 && ctx.body === undefined) throw notFound(`Not found: ${ctx.method} ${ctx.path}`);
       // The router's bodyless 405 (or 501 for a method it knows nothing of), with its Allow;
@@ -62,6 +67,18 @@ export function createApp(deps: ApiDeps): Koa<ApiState> {
     );
   });
 
+  // Not thrown: the router then sets Allow, which a 405 must carry (RFC 9110 15.5.6); the
+  // error middleware above turns its bodyless 405/501 into the JSON 405.
+  for (const r of apiRouters(deps)) {
+    app.use(r.routes());
+    app.use(r.allowedMethods());
+  }
+  app.on('error', (err) => deps.log.debug({ err }, 'koa error event'));
+  return app;
+}
+
+/** Every route of the API: `/healthz`, `/readyz`, `/metrics`, and `/2/…` (each declared in schema/). */
+export function apiRouters(deps: ApiDeps): Router<ApiState>[] {
   const root = new Router<ApiState>();
   root.get('/healthz', (ctx) => {
     ctx.body = { status: 'ok' };
@@ -96,18 +113,15 @@ export function createApp(deps: ApiDeps): Koa<ApiState> {
 
   const v2 = new Router<ApiState>({ prefix: '/2' });
   // Stacks are deprecated: Gantry runs Docker images, so the list is empty.
-  v2.get('/stacks', requireUser, (ctx) => {
+  v2.get('/stacks', requireUser, validated(ep('listStacks')), (ctx) => {
     ctx.body = [];
+  });
+  const document = JSON.stringify(openApiDocument());
+  v2.get('/openapi.json', (ctx) => {
+    ctx.type = 'application/json';
+    ctx.body = document;
   });
   for (const r of [codesRouter(), tasksRouter(), schedulesRouter()]) v2.use(r.routes());
   v2.use(clustersRouter().routes());
-
-  // Not thrown: the router then sets Allow, which a 405 must carry (RFC 9110 15.5.6); the
-  // error middleware above turns its bodyless 405/501 into the JSON 405.
-  for (const r of [root, v2]) {
-    app.use(r.routes());
-    app.use(r.allowedMethods());
-  }
-  app.on('error', (err) => deps.log.debug({ err }, 'koa error event'));
-  return app;
+  return [root, v2];
 }

@@ -33,4 +33,8 @@ export interface ApiState {
   log: Logger;
   userId?: string;
   projectId?: string;
+  /** The query string, validated and normalized against the endpoint's schema (schema/endpoint.ts). */
+  query?: Record<string, unknown>;
+  /** The JSON body, validated and normalized against the endpoint's schema. */
+  body?: Record<string, unknown>;
 }

@@ -21,8 +21,6 @@ export function optString(o: Obj, key: string, field: string, maxBytes: number):
   const v = o[key];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'string') throw badRequest(`${field} must be a string`);
-  // PostgreSQL text cannot hold NUL: refuse it here rather than fail the query with a 500.
-  if (v.includes('\u0000')) throw badRequest(`${field} must not contain NUL characters (\\u0000)`);
   const bytes = Buffer.byteLength(v, 'utf8');
   if (bytes > maxBytes) throw badRequest(`${field} must be at most ${maxBytes} bytes, got ${bytes}`);
   return v;
@@ -34,6 +32,9 @@ export function reqString(o: Obj, key: string, field: string, maxBytes: number):
   return v;
 }
 
+/** 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z. */
+const MIN_TIME = -62135596800000;
+const MAX_TIME = 253402300799999;
 /** A time given as RFC 3339 text or as seconds since the epoch. */
 export function optTime(o: Obj, key: string, field: string): Date | undefined {
   const v = o[key];
@@ -44,8 +45,9 @@ export function optTime(o: Obj, key: string, field: string): Date | undefined {
   else if (typeof v === 'string' && /^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$/i.test(v)) {
     d = new Date(v);
   }
-  if (!d || Number.isNaN(d.getTime())) {
-    throw badRequest(`${field} must be an RFC 3339 time (e.g. 2026-01-02T15:04:05Z) or seconds since the epoch`);
+  // Years 0001 to 9999: what RFC 3339 can write and PostgreSQL reads back the same.
+  if (!d || Number.isNaN(d.getTime()) || d.getTime() < MIN_TIME || d.getTime() > MAX_TIME) {
+    throw badRequest(`${field} must be an RFC 3339 time (e.g. 2026-01-02T15:04:05Z) or seconds since the epoch, from year 1 to 9999`);
   }
   return d;
 }

@@ -1,10 +1,12 @@
 import { randomBytes } from 'node:crypto';
+import type { AddableCap, ContainerPolicy } from '../../lib/container-policy.ts';
 import { GantryError } from '../../lib/errors.ts';
 import type { SecretBox } from '../../lib/secretbox.ts';
 import type { Page, StoreCtx } from './ctx.ts';
 import { pageSql } from './ctx.ts';
 import type { Queryable } from './db.ts';
 import { hashToken } from './accounts.ts';
+import type { QuotasStore } from './quotas.ts';
 
 /** A live cluster as runners and the dispatcher see it. */
 export interface Cluster {
@@ -59,6 +61,8 @@ export interface ClusterDetail extends Cluster {
   runners_per_instance: number;
   deleted_at: Date | null;
   secrets: { aws_access_key_id: boolean; aws_secret_access_key: boolean; docker_auth: boolean; docker_email: boolean };
+  /** What the cluster's task containers may do (lib/container-policy.ts). */
+  container: ContainerPolicy;
 }
 
 /** Plaintext secrets on their way in; `null` clears one (only the Docker ones may be cleared). */
@@ -81,6 +85,8 @@ export interface NewCluster {
   runnersPerInstance: number;
   sharedTo: string[];
   secrets: ClusterSecretsInput;
+  /** The container settings given; those not given keep the columns' defaults (CONTAINER_DEFAULTS). */
+  container?: Partial<ContainerPolicy>;
 }
 
 /**
@@ -101,6 +107,8 @@ export interface ClusterPatch {
   runnersPerInstance?: number;
   sharedTo?: string[];
   secrets?: ClusterSecretsInput;
+  /** The container settings given replace the stored ones one by one (capAdd as a whole list). */
+  container?: Partial<ContainerPolicy>;
 }
 
 export type InstanceType = 'ADD' | 'LIVE' | 'KILL' | 'TERMINATE';
@@ -174,9 +182,13 @@ export const MAX_USER_TAGS = 40;
 const TERMINATED_SHOWN_MS = 3600_000;
 
 const BASE_COLS = 'id, name, user_id, memory_mb, created_at, updated_at';
+/** The container policy's columns (migration 010), in ContainerRow's names. */
+const CONTAINER_COLS = `container_cap_add AS c_cap_add, container_pids_limit AS c_pids_limit,
+  container_read_only_rootfs AS c_read_only_rootfs, container_tmp_size_mb AS c_tmp_size_mb, container_user AS c_user,
+  container_nofile AS c_nofile`;
 const DETAIL_COLS = `${BASE_COLS}, disk_bytes, shared_to, provider, aws, user_data, disable, runners_min, runners_max,
   runners_per_instance, deleted_at, aws_access_key_id_enc IS NOT NULL AS s_key, aws_secret_access_key_enc IS NOT NULL AS s_secret,
-  docker_auth_enc IS NOT NULL AS s_auth, docker_email_enc IS NOT NULL AS s_email`;
+  docker_auth_enc IS NOT NULL AS s_auth, docker_email_enc IS NOT NULL AS s_email, ${CONTAINER_COLS}`;
 
 /** Secret columns and the field name each is bound to (the AAD context's last part). */
 const SECRET_FIELDS = [
@@ -188,16 +200,46 @@ const SECRET_FIELDS = [
 ] as const;
 type SecretColumn = (typeof SECRET_FIELDS)[number][0];
 
-type DetailRow = Omit<ClusterDetail, 'secrets'> & { s_key: boolean; s_secret: boolean; s_auth: boolean; s_email: boolean };
+interface ContainerRow {
+  c_cap_add: string[] | null;
+  c_pids_limit: number;
+  c_read_only_rootfs: boolean;
+  c_tmp_size_mb: number;
+  c_user: string | null;
+  c_nofile: number;
+}
+type DetailRow = Omit<ClusterDetail, 'secrets' | 'container'> & ContainerRow & { s_key: boolean; s_secret: boolean; s_auth: boolean; s_email: boolean };
+
+function toContainer(r: ContainerRow): ContainerPolicy {
+  return {
+    capAdd: (r.c_cap_add ?? []) as AddableCap[],
+    pidsLimit: Number(r.c_pids_limit),
+    readOnlyRootfs: r.c_read_only_rootfs,
+    tmpSizeMb: Number(r.c_tmp_size_mb),
+    user: r.c_user,
+    nofile: Number(r.c_nofile),
+  };
+}
 
 function toDetail(r: DetailRow): ClusterDetail {
-  const { s_key, s_secret, s_auth, s_email, ...rest } = r;
+  const { s_key, s_secret, s_auth, s_email, c_cap_add, c_pids_limit, c_read_only_rootfs, c_tmp_size_mb, c_user, c_nofile, ...rest } = r;
   return {
     ...rest,
     disk_bytes: Number(rest.disk_bytes),
     shared_to: rest.shared_to ?? [],
     secrets: { aws_access_key_id: s_key, aws_secret_access_key: s_secret, docker_auth: s_auth, docker_email: s_email },
+    container: toContainer({ c_cap_add, c_pids_limit, c_read_only_rootfs, c_tmp_size_mb, c_user, c_nofile }),
   };
+}
+
+/** Column assignments for the container settings given. */
+function containerSets(p: Partial<ContainerPolicy>, set: (col: string, v: unknown, cast?: string) => void): void {
+  if (p.capAdd !== undefined) set('container_cap_add', p.capAdd, '::text[]');
+  if (p.pidsLimit !== undefined) set('container_pids_limit', p.pidsLimit);
+  if (p.readOnlyRootfs !== undefined) set('container_read_only_rootfs', p.readOnlyRootfs);
+  if (p.tmpSizeMb !== undefined) set('container_tmp_size_mb', p.tmpSizeMb);
+  if (p.user !== undefined) set('container_user', p.user);
+  if (p.nofile !== undefined) set('container_nofile', p.nofile);
 }
 
 const context = (clusterId: string, field: string) => `cluster/${clusterId}/${field}`;
@@ -209,7 +251,10 @@ const context = (clusterId: string, field: string) => `cluster/${clusterId}/${fi
 export class ClustersStore {
   #box: SecretBox | undefined;
 
-  constructor(private readonly c: StoreCtx) {}
+  constructor(
+    private readonly c: StoreCtx,
+    private readonly quotas: QuotasStore,
+  ) {}
 
   /**
    * Installs the keys secrets are sealed with (lib/secretbox.ts loadSecretBox). Until then,
@@ -256,6 +301,9 @@ export class ClustersStore {
     const now = this.c.clock.now();
     return this.c.db.tx(async (q) => {
       await this.#checkNameFree(q, n.name, userId, undefined);
+      // The user's cluster quota, under their lock: two creates cannot both take the last one.
+      await this.quotas.lock(q, userId);
+      await this.quotas.check(q, userId, 'clusters', 1);
       const r = await q.query<DetailRow>(
         `INSERT INTO clusters (id, name, user_id, token_hash, token_enc, memory_mb, disk_bytes, shared_to, provider, aws, user_data,
            disable, runners_min, runners_max, runners_per_instance, aws_access_key_id_enc, aws_secret_access_key_enc,
@@ -269,8 +317,18 @@ export class ClustersStore {
           sealed.docker_auth_enc ?? null, sealed.docker_email_enc ?? null, now],
       );
       if (!r.rows[0]) throw new ClusterConflictError(`A cluster named ${JSON.stringify(n.name)} already exists; cluster names are unique because tasks name their cluster`);
-      return { cluster: toDetail(r.rows[0]), token };
+      const row = n.container ? await this.#writeContainer(q, id, n.container) : r.rows[0];
+      return { cluster: toDetail(row), token };
     });
+  }
+
+  /** Writes container settings onto a row (the create path: the insert left the column defaults). */
+  async #writeContainer(q: Queryable, id: string, p: Partial<ContainerPolicy>): Promise<DetailRow> {
+    const sets: string[] = [];
+    const params: unknown[] = [id];
+    containerSets(p, (col, v, cast = '') => sets.push(`${col} = $${params.push(v)}${cast}`));
+    if (sets.length === 0) return (await q.query<DetailRow>(`SELECT ${DETAIL_COLS} FROM clusters WHERE id = $1`, params)).rows[0]!;
+    return (await q.query<DetailRow>(`UPDATE clusters SET ${sets.join(', ')} WHERE id = $1 RETURNING ${DETAIL_COLS}`, params)).rows[0]!;
   }
 
   /** Seals the secrets given; a key maps to null when the secret is to be cleared. */
@@ -383,6 +441,7 @@ export class ClustersStore {
       if (p.runnersMin !== undefined) set('runners_min', p.runnersMin);
       if (p.runnersMax !== undefined) set('runners_max', p.runnersMax);
       if (p.runnersPerInstance !== undefined) set('runners_per_instance', p.runnersPerInstance);
+      if (p.container) containerSets(p.container, set);
       for (const [col, v] of Object.entries(sealed)) set(col, v);
       set('updated_at', this.c.clock.now());
       const r = await q.query<DetailRow>(`UPDATE clusters SET ${sets.join(', ')} WHERE id = $1 RETURNING ${DETAIL_COLS}`, params);
@@ -562,6 +621,12 @@ export class ClustersStore {
     if (r?.docker_auth_enc) out.dockerAuth = this.#open(clusterId, 'docker_auth', r.docker_auth_enc);
     if (r?.docker_email_enc) out.dockerEmail = this.#open(clusterId, 'docker_email', r.docker_email_enc);
     return out;
+  }
+
+  /** The container policy a runner of this cluster applies to every task; undefined for a deleted or unknown cluster. */
+  async containerPolicy(clusterId: string): Promise<ContainerPolicy | undefined> {
+    const r = await this.c.db.query<ContainerRow>(`SELECT ${CONTAINER_COLS} FROM clusters WHERE id = $1 AND deleted_at IS NULL`, [clusterId]);
+    return r.rows[0] && toContainer(r.rows[0]);
   }
 
   /** The AWS keys the ec2 provider launches this cluster's instances with, opened. */

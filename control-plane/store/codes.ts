@@ -1,5 +1,6 @@
 import type { StoreCtx, Page } from './ctx.ts';
 import { pageSql } from './ctx.ts';
+import type { QuotasStore } from './quotas.ts';
 
 /** Settings of a code package revision; `undefined` inherits the previous revision's value. */
 export interface CodeSettings {
@@ -59,16 +60,29 @@ export type TaskStatus = (typeof TASK_STATUSES)[number];
 
 /** Code packages and their revisions. */
 export class CodesStore {
-  constructor(private readonly c: StoreCtx) {}
+  constructor(
+    private readonly c: StoreCtx,
+    private readonly quotas: QuotasStore,
+  ) {}
 
   /**
    * Uploads a new revision of the code package `name`, creating the package on first
    * upload. Settings left undefined keep the previous revision's values; null clears them.
    * The zip archive is never inherited: a revision without one runs its image alone.
+   * A new package counts against its owner's code-package quota (QuotaExceededError); a
+   * new revision of a package does not.
    */
   async upload(projectId: string, name: string, s: CodeSettings, archive?: CodeArchive): Promise<Code> {
     const now = this.c.clock.now();
     return this.c.db.tx(async (q) => {
+      const live = 'SELECT 1 FROM codes WHERE project_id = $1 AND name = $2 AND deleted_at IS NULL';
+      if ((await q.query(live, [projectId, name])).rows.length === 0) {
+        const userId = await this.quotas.ownerOf(q, projectId);
+        await this.quotas.lock(q, userId);
+        // Looked for again under the lock: a concurrent first upload of the same name made
+        // the package meanwhile, and this upload is then its next revision, not a new package.
+        if ((await q.query(live, [projectId, name])).rows.length === 0) await this.quotas.check(q, userId, 'codes', 1);
+      }
       await q.query(
         `INSERT INTO codes (id, project_id, name, rev, latest_revision_id, created_at, updated_at)
          VALUES ($1, $2, $3, 0, '', $4, $4)

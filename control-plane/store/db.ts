@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import pg from 'pg';
 import { PGlite } from '@electric-sql/pglite';
 import type { Logger } from '../../lib/logger.ts';
-import { StoreUnavailableError } from '../errors.ts';
+import { InvalidTextError, StoreUnavailableError } from '../errors.ts';
 
 /** Rows of one statement, the same shape from both engines. */
 export interface QueryResult<T> {
@@ -62,6 +62,9 @@ export function translatePgError(err: unknown): unknown {
   ) {
     return new StoreUnavailableError(`database unavailable: ${msg || e.code}`, err);
   }
+  // Text PostgreSQL cannot store. The API refuses it before any query (http/text.ts); this
+  // is the backstop for any other path, so such a value is a client error, never a 500.
+  if (e.code === '22P05' || e.code === '22021') return new InvalidTextError(msg, err);
   return err;
 }
 
@@ -208,8 +211,13 @@ export async function openPglite(dataDir: string): Promise<Db> {
   }
   const wrap = (t: { query: PGlite['query']; exec: PGlite['exec'] }): Queryable => ({
     async query<T>(sql: string, params?: unknown[]) {
-      const r = await t.query<T>(sql, params);
-      return { rows: r.rows, rowCount: r.affectedRows || r.rows.length };
+      try {
+        const r = await t.query<T>(sql, params);
+        return { rows: r.rows, rowCount: r.affectedRows || r.rows.length };
+      } catch (err) {
+        const code = (err as { code?: string }).code;
+        throw code === '22P05' || code === '22021' ? new InvalidTextError((err as Error).message, err) : err;
+      }
     },
     async exec(sql: string) {
       await t.exec(sql);

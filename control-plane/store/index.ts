@@ -14,6 +14,7 @@ import { LeasesStore } from './leases.ts';
 import { RunnersStore } from './runners.ts';
 import { LogsStore } from './logs.ts';
 import { AutoscaleStore } from './autoscale.ts';
+import { QuotasStore } from './quotas.ts';
 
 export type { Db } from './db.ts';
 
@@ -28,6 +29,7 @@ export class Store {
   readonly leases: LeasesStore;
   readonly logs: LogsStore;
   readonly autoscale: AutoscaleStore;
+  readonly quotas: QuotasStore;
 
   constructor(
     readonly db: Db,
@@ -35,11 +37,12 @@ export class Store {
     ids: IdSource,
   ) {
     const ctx = { db, clock, ids };
+    this.quotas = new QuotasStore(ctx);
     this.accounts = new AccountsStore(ctx);
-    this.codes = new CodesStore(ctx);
-    this.tasks = new TasksStore(ctx);
-    this.schedules = new SchedulesStore(ctx, this.tasks);
-    this.clusters = new ClustersStore(ctx);
+    this.codes = new CodesStore(ctx, this.quotas);
+    this.tasks = new TasksStore(ctx, this.quotas);
+    this.schedules = new SchedulesStore(ctx, this.tasks, this.quotas);
+    this.clusters = new ClustersStore(ctx, this.quotas);
     this.runners = new RunnersStore(ctx);
     this.leases = new LeasesStore(ctx, this.tasks);
     this.logs = new LogsStore(ctx);

@@ -3,6 +3,7 @@ import type { Queryable } from './db.ts';
 import type { TaskStatus } from './codes.ts';
 import { INSERT_COLUMNS, insertValues, type NewTask, type TasksStore } from './tasks.ts';
 import { checkFence, type Fence } from './fence.ts';
+import { reserveQueuedSql } from './quotas.ts';
 
 /**
  * Leases: the runner protocol's state in the store (research/dispatch.md 4.4, 4.5). Every
@@ -79,7 +80,12 @@ export interface ClaimOptions {
 export interface Completion {
   leaseId: string;
   attempt: number;
-  outcome: 'succeeded' | 'failed' | 'timed_out' | 'cancelled' | 'runner_error';
+  /**
+   * `task_fault`: the task could not run through its own fault (its image, command or zip
+   * package): it ends `error` and spends its own retries, as `failed` does. `runner_error`:
+   * the runner could not run it; it is requeued within the internal budget.
+   */
+  outcome: 'succeeded' | 'failed' | 'timed_out' | 'cancelled' | 'task_fault' | 'runner_error';
   exitCode: number;
   oomKilled: boolean;
   msg: string;
@@ -97,6 +103,7 @@ const OUTCOME_STATUS: Record<Completion['outcome'], TaskStatus | 'retry'> = {
   failed: 'error',
   timed_out: 'timeout',
   cancelled: 'cancelled',
+  task_fault: 'error',
   runner_error: 'retry',
 };
 
@@ -265,6 +272,9 @@ export class LeasesStore {
    * project has a concurrency limit, and no eligible task of its cluster is waiting. Then a
    * new task reaches an idle runner with one commit instead of two (its insert, then a
    * claim). Otherwise the task is queued as by TasksStore.queue and `offer` is undefined.
+   * The same statement counts it in one of its owner's queued-tasks counters (QuotasStore);
+   * when that counter's share of the limit is full, nothing is inserted and it goes the way
+   * of TasksStore.queue's slow path (QuotaExceededError when the user is at the limit).
    */
   async queueAndGrant(t: NewTask, runner: RunnerRef, acceptDeadlineMs: number): Promise<{ taskId: string; offer: OfferRow | undefined }> {
     const now = this.c.clock.now();
@@ -275,7 +285,8 @@ export class LeasesStore {
     const ph = { R: n + 2, N: n + 5, E: n + 3, X: n + 4 };
     const r = await this.c.db.query<OfferRow>(
       fill(
-        `WITH g AS (
+        `WITH ${reserveQueuedSql('$2', '1', `$${n + 7}`)},
+         g AS (
            SELECT (NOT c.paused AND r.max_concurrency IS NULL AND p.max_running IS NULL AND $${n + 6}::boolean
              AND NOT EXISTS (SELECT 1 FROM tasks q WHERE q.status = 'queued' AND q.lease_id IS NULL AND q.cluster = $9
                                AND q.eligible_at <= $N)) AS ok
@@ -287,6 +298,7 @@ export class LeasesStore {
            SELECT ${values.map((_, i) => `$${i + 1}`).join(', ')},
              CASE WHEN g.ok THEN $${n + 1} END, CASE WHEN g.ok THEN $R END, CASE WHEN g.ok THEN 1 ELSE 0 END
            FROM (SELECT coalesce((SELECT ok FROM g), false) AS ok) g
+           WHERE EXISTS (SELECT 1 FROM reserved)
            RETURNING id, project_id, code_id, code_name, code_rev, code_revision_id, payload, timeout, priority, cluster,
              schedule_id, attempt, lease_id
          ),
@@ -297,11 +309,12 @@ export class LeasesStore {
          SELECT ${OFFER_COLUMNS} FROM upd JOIN code_revisions r ON r.id = upd.code_revision_id`,
         ph,
       ),
-      [...values, this.c.ids(), runner.id, runner.epoch, new Date(now.getTime() + acceptDeadlineMs), now, t.delay === 0],
+      [...values, this.c.ids(), runner.id, runner.epoch, new Date(now.getTime() + acceptDeadlineMs), now, t.delay === 0,
+        this.tasks.quotas.defaults.queuedTasks],
       { prepare: true },
     );
     const row = r.rows[0];
-    if (!row) throw new Error(`task ${taskId} was not queued`);
+    if (!row) return { taskId: (await this.tasks.queueCounted([t]))[0]!, offer: undefined };
     if (row.lease_id === null) return { taskId, offer: undefined };
     return { taskId, offer: { ...row, max_concurrency: null, project_max_running: null } };
   }

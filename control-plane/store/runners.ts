@@ -18,6 +18,12 @@ export interface RunnerRow {
   last_beat_at: Date | null;
   disconnected_at: Date | null;
   stats: Record<string, unknown> | null;
+  /** Length of the runner's last penalty (the next doubles it); 0 once it started a task. */
+  penalty_ms: number;
+  /** No offers to the runner before this. */
+  penalty_until: Date | null;
+  /** What the last penalty was for. */
+  penalty_reason: string | null;
 }
 
 export interface RunnerHello {
@@ -64,6 +70,24 @@ export class RunnersStore {
       `UPDATE runners SET connected = false, disconnected_at = $3 WHERE id = $1 AND session_id = $2`,
       [runnerId, sessionId, this.c.clock.now()],
     );
+  }
+
+  /**
+   * Records a penalty (research/dispatch.md 4.6, M13) on the runner's row, where every
+   * session of the runner, on any replica, reads it at Hello.
+   */
+  async setPenalty(runnerId: string, penaltyMs: number, until: Date, reason: string): Promise<void> {
+    await this.c.db.query('UPDATE runners SET penalty_ms = $2, penalty_until = $3, penalty_reason = $4 WHERE id = $1', [
+      runnerId,
+      penaltyMs,
+      until,
+      reason,
+    ]);
+  }
+
+  /** The runner started a task: its next penalty starts from the base again. */
+  async resetPenalty(runnerId: string): Promise<void> {
+    await this.c.db.query('UPDATE runners SET penalty_ms = 0 WHERE id = $1 AND penalty_ms <> 0', [runnerId]);
   }
 
   async setDraining(runnerId: string, draining: boolean): Promise<void> {

@@ -2,6 +2,7 @@ import type { StoreCtx, Page } from './ctx.ts';
 import { pageSql } from './ctx.ts';
 import type { TasksStore } from './tasks.ts';
 import { checkFence, type Fence } from './fence.ts';
+import type { QuotasStore } from './quotas.ts';
 
 export interface Schedule {
   id: string;
@@ -71,11 +72,16 @@ export class SchedulesStore {
   constructor(
     private readonly c: StoreCtx,
     private readonly tasks: TasksStore,
+    private readonly quotas: QuotasStore,
   ) {}
 
+  /** Creates schedules, all or none: a batch that would pass the owner's quota of active schedules creates none. */
   async create(projectId: string, items: NewSchedule[]): Promise<string[]> {
     const now = this.c.clock.now();
     return this.c.db.tx(async (q) => {
+      const userId = await this.quotas.ownerOf(q, projectId);
+      await this.quotas.lock(q, userId);
+      await this.quotas.check(q, userId, 'schedules', items.length);
       const ids: string[] = [];
       for (const s of items) {
         const id = this.c.ids();
@@ -122,7 +128,9 @@ export class SchedulesStore {
    * Fires every schedule due at `now` into a queued task, at most `limit` per call. Each
    * schedule fires in its own transaction that locks its row, inserts the task keyed by
    * (schedule, period) — a unique index, so a period can never fire twice — and advances
-   * next_start past `now`.
+   * next_start past `now`. A firing counts against the owner's queued-tasks quota: one that
+   * would pass it queues nothing and is recorded on the schedule as an error (like a firing
+   * whose code package is gone), and the period passes.
    */
   async fireDue(now: Date, limit = 100, fence?: Fence): Promise<number> {
     const due = await this.c.db.query<{ id: string }>(
@@ -163,6 +171,16 @@ export class SchedulesStore {
           `UPDATE schedules SET error_count = error_count + 1, next_start = $2, status = $3, msg = $4, updated_at = $5
            WHERE id = $1`,
           [s.id, skip.nextStart, skip.status, `Code package "${s.code_name}" not found; no task queued.`, now],
+        );
+        return true;
+      }
+      const refused = await this.quotas.admitQueued(q, s.project_id, 1);
+      if (refused) {
+        const skip = afterFiring({ ...s, run_times: null }, now);
+        await q.query(
+          `UPDATE schedules SET error_count = error_count + 1, next_start = $2, status = $3, msg = $4, updated_at = $5
+           WHERE id = $1`,
+          [s.id, skip.nextStart, skip.status, `Quota exceeded: at most ${refused.limit} queued tasks per user (${refused.used} queued); no task queued for this run.`, now],
         );
         return true;
       }

@@ -1,13 +1,18 @@
 /**
  * The Docker executor: one container per task, through dockerode (ARCHITECTURE.md,
  * "Execution: Docker via dockerode"). dockerode's errors are translated here and nowhere
- * else: a pull or create failure becomes a `runner_error` result, an unreachable engine a
- * DockerUnavailableError; no promise made here ever rejects unhandled.
+ * else, and classified by whose fault they are: an image that cannot be pulled (not found,
+ * unauthorised, an invalid reference) or a command the engine cannot execute is the task's
+ * (`task_fault`); an unreachable engine, a full disk or anything unexplained is the
+ * runner's (`runner_error`, or a DockerUnavailableError). No promise made here ever
+ * rejects unhandled.
  */
 import Dockerode from 'dockerode';
+import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { chmod, mkdir, open, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { resolveContainerPolicy, type ContainerPolicy } from '../../lib/container-policy.ts';
 import { GantryError } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/logger.ts';
 import type { ExecHooks, ExecResult, Execution, Executor, Outcome, TaskSpec } from './types.ts';
@@ -30,7 +35,21 @@ export interface DockerExecutorOptions {
   pullTimeoutMs?: number;
   /** Bound on create, attach, start, inspect and remove calls. Default 60000. */
   apiTimeoutMs?: number;
+  /**
+   * How long a pull that failed through the image's fault is remembered, per image and
+   * registry credentials: tasks of that image meanwhile fail at once, without a pull.
+   * 0: not remembered. Default 30000.
+   */
+  pullFailureTtlMs?: number;
+  /**
+   * Told of every image a task needed that was not present: `pulled`, `failed` (the pull
+   * failed), `shared` (a pull of the same image already under way was waited for) or
+   * `remembered` (failed at once from a recent failure). For metrics.
+   */
+  onPull?: (result: PullResult) => void;
 }
+
+export type PullResult = 'pulled' | 'failed' | 'shared' | 'remembered';
 
 /** The Docker engine cannot be reached; the runner should not lease tasks until it can. */
 export class DockerUnavailableError extends GantryError {
@@ -73,6 +92,14 @@ interface Ctx {
   apiTimeoutMs: number;
   live: Set<DockerExecution>;
   closed: boolean;
+  pullFailureTtlMs: number;
+  onPull: (result: PullResult) => void;
+  /** Pulls under way, by pullKey(): tasks needing the same image wait for one pull. */
+  pulls: Map<string, Promise<void>>;
+  /** Recent pulls that failed through the image's fault, by pullKey(). */
+  pullFailures: Map<string, { until: number; msg: string }>;
+  /** Stops the pulls under way when the executor closes. */
+  pullAborts: Set<AbortController>;
 }
 
 export class DockerExecutor implements Executor {
@@ -93,6 +120,11 @@ export class DockerExecutor implements Executor {
       apiTimeoutMs: opts.apiTimeoutMs ?? 60_000,
       live: new Set(),
       closed: false,
+      pullFailureTtlMs: opts.pullFailureTtlMs ?? 30_000,
+      onPull: opts.onPull ?? (() => undefined),
+      pulls: new Map(),
+      pullFailures: new Map(),
+      pullAborts: new Set(),
     };
   }
 
@@ -160,6 +192,7 @@ export class DockerExecutor implements Executor {
   async close(): Promise<void> {
     this.#ctx.closed = true;
     for (const ex of this.#ctx.live) ex.stopPolling();
+    for (const a of this.#ctx.pullAborts) a.abort();
   }
 }
 
@@ -183,12 +216,19 @@ class DockerExecution implements Execution {
   #progressRead: Promise<void> | null = null;
   #progressRaw = '';
   #progressSent = '';
+  /** What the container may do: the offer's policy, bounded (lib/container-policy.ts). */
+  readonly #policy: ContainerPolicy;
+  readonly #policyError: string | undefined;
 
   constructor(ctx: Ctx, spec: TaskSpec, hooks: ExecHooks) {
     this.#ctx = ctx;
     this.#spec = spec;
     this.#hooks = hooks;
     this.#log = ctx.log.child({ taskId: spec.taskId, leaseId: spec.leaseId });
+    const policy = resolveContainerPolicy(spec.container);
+    this.#policy = policy.policy;
+    this.#policyError = policy.error;
+    if (policy.ignored.length > 0) this.#log.warn({ ignored: policy.ignored }, 'container policy: left out what this runner does not allow');
     const t0 = Date.now();
     const run = ctx.closed ? Promise.resolve(this.#early('runner_error', 'executor is closed', t0)) : this.#run(t0);
     this.result = run.catch((err: unknown) => {
@@ -227,6 +267,7 @@ class DockerExecution implements Execution {
   async #run(t0: number): Promise<ExecResult> {
     const spec = this.#spec;
     if (!SAFE_ID.test(spec.leaseId)) return this.#early('runner_error', `invalid lease id ${JSON.stringify(spec.leaseId)}`, t0);
+    if (this.#policyError) return this.#early('failed', `not run: ${this.#policyError}`, t0);
     const dir = taskDir(this.#ctx.workDir, spec.leaseId);
     try {
       await this.#writeFiles(dir);
@@ -320,6 +361,7 @@ class DockerExecution implements Execution {
       await this.#ensureImage();
     } catch (err) {
       if (this.#stopped()) return this.#stoppedEarly(t0);
+      if (err instanceof TaskFaultError) return this.#early('task_fault', err.message, t0);
       return this.#early('runner_error', failure(`could not pull image ${spec.image}`, err, docker), t0);
     }
     const imagePullMs = Date.now() - pullStart;
@@ -331,6 +373,7 @@ class DockerExecution implements Execution {
       container = await this.#api(docker.createContainer(this.#createOptions(dir)), 'create');
       this.#container = container;
     } catch (err) {
+      if (isBadReference(err)) return this.#early('task_fault', badReference(spec.image, err), t0);
       return this.#early('runner_error', failure(`could not create container for image ${spec.image}`, err, docker), t0);
     }
     const createMs = Date.now() - createStart;
@@ -341,9 +384,19 @@ class DockerExecution implements Execution {
 
     // Attach before start: output written before an attach is not replayed by it.
     let stream: NodeJS.ReadableStream;
+    const attaching = container.attach({ stream: true, stdout: true, stderr: true }) as Promise<NodeJS.ReadableStream>;
     try {
-      stream = await this.#api(container.attach({ stream: true, stdout: true, stderr: true }), 'attach');
+      stream = await this.#api(attaching, 'attach');
     } catch (err) {
+      // An attach that answers after its timeout gets a stream nobody reads: close it, and
+      // give it a listener, since an 'error' on a stream without one ends the process.
+      void attaching.then(
+        (s) => {
+          s.on('error', () => undefined);
+          destroy(s);
+        },
+        () => undefined,
+      );
       await this.#forceRemove();
       return this.#early('runner_error', failure('could not attach to container', err, docker), t0);
     }
@@ -360,8 +413,15 @@ class DockerExecution implements Execution {
       destroy(stream);
       await this.#forceRemove();
       if (this.#stopped()) return this.#stoppedEarly(t0);
-      // 400: the engine could not exec the command (no shell, bad entrypoint): the image's fault.
-      if (statusOf(err) === 400) return this.#early('failed', `could not start: ${describe(err)}`, t0, 127);
+      // The cluster's container.user names a user or group the image does not have.
+      if (this.#policy.user && /unable to find (user|group)/i.test(describe(err))) {
+        return this.#early('task_fault', `the container could not start as the cluster's container.user ${this.#policy.user}: ${describe(err)}`, t0, 127);
+      }
+      // The engine could not exec the command (no shell, a bad entrypoint, an environment it
+      // refuses): the image's or the code package's fault, not the runner's.
+      if (isUnstartable(err)) {
+        return this.#early('task_fault', `the container could not start: ${describe(err)}; check the code package's command and image`, t0, 127);
+      }
       return this.#early('runner_error', failure('could not start container', err, docker), t0);
     }
     const startedAt = Date.now();
@@ -395,6 +455,9 @@ class DockerExecution implements Execution {
       // the kernel's OOM killer, even when the engine did not report it.
       return { ...base, outcome: 'failed', msg: `exit code 137: killed by SIGKILL, most likely ${mem}` };
     }
+    // docker-init (and any shell) exits 127 when the command is not found, 126 when it cannot be executed.
+    if (base.exitCode === 127) return { ...base, outcome: 'failed', msg: "exit code 127: command not found; check the code package's command and image" };
+    if (base.exitCode === 126) return { ...base, outcome: 'failed', msg: "exit code 126: command not executable; check the code package's command and image" };
     return { ...base, outcome: 'failed', msg: `exit code ${base.exitCode}` };
   }
 
@@ -412,11 +475,13 @@ class DockerExecution implements Execution {
     const binds = [`${path.join(dir, 'in')}:${IN_DIR}:ro`, `${path.join(dir, 'out')}:${OUT_DIR}`];
     if (spec.codeDir) binds.push(`${path.resolve(spec.codeDir)}:${CODE_DIR}:ro`);
     const memory = spec.memoryMb > 0 ? Math.round(spec.memoryMb * 1024 * 1024) : 0;
+    const policy = this.#policy;
     return {
       name: `gantry-${spec.leaseId}`,
       Image: spec.image,
       ...(spec.command.trim() ? { Entrypoint: [], Cmd: ['/bin/sh', '-c', spec.command] } : {}),
       ...(spec.codeDir ? { WorkingDir: CODE_DIR } : {}),
+      ...(policy.user ? { User: policy.user } : {}),
       Env: [...env].map(([k, v]) => `${k}=${v}`),
       Labels: {
         ...this.#ctx.labels,
@@ -437,6 +502,16 @@ class DockerExecution implements Execution {
         MemorySwap: memory, // equal to Memory: no swap on top
         Privileged: false,
         SecurityOpt: ['no-new-privileges'],
+        // Docker's default capability set lets a task mknod devices, chown anything and send
+        // raw packets; a task gets none of it unless its cluster adds some back.
+        CapDrop: ['ALL'],
+        CapAdd: policy.capAdd.map((c) => `CAP_${c}`),
+        PidsLimit: policy.pidsLimit,
+        Ulimits: [{ Name: 'nofile', Soft: policy.nofile, Hard: policy.nofile }],
+        ReadonlyRootfs: policy.readOnlyRootfs,
+        // Programs expect a writable /tmp. Where the image has a /tmp, runc gives the tmpfs
+        // that directory's mode (normally 1777), whatever `mode=` says.
+        ...(policy.readOnlyRootfs ? { Tmpfs: { '/tmp': `rw,exec,nosuid,nodev,size=${policy.tmpSizeMb}m,mode=1777` } } : {}),
         // A tiny init (docker-init) as PID 1 forwards SIGTERM to the task, so a cancel's
         // grace period means something; a shell as PID 1 would ignore it.
         Init: true,
@@ -448,10 +523,14 @@ class DockerExecution implements Execution {
   async #writeFiles(dir: string): Promise<void> {
     await mkdir(path.join(dir, 'in'), { recursive: true });
     await mkdir(path.join(dir, 'out'), { recursive: true });
-    // The task may run as any user: it must read the inputs and write its progress.
+    // The task may run as any user, without CAP_DAC_OVERRIDE even as root: it must read the
+    // inputs and write its progress. chmod, not only a create mode, which the umask narrows.
+    await chmod(path.join(dir, 'in'), 0o755);
     await chmod(path.join(dir, 'out'), 0o777);
     await writeFile(path.join(dir, 'in', 'payload'), this.#spec.payload ?? '', { mode: 0o644 });
     await writeFile(path.join(dir, 'in', 'config'), this.#spec.config ?? '', { mode: 0o644 });
+    await chmod(path.join(dir, 'in', 'payload'), 0o644);
+    await chmod(path.join(dir, 'in', 'config'), 0o644);
   }
 
   async #removeDir(dir: string): Promise<void> {
@@ -462,34 +541,45 @@ class DockerExecution implements Execution {
     }
   }
 
-  /** Uses the local image if present; pulls it otherwise, bounded by pullTimeoutMs and cancel. */
+  /**
+   * Uses the local image if present; pulls it otherwise. Tasks needing an image that is
+   * being pulled wait for that pull instead of starting another; a pull that failed through
+   * the image's fault is remembered for pullFailureTtlMs, and tasks of that image meanwhile
+   * fail at once. The image's fault throws TaskFaultError. A cancel ends this task's wait,
+   * not a pull other tasks may share (pullTimeoutMs bounds that).
+   */
   async #ensureImage(): Promise<void> {
-    const { docker } = this.#ctx;
+    const ctx = this.#ctx;
     const image = this.#spec.image;
+    if (!IMAGE_REF.test(image)) {
+      throw new TaskFaultError(`image ${JSON.stringify(image)} is not a valid image reference; check the code package's image`);
+    }
     try {
-      await this.#api(docker.getImage(image).inspect(), 'image inspect');
+      await this.#api(ctx.docker.getImage(image).inspect(), 'image inspect');
       return;
     } catch (err) {
+      if (isBadReference(err)) throw new TaskFaultError(badReference(image, err));
       if (statusOf(err) !== 404) throw err;
     }
-    this.#log.info({ image }, 'pulling image');
-    let timedOut = false;
-    const timer = this.#timer(() => {
-      timedOut = true;
-      this.#abort.abort();
-    }, this.#ctx.pullTimeoutMs);
-    try {
-      const opts: Record<string, unknown> = { abortSignal: this.#abort.signal };
-      if (this.#spec.dockerAuth) opts.authconfig = authConfig(this.#spec.dockerAuth, image);
-      const stream = (await docker.pull(image, opts)) as NodeJS.ReadableStream;
-      await followPull(stream);
-    } catch (err) {
-      if (timedOut) throw new Error(`pull took longer than ${this.#ctx.pullTimeoutMs} ms`);
-      throw err;
-    } finally {
-      clearTimeout(timer);
-      this.#timers.delete(timer);
+    const key = pullKey(image, this.#spec.dockerAuth);
+    const failed = ctx.pullFailures.get(key);
+    if (failed && failed.until > Date.now()) {
+      ctx.onPull('remembered');
+      throw new TaskFaultError(failed.msg);
     }
+    let pull = ctx.pulls.get(key);
+    if (pull) {
+      ctx.onPull('shared');
+    } else {
+      const p = pullImage(ctx, image, this.#spec.dockerAuth, key);
+      pull = p;
+      ctx.pulls.set(key, p);
+      const done = () => {
+        if (ctx.pulls.get(key) === p) ctx.pulls.delete(key);
+      };
+      void p.then(done, done);
+    }
+    await untilAborted(pull, this.#abort.signal);
   }
 
   /** Demuxes the attach stream into onOutput calls; resolves when the stream ends (never rejects). */
@@ -662,7 +752,8 @@ function parseProgress(raw: string): { percent?: number; msg?: string } | null {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return null;
   const o = v as Record<string, unknown>;
   const p: { percent?: number; msg?: string } = {};
-  if (typeof o.percent === 'number' && Number.isFinite(o.percent)) p.percent = o.percent;
+  // The frame's percent is an int32 (a wider number fails the encoding and loses the frame): 0..100.
+  if (typeof o.percent === 'number' && Number.isFinite(o.percent)) p.percent = Math.min(100, Math.max(0, Math.round(o.percent)));
   if (typeof o.msg === 'string') p.msg = o.msg;
   return p.percent === undefined && p.msg === undefined ? null : p;
 }
@@ -695,8 +786,89 @@ function followPull(stream: NodeJS.ReadableStream): Promise<void> {
       }
     });
     stream.on('error', (err: Error) => finish(err));
-    stream.on('end', () => finish(failure ? new Error(failure) : null));
-    stream.on('close', () => finish(failure ? new Error(failure) : new Error('pull stream closed early')));
+    stream.on('end', () => finish(failure ? new PullReportedError(failure) : null));
+    stream.on('close', () => finish(failure ? new PullReportedError(failure) : new Error('pull stream closed early')));
+  });
+}
+
+/** A failure the engine reported inside the pull's progress stream (it answered 200 first). */
+class PullReportedError extends Error {}
+
+/** The task's own fault, worded for its owner: the task ends `task_fault` with this message. */
+class TaskFaultError extends GantryError {
+  constructor(message: string, cause?: unknown) {
+    super('task_fault', message, { cause });
+  }
+}
+
+/**
+ * Pulls `image` once for every task waiting on it (not tied to any one of them), bounded by
+ * pullTimeoutMs and by close(). A failure through the image's fault is remembered and
+ * thrown as TaskFaultError; any other is thrown as it is (the runner's fault).
+ */
+async function pullImage(ctx: Ctx, image: string, auth: string | undefined, key: string): Promise<void> {
+  ctx.log.info({ image }, 'pulling image');
+  const abort = new AbortController();
+  ctx.pullAborts.add(abort);
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    abort.abort();
+  }, Math.min(ctx.pullTimeoutMs, MAX_TIMER_MS));
+  timer.unref();
+  try {
+    const opts: Record<string, unknown> = { abortSignal: abort.signal };
+    if (auth) opts.authconfig = authConfig(auth, image);
+    const stream = (await ctx.docker.pull(image, opts)) as NodeJS.ReadableStream;
+    await followPull(stream);
+    ctx.onPull('pulled');
+  } catch (err) {
+    ctx.onPull('failed');
+    if (timedOut) throw new Error(`pull took longer than ${ctx.pullTimeoutMs} ms`);
+    if (abort.signal.aborted) throw new Error('pull stopped: the executor is closing');
+    if (!isImageFault(err)) throw err;
+    const msg = `image ${JSON.stringify(image)} could not be pulled: ${describe(err)}; check the code package's image`;
+    ctx.log.warn({ image, msg }, 'image cannot be pulled');
+    remember(ctx, key, msg);
+    throw new TaskFaultError(msg, err);
+  } finally {
+    clearTimeout(timer);
+    ctx.pullAborts.delete(abort);
+  }
+}
+
+/** The negative cache of pulls: bounded, expired entries dropped as new ones come. */
+const MAX_REMEMBERED_PULLS = 1000;
+
+function remember(ctx: Ctx, key: string, msg: string): void {
+  if (ctx.pullFailureTtlMs <= 0) return;
+  const now = Date.now();
+  for (const [k, v] of ctx.pullFailures) if (v.until <= now) ctx.pullFailures.delete(k);
+  if (ctx.pullFailures.size >= MAX_REMEMBERED_PULLS) ctx.pullFailures.delete(ctx.pullFailures.keys().next().value!);
+  ctx.pullFailures.set(key, { until: now + ctx.pullFailureTtlMs, msg });
+}
+
+/** An image and the credentials it is pulled with (hashed: the key is no place for a secret). */
+function pullKey(image: string, auth: string | undefined): string {
+  return `${image}\n${auth ? createHash('sha256').update(auth).digest('hex').slice(0, 16) : ''}`;
+}
+
+/** Resolves or rejects as `p` does, or rejects as soon as `signal` aborts. */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(new Error('aborted'));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(new Error('aborted'));
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
   });
 }
 
@@ -727,6 +899,51 @@ function describe(err: unknown): string {
 }
 
 const CONNECTION_ERRORS = new Set(['ECONNREFUSED', 'ENOENT', 'EACCES', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT']);
+
+/**
+ * A reference the engine's HTTP API can be asked about at all (no whitespace or control
+ * characters, which would not even make a request); the engine judges the rest.
+ */
+const IMAGE_REF = /^[^\s\x00-\x1f\x7f]{1,1024}$/;
+
+/**
+ * Failures the engine reports that are about this host, not the image: its disk, its
+ * storage driver, or the registry's rate limit on this host's address.
+ */
+const RUNNER_SIDE =
+  /no space left on device|ENOSPC|disk quota exceeded|read-only file system|input\/output error|failed to register layer|error creating overlay mount|toomanyrequests|too many requests/i;
+
+/**
+ * Whether a failed pull is the image's fault: the engine answered (an HTTP status, or a
+ * failure in its progress stream) and what it said is about the image or its registry (not
+ * found, access denied, an invalid reference, a registry that cannot be reached from here)
+ * rather than this host. Where no registry answers for a name, the name is what is wrong.
+ */
+function isImageFault(err: unknown): boolean {
+  if (isUnreachable(err)) return false;
+  if (RUNNER_SIDE.test(describe(err))) return false;
+  return statusOf(err) !== undefined || err instanceof PullReportedError;
+}
+
+/** The engine refused the image reference itself. */
+function isBadReference(err: unknown): boolean {
+  return statusOf(err) === 400 && /invalid reference format/i.test(describe(err));
+}
+
+function badReference(image: string, err: unknown): string {
+  return `image ${JSON.stringify(image)} is not a valid image reference (${describe(err)}); check the code package's image`;
+}
+
+/**
+ * The engine could not start the task's process: 400 (the command or entrypoint cannot be
+ * executed), or the runtime refusing the process itself (its executable, its environment).
+ */
+function isUnstartable(err: unknown): boolean {
+  const s = statusOf(err);
+  if (s === 400) return true;
+  const msg = describe(err);
+  return s !== undefined && !RUNNER_SIDE.test(msg) && /unable to start container process: (exec:|error during container init: environment variable)/.test(msg);
+}
 
 /** Socket-level failures (no HTTP status): the engine itself is unreachable. */
 function isUnreachable(err: unknown): boolean {

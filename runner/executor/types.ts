@@ -4,6 +4,8 @@
  * executor only turns a TaskSpec into an exit, streaming output on the way.
  */
 
+import type { ContainerPolicyInput } from '../../lib/container-policy.ts';
+
 /** Everything needed to run one task, as the control plane offered it. */
 export interface TaskSpec {
   taskId: string;
@@ -25,9 +27,18 @@ export interface TaskSpec {
   codeDir?: string;
   /** Registry credentials, base64 "user:password", for pulling the image. */
   dockerAuth?: string;
+  /** The cluster's container policy as offered; the executor bounds it, and absent means the defaults. */
+  container?: ContainerPolicyInput;
 }
 
-export type Outcome = 'succeeded' | 'failed' | 'timed_out' | 'cancelled' | 'runner_error';
+/**
+ * `task_fault`: the task could not run through its own fault (its image cannot be pulled or
+ * is not a valid reference, its command cannot be executed, its zip package is unusable):
+ * it ends `error` like a failed run, and its runner is not to blame. `runner_error`: the
+ * runner could not run it through no fault of the task (the engine is unreachable, the disk
+ * is full): the task is retried elsewhere and the runner is penalised.
+ */
+export type Outcome = 'succeeded' | 'failed' | 'timed_out' | 'cancelled' | 'task_fault' | 'runner_error';
 
 export interface ExecResult {
   outcome: Outcome;
@@ -61,7 +72,10 @@ export interface Executor {
   readonly kind: 'docker' | 'noop';
   /** Checks the engine answers; throws an error saying what is wrong otherwise. */
   ping(): Promise<void>;
-  /** Starts a task. Pull or create failures resolve as `runner_error` (not the task's fault). */
+  /**
+   * Starts a task. A failure to prepare it resolves as `task_fault` when the task's image or
+   * command is to blame, as `runner_error` when the runner or its engine is.
+   */
   start(spec: TaskSpec, hooks: ExecHooks): Execution;
   /** Containers this runner left behind (from their labels): re-adopt or remove them. */
   leftovers(): Promise<{ containerId: string; taskId: string; leaseId: string; attempt: number; running: boolean }[]>;

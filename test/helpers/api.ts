@@ -4,6 +4,7 @@ import { silentLogger } from '../../lib/logger.ts';
 import { loadConfig } from '../../control-plane/config.ts';
 import { startControlPlane, type ControlPlane } from '../../control-plane/server.ts';
 import type { Store } from '../../control-plane/store/index.ts';
+import { contractProblem } from './contract.ts';
 import { freshStore, type Engine } from './db.ts';
 
 export interface Reply {
@@ -76,7 +77,10 @@ export async function startTestApi(
     const res = await fetch(url, { method, headers, body });
     const text = await res.text();
     let parsed: unknown = text;
-    if ((res.headers.get('content-type') ?? '').includes('json')) parsed = JSON.parse(text);
+    const type = res.headers.get('content-type') ?? '';
+    if (type.includes('json')) parsed = JSON.parse(text);
+    const problem = contractProblem(method, url.pathname, res.status, type, parsed);
+    if (problem) throw new Error(`the reply does not match the API document: ${problem}`);
     return { status: res.status, headers: res.headers, body: parsed, text };
   }
 

@@ -195,6 +195,10 @@ export class Ec2Fake {
     this.region = opts.region ?? 'us-east-1';
     this.#clock = opts.clock ?? systemClock;
     this.#server = http.createServer((req, res) => void this.#handle(req, res));
+    // The SDK keeps connections alive; with Node's 5 s default the server may close an idle
+    // one just as the SDK sends on it (ECONNRESET, a request the fake never sees), which
+    // makes counts of calls depend on wall-clock gaps. Idle connections stay until close().
+    this.#server.keepAliveTimeout = 0;
   }
 
   static async start(opts: Ec2FakeOptions = {}): Promise<Ec2Fake> {

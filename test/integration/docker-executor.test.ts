@@ -362,12 +362,12 @@ t.test('leftovers finds this runner’s containers and remove removes them', asy
   );
 });
 
-t.test('a missing image is a runner_error, quickly', async (t) => {
+t.test('a missing image is the task\'s fault (task_fault), quickly', async (t) => {
   const ctx = await setup(t);
   const rec = recorder();
   const t0 = Date.now();
   const res = await ctx.executor.start(ctx.spec({ image: 'gantry-test/does-not-exist:1' }), rec.hooks).result;
-  t.equal(res.outcome, 'runner_error');
+  t.equal(res.outcome, 'task_fault');
   t.match(res.msg, /gantry-test\/does-not-exist:1/);
   t.ok(Date.now() - t0 < 15000, `answered in ${Date.now() - t0} ms`);
   t.equal(rec.startedCount(), 0);

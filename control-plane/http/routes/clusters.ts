@@ -1,4 +1,12 @@
 import Router, { type RouterContext } from '@koa/router';
+import {
+  CONTAINER_LIMITS,
+  DOCKER_DEFAULT_CAPS,
+  isValidUser,
+  normaliseCap,
+  sortCaps,
+  type ContainerPolicy,
+} from '../../../lib/container-policy.ts';
 import { isId } from '../../../lib/ids.ts';
 import { SecretDecryptError } from '../../../lib/secretbox.ts';
 import { HttpError, badRequest, notFound } from '../../errors.ts';
@@ -16,7 +24,9 @@ import {
   type NewCluster,
 } from '../../store/clusters.ts';
 import { requireUser } from '../auth.ts';
-import { readJsonObject } from '../body.ts';
+import { ep } from '../schema/index.ts';
+import { validated } from '../schema/endpoint.ts';
+import { MAX_USER_DATA } from '../schema/clusters.ts';
 import type { ApiDeps, ApiState } from '../state.ts';
 import { CLUSTER_NAME, optInt, optString, pagination, type Obj } from '../validate.ts';
 import { clean, type Json } from '../present.ts';
@@ -32,9 +42,6 @@ const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 export const MEMORY_DEFAULT = 512 * MiB;
 export const DISK_DEFAULT = 10 * GiB;
-const MAX_BODY = 256 * 1024;
-/** EC2's limit on user data, before base64 (research/autoscale.md 5.4). */
-export const MAX_USER_DATA = 16384;
 const TEMPLATE_VARS = ['.DockerAuth', '.DockerEmail', '.ClusterId', '.ClusterToken', '.RunnersVersion'];
 
 // Keys the API presents and clients may send back unchanged: read-only, ignored.
@@ -244,6 +251,51 @@ function parseAws(o: Obj, f: string, update: boolean): ParsedAws {
   return out;
 }
 
+const CONTAINER_KEYS = ['cap_add', 'pids_limit', 'read_only_rootfs', 'tmp_size', 'user', 'nofile'];
+const ALLOWED_CAPS = `${DOCKER_DEFAULT_CAPS.join(', ')} (Docker's default set; with or without CAP_, any case)`;
+
+/**
+ * `container`: the task containers' policy, each setting typed and bounded. Only the
+ * settings given change (cap_add as a whole list); `user` null or "" is the image's own user.
+ */
+function parseContainer(o: Obj, f: string): Partial<ContainerPolicy> {
+  onlyKeys(o, CONTAINER_KEYS, [], `${f}.`);
+  const out: Partial<ContainerPolicy> = {};
+  if (o.cap_add !== undefined && o.cap_add !== null) {
+    if (!Array.isArray(o.cap_add)) throw badRequest(`${f}.cap_add must be an array of capability names from ${ALLOWED_CAPS}`);
+    if (o.cap_add.length > 64) throw badRequest(`${f}.cap_add must hold at most 64 entries, got ${o.cap_add.length}`);
+    out.capAdd = sortCaps(
+      o.cap_add.map((c: unknown, i) => {
+        const n = typeof c === 'string' ? normaliseCap(c) : undefined;
+        if (!n) throw badRequest(`${f}.cap_add[${i}]: ${JSON.stringify(c)?.slice(0, 40)} cannot be added; allowed: ${ALLOWED_CAPS}`);
+        return n;
+      }),
+    );
+  }
+  const L = CONTAINER_LIMITS;
+  const pids = optInt(o, 'pids_limit', `${f}.pids_limit`, L.pidsLimit.min, L.pidsLimit.max);
+  if (pids !== undefined) out.pidsLimit = pids;
+  const ro = optBool(o, 'read_only_rootfs', `${f}.read_only_rootfs`);
+  if (ro !== undefined) out.readOnlyRootfs = ro;
+  const tmp = optInt(o, 'tmp_size', `${f}.tmp_size`, L.tmpSizeMb.min * MiB, L.tmpSizeMb.max * MiB);
+  if (tmp !== undefined) {
+    if (tmp % MiB !== 0) throw badRequest(`${f}.tmp_size is in bytes and must be a whole number of MiB (a multiple of ${MiB}), got ${tmp}`);
+    out.tmpSizeMb = tmp / MiB;
+  }
+  const nofile = optInt(o, 'nofile', `${f}.nofile`, L.nofile.min, L.nofile.max);
+  if (nofile !== undefined) out.nofile = nofile;
+  if ('user' in o) {
+    const user = optString(o, 'user', `${f}.user`, 65);
+    if (user === undefined || user === '') out.user = null;
+    else if (!isValidUser(user)) {
+      throw badRequest(
+        `${f}.user must be uid, uid:gid, name or name:group (ids up to 2147483647, names of up to 32 letters, digits, "_", "." or "-"; e.g. "1000:1000" or "nobody"), or null for the image's own user; got ${JSON.stringify(user.slice(0, 80))}`,
+      );
+    } else out.user = user;
+  }
+  return out;
+}
+
 /**
  * A field of `autoscale` that clients also send at the top level (disable, runners_*,
  * docker_*): either place is read, not both.
@@ -263,7 +315,7 @@ export interface ParsedCluster {
 
 /** Parses a create or update body. Nothing is read from the store here except users in shared_to. */
 export async function parseClusterBody(deps: ApiDeps, body: Obj, o: { update: boolean; ownerId: string }): Promise<ParsedCluster> {
-  onlyKeys(body, ['name', 'memory', 'disk', 'disk_space', 'shared_to', 'autoscale', ...AUTOSCALE_KEYS.filter((k) => k !== 'aws')], READ_ONLY_TOP, '');
+  onlyKeys(body, ['name', 'memory', 'disk', 'disk_space', 'shared_to', 'autoscale', 'container', ...AUTOSCALE_KEYS.filter((k) => k !== 'aws')], READ_ONLY_TOP, '');
   const patch: ClusterPatch = {};
   const secrets: ClusterSecretsInput = {};
   const name = optString(body, 'name', 'name', 64);
@@ -294,6 +346,10 @@ export async function parseClusterBody(deps: ApiDeps, body: Obj, o: { update: bo
     patch.sharedTo = ids ?? [];
   } else if (body.shared_to === null && o.update) {
     patch.sharedTo = [];
+  }
+  if (body.container !== undefined && body.container !== null) {
+    const container = parseContainer(obj(body.container, 'container'), 'container');
+    if (Object.keys(container).length > 0) patch.container = container;
   }
   const as = body.autoscale === undefined || body.autoscale === null ? undefined : obj(body.autoscale, 'autoscale');
   if (as) onlyKeys(as, AUTOSCALE_KEYS, READ_ONLY_AUTOSCALE, 'autoscale.');
@@ -367,6 +423,18 @@ export function presentClusterSummary(c: ClusterDetail): Json {
   });
 }
 
+/** `container` with every setting, defaults included; `user` null is the image's own user. */
+export function presentContainer(p: ContainerPolicy): Json {
+  return {
+    cap_add: p.capAdd,
+    pids_limit: p.pidsLimit,
+    read_only_rootfs: p.readOnlyRootfs,
+    tmp_size: p.tmpSizeMb * MiB,
+    user: p.user,
+    nofile: p.nofile,
+  };
+}
+
 /**
  * The full form (as Get Cluster). Only the owner sees sharing and autoscale settings; no
  * one sees a secret, only whether it is set.
@@ -377,6 +445,8 @@ export function presentCluster(c: ClusterDetail, access: 'owner' | 'shared', liv
     runners_total: live?.total ?? 0,
     runners_available: live?.available ?? 0,
     machines: (live?.instances ?? []).filter((i) => i.type !== 'TERMINATE').map(presentInstance),
+    // Shown to shared users too: it decides what their tasks may do.
+    container: presentContainer(c.container),
   };
   if (access !== 'owner') return out;
   out.shared_to = c.shared_to;
@@ -437,14 +507,14 @@ export function clustersRouter(): Router<ApiState> {
     return s && { total: s.runners_total, available: s.runners_available, instances: s.instances };
   };
 
-  r.get('/clusters', requireUser, handle(async (ctx) => {
-    const list = await ctx.state.deps.store.clusters.listForUser(ctx.state.userId!, pagination(ctx.query as Obj));
+  r.get('/clusters', requireUser, validated(ep('listClusters')), handle(async (ctx) => {
+    const list = await ctx.state.deps.store.clusters.listForUser(ctx.state.userId!, pagination(ctx.state.query!));
     ctx.body = { clusters: list.map(presentClusterSummary) };
   }));
 
-  r.post('/clusters', requireUser, handle(async (ctx) => {
+  r.post('/clusters', requireUser, validated(ep('createCluster')), handle(async (ctx) => {
     const { deps, userId } = ctx.state;
-    const body = await readJsonObject(ctx, Math.min(deps.config.maxJsonBody, MAX_BODY));
+    const body = ctx.state.body!;
     const { patch, secrets, fields } = await parseClusterBody(deps, body, { update: false, ownerId: userId! });
     const input: NewCluster = {
       name: patch.name!,
@@ -458,18 +528,19 @@ export function clustersRouter(): Router<ApiState> {
       runnersPerInstance: patch.runnersPerInstance ?? 0,
       sharedTo: patch.sharedTo ?? [],
       secrets,
+      ...(patch.container ? { container: patch.container } : {}),
     };
     const { cluster, token } = await deps.store.clusters.createCluster(userId!, input);
     ctx.state.log.info({ clusterId: cluster.id, name: cluster.name, fields }, 'cluster created');
     ctx.body = { msg: 'Cluster created', id: cluster.id, token, cluster: presentCluster(cluster, 'owner', await live(deps, cluster.id)) };
   }));
 
-  r.get('/clusters/:clusterId', requireUser, handle(async (ctx) => {
+  r.get('/clusters/:clusterId', requireUser, validated(ep('getCluster')), handle(async (ctx) => {
     const { cluster, access } = await load(ctx);
     ctx.body = { cluster: presentCluster(cluster, access, await live(ctx.state.deps, cluster.id)) };
   }));
 
-  r.get('/clusters/:clusterId/stats', requireUser, handle(async (ctx) => {
+  r.get('/clusters/:clusterId/stats', requireUser, validated(ep('getClusterStats')), handle(async (ctx) => {
     const { cluster } = await load(ctx);
     const s = await ctx.state.deps.store.clusters.stats(cluster.id);
     if (!s) throw notFound('Cluster not found');
@@ -486,9 +557,9 @@ export function clustersRouter(): Router<ApiState> {
     };
   }));
 
-  r.put('/clusters/:clusterId', requireUser, handle(async (ctx) => {
+  r.put('/clusters/:clusterId', requireUser, validated(ep('updateCluster')), handle(async (ctx) => {
     const { deps, userId } = ctx.state;
-    const body = await readJsonObject(ctx, Math.min(deps.config.maxJsonBody, MAX_BODY));
+    const body = ctx.state.body!;
     await load(ctx, 'update it');
     const { patch, secrets, fields } = await parseClusterBody(deps, body, { update: true, ownerId: userId! });
     if (fields.length === 0) throw badRequest('Nothing to update: give at least one cluster field');
@@ -497,7 +568,7 @@ export function clustersRouter(): Router<ApiState> {
     ctx.body = { msg: 'Cluster updated', cluster: presentCluster(cluster, 'owner', await live(deps, cluster.id)) };
   }));
 
-  r.delete('/clusters/:clusterId', requireUser, handle(async (ctx) => {
+  r.delete('/clusters/:clusterId', requireUser, validated(ep('deleteCluster')), handle(async (ctx) => {
     const { cluster } = await load(ctx, 'delete it');
     const out = await ctx.state.deps.store.clusters.softDelete(cluster.id);
     if (!out) throw notFound('Cluster not found');
@@ -506,9 +577,9 @@ export function clustersRouter(): Router<ApiState> {
     ctx.body = { msg: 'Cluster deleted', instances_terminating: out.instancesMarked, tasks_cancelled: out.tasksCancelled };
   }));
 
-  r.post('/clusters/:clusterId/terminate', requireUser, handle(async (ctx) => {
+  r.post('/clusters/:clusterId/terminate', requireUser, validated(ep('terminateClusterInstances')), handle(async (ctx) => {
     const { deps } = ctx.state;
-    const body = await readJsonObject(ctx, Math.min(deps.config.maxJsonBody, MAX_BODY));
+    const body = ctx.state.body!;
     const { cluster } = await load(ctx, 'terminate its instances');
     const ids = body.instance_ids;
     if (!Array.isArray(ids) || ids.length === 0) throw badRequest('instance_ids is required: an array of 1 to 1000 instance ids');
@@ -525,7 +596,7 @@ export function clustersRouter(): Router<ApiState> {
     ctx.body = { msg: 'Instances scheduled for terminated', marked: out.marked, already: out.already };
   }));
 
-  r.post('/clusters/:clusterId/credentials', requireUser, handle(async (ctx) => {
+  r.post('/clusters/:clusterId/credentials', requireUser, validated(ep('rotateClusterToken')), handle(async (ctx) => {
     const { cluster } = await load(ctx, 'rotate its runner token');
     const token = await ctx.state.deps.store.clusters.rotateToken(cluster.id);
     if (!token) throw notFound('Cluster not found');
@@ -533,7 +604,7 @@ export function clustersRouter(): Router<ApiState> {
     ctx.body = { msg: 'Runner token rotated: runners holding the old token are refused from now on', id: cluster.id, token };
   }));
 
-  r.get('/clusters/:clusterId/credentials', requireUser, handle(async (ctx) => {
+  r.get('/clusters/:clusterId/credentials', requireUser, validated(ep('getClusterToken')), handle(async (ctx) => {
     await load(ctx);
     throw new HttpError(405, 'Runner tokens are kept only as a hash and cannot be shown again; POST to this URL to rotate the token', {
       code: 'method_not_allowed',

@@ -1,10 +1,15 @@
 import { createHash } from 'node:crypto';
 import Router, { type RouterContext } from '@koa/router';
 import { isId } from '../../../lib/ids.ts';
+import { inspectZip, ZipRejectedError, type ZipLimits } from '../../../lib/zip.ts';
 import { badRequest, notFound } from '../../errors.ts';
 import type { CodeSettings } from '../../store/codes.ts';
 import { requireProject } from '../auth.ts';
 import { readUploadForm } from '../body.ts';
+import { ep } from '../schema/index.ts';
+import { CodeData } from '../schema/codes.ts';
+import { validated } from '../schema/endpoint.ts';
+import { check } from '../schema/validator.ts';
 import { presentCode, presentRevision } from '../present.ts';
 import type { ApiState } from '../state.ts';
 import { optInt, optString, optTime, pagination, reqString, type Obj } from '../validate.ts';
@@ -73,9 +78,18 @@ export function contentDisposition(fileName: string): string {
   return `attachment; filename="${ascii}"; filename*=UTF-8''${ext}`;
 }
 
-function isZip(b: Buffer): boolean {
-  // local file header, or the end-of-central-directory record of an empty archive
-  return b.length >= 22 && b[0] === 0x50 && b[1] === 0x4b && ((b[2] === 3 && b[3] === 4) || (b[2] === 5 && b[3] === 6));
+/**
+ * A zip a runner can unpack, judged from its central directory: readable, every entry a
+ * relative path inside the package, entries and unpacked size within the limits. A package
+ * that cannot run is refused here, where its owner sees why, not later on a shared runner.
+ */
+async function checkZip(zip: Buffer, limits: ZipLimits): Promise<void> {
+  try {
+    await inspectZip(zip, limits);
+  } catch (err) {
+    if (err instanceof ZipRejectedError) throw badRequest(`file must be a zip archive a runner can unpack: ${err.message}`);
+    throw err;
+  }
 }
 
 export function codesRouter(): Router<ApiState> {
@@ -88,18 +102,18 @@ export function codesRouter(): Router<ApiState> {
     return code;
   };
 
-  r.get('/projects/:projectId/codes', requireProject, async (ctx) => {
-    const codes = await ctx.state.deps.store.codes.list(ctx.state.projectId!, pagination(ctx.query));
+  r.get('/projects/:projectId/codes', requireProject, validated(ep('listCodes')), async (ctx) => {
+    const codes = await ctx.state.deps.store.codes.list(ctx.state.projectId!, pagination(ctx.state.query!));
     ctx.body = { codes: codes.map(presentCode) };
   });
 
-  r.post('/projects/:projectId/codes', requireProject, async (ctx) => {
+  r.post('/projects/:projectId/codes', requireProject, validated(ep('uploadCode')), async (ctx) => {
     const { config, store } = ctx.state.deps;
     const form = await readUploadForm(ctx, config.maxUploadBytes);
-    const { name, settings } = parseCodeData(form.data);
+    const { name, settings } = parseCodeData(check(CodeData, form.data));
     let archive;
     if (form.file && form.file.data.length > 0) {
-      if (!isZip(form.file.data)) throw badRequest('file must be a zip archive');
+      await checkZip(form.file.data, config.zipLimits);
       archive = {
         data: form.file.data,
         fileName: form.file.fileName,
@@ -111,19 +125,19 @@ export function codesRouter(): Router<ApiState> {
     ctx.body = { msg: 'Upload successful.', ...presentCode(code) };
   });
 
-  r.get('/projects/:projectId/codes/:codeId', requireProject, async (ctx) => {
+  r.get('/projects/:projectId/codes/:codeId', requireProject, validated(ep('getCode')), async (ctx) => {
     ctx.body = presentCode(await loadCode(ctx));
   });
 
-  r.delete('/projects/:projectId/codes/:codeId', requireProject, async (ctx) => {
+  r.delete('/projects/:projectId/codes/:codeId', requireProject, validated(ep('deleteCode')), async (ctx) => {
     const code = await loadCode(ctx);
     if (!(await ctx.state.deps.store.codes.delete(ctx.state.projectId!, code.id))) throw notFound('Code package not found');
     ctx.body = { msg: 'Deleted' };
   });
 
-  r.get('/projects/:projectId/codes/:codeId/download', requireProject, async (ctx) => {
+  r.get('/projects/:projectId/codes/:codeId/download', requireProject, validated(ep('downloadCode')), async (ctx) => {
     const code = await loadCode(ctx);
-    const rev = optInt(ctx.query, 'revision', 'revision', 1, 2 ** 31 - 1) ?? code.rev;
+    const rev = optInt(ctx.state.query!, 'revision', 'revision', 1, 2 ** 31 - 1) ?? code.rev;
     const revision = await ctx.state.deps.store.codes.revision(code.id, rev);
     if (!revision) throw notFound(`Revision ${rev} of code package ${code.name} not found (latest is ${code.rev})`);
     const zip = await ctx.state.deps.store.codes.archive(revision.id);
@@ -133,28 +147,29 @@ export function codesRouter(): Router<ApiState> {
     ctx.body = zip;
   });
 
-  r.get('/projects/:projectId/codes/:codeId/revisions', requireProject, async (ctx) => {
+  r.get('/projects/:projectId/codes/:codeId/revisions', requireProject, validated(ep('listCodeRevisions')), async (ctx) => {
     const code = await loadCode(ctx);
-    const revs = await ctx.state.deps.store.codes.revisions(code.id, pagination(ctx.query));
+    const revs = await ctx.state.deps.store.codes.revisions(code.id, pagination(ctx.state.query!));
     ctx.body = { revisions: revs.map((x) => presentRevision(x, code.name)) };
   });
 
-  r.get('/projects/:projectId/codes/:codeId/stats', requireProject, async (ctx) => {
+  r.get('/projects/:projectId/codes/:codeId/stats', requireProject, validated(ep('getCodeStats')), async (ctx) => {
     const code = await loadCode(ctx);
     const now = ctx.state.deps.clock.now();
-    const endDate = optTime(ctx.query, 'end_date', 'end_date');
+    const q = ctx.state.query!;
+    const endDate = optTime(q, 'end_date', 'end_date');
     const end = endDate ?? now;
-    const start = optTime(ctx.query, 'start_date', 'start_date') ?? new Date(end.getTime() - 24 * 3600 * 1000);
+    const start = optTime(q, 'start_date', 'start_date') ?? new Date(end.getTime() - 24 * 3600 * 1000);
     // Only two explicit bounds can contradict; a start_date alone after now is an empty window.
     if (endDate && start > endDate) throw badRequest('start_date must not be after end_date');
     ctx.body = await ctx.state.deps.store.codes.stats(code.id, start, new Date(end.getTime() + 1));
   });
 
-  for (const [path, paused, msg] of [
-    ['pause_task_queue', true, 'Paused'],
-    ['resume_task_queue', false, 'Resumed'],
+  for (const [path, paused, msg, id] of [
+    ['pause_task_queue', true, 'Paused', 'pauseCodeQueue'],
+    ['resume_task_queue', false, 'Resumed', 'resumeCodeQueue'],
   ] as const) {
-    r.post(`/projects/:projectId/codes/:codeId/${path}`, requireProject, async (ctx) => {
+    r.post(`/projects/:projectId/codes/:codeId/${path}`, requireProject, validated(ep(id)), async (ctx) => {
       const code = await loadCode(ctx);
       if (!(await ctx.state.deps.store.codes.setPaused(ctx.state.projectId!, code.id, paused))) {
         throw notFound('Code package not found');

@@ -3,13 +3,13 @@ import { isId } from '../../../lib/ids.ts';
 import { badRequest, notFound } from '../../errors.ts';
 import type { NewSchedule } from '../../store/schedules.ts';
 import { requireProject } from '../auth.ts';
-import { readJsonObject } from '../body.ts';
+import { ep } from '../schema/index.ts';
+import { validated } from '../schema/endpoint.ts';
 import { presentSchedule } from '../present.ts';
 import type { ApiState } from '../state.ts';
-import { optInt, optString, optTime, pagination, reqString, type Obj } from '../validate.ts';
+import { optInt, optString, optTime, pagination, type Obj } from '../validate.ts';
 import { authorizeClusters, parsePayload, parseRunOptions, resolveCodes } from './tasks.ts';
 
-export const MAX_SCHEDULES = 100;
 
 export function schedulesRouter(): Router<ApiState> {
   const r = new Router<ApiState>();
@@ -21,23 +21,16 @@ export function schedulesRouter(): Router<ApiState> {
     return s;
   };
 
-  r.get('/projects/:projectId/schedules', requireProject, async (ctx) => {
-    const list = await ctx.state.deps.store.schedules.list(ctx.state.projectId!, pagination(ctx.query));
+  r.get('/projects/:projectId/schedules', requireProject, validated(ep('listSchedules')), async (ctx) => {
+    const list = await ctx.state.deps.store.schedules.list(ctx.state.projectId!, pagination(ctx.state.query!));
     ctx.body = { schedules: list.map(presentSchedule) };
   });
 
-  r.post('/projects/:projectId/schedules', requireProject, async (ctx) => {
+  r.post('/projects/:projectId/schedules', requireProject, validated(ep('createSchedules')), async (ctx) => {
     const { deps, projectId } = ctx.state;
-    const body = await readJsonObject(ctx, deps.config.maxJsonBody);
-    const list = body.schedules;
-    if (!Array.isArray(list) || list.length === 0) {
-      throw badRequest(`schedules is required: an array of 1 to ${MAX_SCHEDULES} schedules`);
-    }
-    if (list.length > MAX_SCHEDULES) throw badRequest(`schedules must hold at most ${MAX_SCHEDULES} schedules, got ${list.length}`);
-    const items = list.map((s, i) => {
-      if (typeof s !== 'object' || s === null || Array.isArray(s)) throw badRequest(`schedules[${i}] must be an object`);
-      return { o: s as Obj, prefix: `schedules[${i}].`, name: reqString(s as Obj, 'code_name', `schedules[${i}].code_name`, 255) };
-    });
+    const body = ctx.state.body!;
+    // The schema (CreateSchedulesBody) holds 1 to MAX_SCHEDULES objects, each with a code_name.
+    const items = (body.schedules as Obj[]).map((o, i) => ({ o, prefix: `schedules[${i}].`, name: o.code_name as string }));
     const codes = await resolveCodes(deps, projectId!, items.map((x) => ({ name: x.name, field: `${x.prefix}code_name` })));
     const now = deps.clock.now();
     const schedules: NewSchedule[] = items.map(({ o, prefix, name }) => {
@@ -67,11 +60,11 @@ export function schedulesRouter(): Router<ApiState> {
     ctx.body = { msg: 'Scheduled', schedules: ids.map((id) => ({ id })) };
   });
 
-  r.get('/projects/:projectId/schedules/:scheduleId', requireProject, async (ctx) => {
+  r.get('/projects/:projectId/schedules/:scheduleId', requireProject, validated(ep('getSchedule')), async (ctx) => {
     ctx.body = presentSchedule(await loadSchedule(ctx));
   });
 
-  r.post('/projects/:projectId/schedules/:scheduleId/cancel', requireProject, async (ctx) => {
+  r.post('/projects/:projectId/schedules/:scheduleId/cancel', requireProject, validated(ep('cancelSchedule')), async (ctx) => {
     const s = await loadSchedule(ctx);
     const after = await ctx.state.deps.store.schedules.cancel(ctx.state.projectId!, s.id);
     if (after?.status === 'complete') throw badRequest('Schedule already complete; nothing to cancel');

@@ -5,14 +5,15 @@ import type { Code, TaskStatus } from '../../store/codes.ts';
 import { TASK_STATUSES } from '../../store/codes.ts';
 import type { NewTask } from '../../store/tasks.ts';
 import { requireProject } from '../auth.ts';
-import { readJsonObject, readRaw } from '../body.ts';
+import { readRaw } from '../body.ts';
+import { ep } from '../schema/index.ts';
+import { validated } from '../schema/endpoint.ts';
+import { MAX_DELAY, MAX_PAYLOAD } from '../schema/tasks.ts';
+import { textProblem } from '../../../lib/text.ts';
 import { presentTask } from '../present.ts';
 import type { ApiDeps, ApiState } from '../state.ts';
 import { flag, optCluster, optInt, optString, optTime, pagination, reqString, type Obj } from '../validate.ts';
 
-export const MAX_PAYLOAD = 65536;
-export const MAX_DELAY = 604800;
-export const MAX_BATCH = 1000;
 
 /** The timeout ceiling of a cluster: higher for configured long-running clusters. */
 export function maxTimeoutFor(deps: ApiDeps, cluster: string): number {
@@ -86,7 +87,8 @@ export function webhookPayload(raw: Buffer): string {
   } catch {
     throw badRequest('The webhook body is the task payload and must be UTF-8 text');
   }
-  if (s.includes('\u0000')) throw badRequest('The webhook body must not contain NUL bytes');
+  const problem = textProblem(s);
+  if (problem) throw badRequest(`The webhook body is the task payload and ${problem}`);
   return s;
 }
 
@@ -126,8 +128,8 @@ export function tasksRouter(): Router<ApiState> {
     return task;
   };
 
-  r.get('/projects/:projectId/tasks', requireProject, async (ctx) => {
-    const q = ctx.query as Obj;
+  r.get('/projects/:projectId/tasks', requireProject, validated(ep('listTasks')), async (ctx) => {
+    const q = ctx.state.query!;
     const statuses = TASK_STATUSES.filter((s) => flag(q, s)) as TaskStatus[];
     const codeName = optString(q, 'code_name', 'code_name', 255);
     const tasks = await ctx.state.deps.store.tasks.list(
@@ -143,18 +145,11 @@ export function tasksRouter(): Router<ApiState> {
     ctx.body = { tasks: tasks.map(presentTask) };
   });
 
-  r.post('/projects/:projectId/tasks', requireProject, async (ctx) => {
+  r.post('/projects/:projectId/tasks', requireProject, validated(ep('queueTasks')), async (ctx) => {
     const { deps, projectId } = ctx.state;
-    const body = await readJsonObject(ctx, deps.config.maxJsonBody);
-    const list = body.tasks;
-    if (!Array.isArray(list) || list.length === 0) {
-      throw badRequest(`tasks is required: an array of 1 to ${MAX_BATCH} tasks`);
-    }
-    if (list.length > MAX_BATCH) throw badRequest(`tasks must hold at most ${MAX_BATCH} tasks, got ${list.length}`);
-    const items = list.map((t, i) => {
-      if (typeof t !== 'object' || t === null || Array.isArray(t)) throw badRequest(`tasks[${i}] must be an object`);
-      return { o: t as Obj, prefix: `tasks[${i}].`, name: reqString(t as Obj, 'code_name', `tasks[${i}].code_name`, 255) };
-    });
+    const body = ctx.state.body!;
+    // The schema (QueueTasksBody) holds 1 to MAX_BATCH objects, each with a code_name.
+    const items = (body.tasks as Obj[]).map((o, i) => ({ o, prefix: `tasks[${i}].`, name: o.code_name as string }));
     const codes = await resolveCodes(
       deps,
       projectId!,
@@ -178,9 +173,9 @@ export function tasksRouter(): Router<ApiState> {
     ctx.body = { msg: 'Queued up', tasks: ids.map((id) => ({ id })) };
   });
 
-  r.post('/projects/:projectId/tasks/webhook', requireProject, async (ctx) => {
+  r.post('/projects/:projectId/tasks/webhook', requireProject, validated(ep('queueTaskWebhook')), async (ctx) => {
     const { deps, projectId } = ctx.state;
-    const q = ctx.query as Obj;
+    const q = ctx.state.query!;
     const name = reqString(q, 'code_name', 'code_name', 255);
     const code = (await resolveCodes(deps, projectId!, [{ name, field: 'code_name' }])).get(name)!;
     const opts = parseRunOptions(deps, q, '', code);
@@ -191,13 +186,13 @@ export function tasksRouter(): Router<ApiState> {
     ctx.body = { id, msg: 'Queued up.' };
   });
 
-  r.get('/projects/:projectId/tasks/:taskId', requireProject, async (ctx) => {
+  r.get('/projects/:projectId/tasks/:taskId', requireProject, validated(ep('getTask')), async (ctx) => {
     ctx.body = presentTask(await loadTask(ctx));
   });
 
-  r.get('/projects/:projectId/tasks/:taskId/log', requireProject, async (ctx) => {
+  r.get('/projects/:projectId/tasks/:taskId/log', requireProject, validated(ep('getTaskLog')), async (ctx) => {
     const task = await loadTask(ctx);
-    const stream = ctx.query.stream;
+    const stream = ctx.state.query!.stream;
     if (stream !== undefined && stream !== 'stdout' && stream !== 'stderr') {
       throw badRequest('stream must be stdout or stderr (omit it for both, interleaved)');
     }
@@ -205,7 +200,7 @@ export function tasksRouter(): Router<ApiState> {
     ctx.body = await ctx.state.deps.store.tasks.log(task.id, stream);
   });
 
-  r.post('/projects/:projectId/tasks/:taskId/cancel', requireProject, async (ctx) => {
+  r.post('/projects/:projectId/tasks/:taskId/cancel', requireProject, validated(ep('cancelTask')), async (ctx) => {
     const task = await loadTask(ctx);
     const out = await ctx.state.deps.store.tasks.cancel(ctx.state.projectId!, task.id);
     if (!out) throw notFound('Task not found');
@@ -221,8 +216,8 @@ export function tasksRouter(): Router<ApiState> {
     ctx.body = { msg: out.kind === 'cancelled' ? 'Cancelled' : 'Cancellation requested' };
   });
 
-  r.post('/projects/:projectId/tasks/:taskId/progress', requireProject, async (ctx) => {
-    const body = await readJsonObject(ctx, ctx.state.deps.config.maxJsonBody);
+  r.post('/projects/:projectId/tasks/:taskId/progress', requireProject, validated(ep('setTaskProgress')), async (ctx) => {
+    const body = ctx.state.body!;
     const percent = optInt(body, 'percent', 'percent', 0, 100);
     const msg = optString(body, 'msg', 'msg', 4096);
     if (percent === undefined && msg === undefined) throw badRequest('percent (0 to 100) or msg is required');
@@ -232,9 +227,9 @@ export function tasksRouter(): Router<ApiState> {
     ctx.body = { msg: 'Progress set' };
   });
 
-  r.post('/projects/:projectId/tasks/:taskId/retry', requireProject, async (ctx) => {
+  r.post('/projects/:projectId/tasks/:taskId/retry', requireProject, validated(ep('retryTask')), async (ctx) => {
     const { deps } = ctx.state;
-    const body = await readJsonObject(ctx, deps.config.maxJsonBody);
+    const body = ctx.state.body!;
     const delay = optInt(body, 'delay', 'delay', 0, MAX_DELAY) ?? 0;
     const task = await loadTask(ctx);
     await authorizeClusters(deps, ctx.state.userId!, [{ cluster: task.cluster, field: 'cluster' }]);

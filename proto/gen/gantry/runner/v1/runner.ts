@@ -81,6 +81,7 @@ export function leasePhaseToJSON(object: LeasePhase): string {
 export enum RejectReason {
   REJECT_REASON_UNSPECIFIED = 0,
   REJECT_REASON_NO_CAPACITY = 1,
+  /** REJECT_REASON_IMAGE_PULL_FAILED - the task's fault: recorded as OUTCOME_TASK_FAULT (runners should accept and complete with it instead) */
   REJECT_REASON_IMAGE_PULL_FAILED = 2,
   REJECT_REASON_DRAINING = 3,
   REJECT_REASON_INTERNAL = 4,
@@ -139,8 +140,14 @@ export enum Outcome {
   OUTCOME_TIMED_OUT = 3,
   /** OUTCOME_CANCELLED - -> cancelled */
   OUTCOME_CANCELLED = 4,
-  /** OUTCOME_RUNNER_ERROR - the runner could not run it (not the task's fault): internal retry */
+  /** OUTCOME_RUNNER_ERROR - the runner could not run it (not the task's fault): internal retry, runner penalised */
   OUTCOME_RUNNER_ERROR = 5,
+  /**
+   * OUTCOME_TASK_FAULT - The task could not run through its own fault (its image cannot be pulled or is not a
+   * valid reference, its command cannot be executed, its zip package is unusable): -> error,
+   * spending the task's own retries like a failed run; the runner is not penalised.
+   */
+  OUTCOME_TASK_FAULT = 6,
   UNRECOGNIZED = -1,
 }
 
@@ -164,6 +171,9 @@ export function outcomeFromJSON(object: any): Outcome {
     case 5:
     case "OUTCOME_RUNNER_ERROR":
       return Outcome.OUTCOME_RUNNER_ERROR;
+    case 6:
+    case "OUTCOME_TASK_FAULT":
+      return Outcome.OUTCOME_TASK_FAULT;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -185,6 +195,8 @@ export function outcomeToJSON(object: Outcome): string {
       return "OUTCOME_CANCELLED";
     case Outcome.OUTCOME_RUNNER_ERROR:
       return "OUTCOME_RUNNER_ERROR";
+    case Outcome.OUTCOME_TASK_FAULT:
+      return "OUTCOME_TASK_FAULT";
     case Outcome.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -665,6 +677,29 @@ export interface Offer {
   memoryMb: number;
   /** registry credentials from the cluster, base64 "user:password" */
   dockerAuth: string;
+  /**
+   * The cluster's container policy. Absent (an older control plane): the runner applies the
+   * defaults of lib/container-policy.ts, which are the locked-down ones.
+   */
+  container?: ContainerPolicy | undefined;
+}
+
+/**
+ * What a task's container may do. Every capability is dropped, no-new-privileges is set
+ * and the container is never privileged whatever this says; a zero or empty field means
+ * the default, and a runner clamps values to its own bounds.
+ */
+export interface ContainerPolicy {
+  /** added back after dropping all; only Docker's default set (CHOWN, ...) */
+  capAdd: string[];
+  pidsLimit: number;
+  readOnlyRootfs: boolean;
+  /** the /tmp tmpfs of a read-only root filesystem */
+  tmpSizeMb: number;
+  /** uid[:gid] or name[:group]; empty: the image's own user */
+  user: string;
+  /** RLIMIT_NOFILE, soft and hard */
+  nofile: number;
 }
 
 export interface CodeSpec {
@@ -4060,6 +4095,7 @@ function createBaseOffer(): Offer {
     logMaxBytes: 0,
     memoryMb: 0,
     dockerAuth: "",
+    container: undefined,
   };
 }
 
@@ -4112,6 +4148,9 @@ export const Offer: MessageFns<Offer> = {
     }
     if (message.dockerAuth !== "") {
       writer.uint32(130).string(message.dockerAuth);
+    }
+    if (message.container !== undefined) {
+      ContainerPolicy.encode(message.container, writer.uint32(138).fork()).join();
     }
     return writer;
   },
@@ -4257,6 +4296,14 @@ export const Offer: MessageFns<Offer> = {
             message.dockerAuth = reader.string();
             continue;
           }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.container = ContainerPolicy.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4331,6 +4378,7 @@ export const Offer: MessageFns<Offer> = {
         : isSet(object.docker_auth)
         ? globalThis.String(object.docker_auth)
         : "",
+      container: isSet(object.container) ? ContainerPolicy.fromJSON(object.container) : undefined,
     };
   },
 
@@ -4384,6 +4432,9 @@ export const Offer: MessageFns<Offer> = {
     if (message.dockerAuth !== "") {
       obj.dockerAuth = message.dockerAuth;
     }
+    if (message.container !== undefined) {
+      obj.container = ContainerPolicy.toJSON(message.container);
+    }
     return obj;
   },
 
@@ -4408,6 +4459,174 @@ export const Offer: MessageFns<Offer> = {
     message.logMaxBytes = object.logMaxBytes ?? 0;
     message.memoryMb = object.memoryMb ?? 0;
     message.dockerAuth = object.dockerAuth ?? "";
+    message.container = (object.container !== undefined && object.container !== null)
+      ? ContainerPolicy.fromPartial(object.container)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseContainerPolicy(): ContainerPolicy {
+  return { capAdd: [], pidsLimit: 0, readOnlyRootfs: false, tmpSizeMb: 0, user: "", nofile: 0 };
+}
+
+export const ContainerPolicy: MessageFns<ContainerPolicy> = {
+  encode(message: ContainerPolicy, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.capAdd) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.pidsLimit !== 0) {
+      writer.uint32(16).uint32(message.pidsLimit);
+    }
+    if (message.readOnlyRootfs !== false) {
+      writer.uint32(24).bool(message.readOnlyRootfs);
+    }
+    if (message.tmpSizeMb !== 0) {
+      writer.uint32(32).uint32(message.tmpSizeMb);
+    }
+    if (message.user !== "") {
+      writer.uint32(42).string(message.user);
+    }
+    if (message.nofile !== 0) {
+      writer.uint32(48).uint32(message.nofile);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ContainerPolicy {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseContainerPolicy();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.capAdd.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pidsLimit = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.readOnlyRootfs = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.tmpSizeMb = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.user = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.nofile = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ContainerPolicy {
+    return {
+      capAdd: globalThis.Array.isArray(object?.capAdd)
+        ? object.capAdd.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.cap_add)
+        ? object.cap_add.map((e: any) => globalThis.String(e))
+        : [],
+      pidsLimit: isSet(object.pidsLimit)
+        ? globalThis.Number(object.pidsLimit)
+        : isSet(object.pids_limit)
+        ? globalThis.Number(object.pids_limit)
+        : 0,
+      readOnlyRootfs: isSet(object.readOnlyRootfs)
+        ? globalThis.Boolean(object.readOnlyRootfs)
+        : isSet(object.read_only_rootfs)
+        ? globalThis.Boolean(object.read_only_rootfs)
+        : false,
+      tmpSizeMb: isSet(object.tmpSizeMb)
+        ? globalThis.Number(object.tmpSizeMb)
+        : isSet(object.tmp_size_mb)
+        ? globalThis.Number(object.tmp_size_mb)
+        : 0,
+      user: isSet(object.user) ? globalThis.String(object.user) : "",
+      nofile: isSet(object.nofile) ? globalThis.Number(object.nofile) : 0,
+    };
+  },
+
+  toJSON(message: ContainerPolicy): unknown {
+    const obj: any = {};
+    if (message.capAdd?.length) {
+      obj.capAdd = message.capAdd;
+    }
+    if (message.pidsLimit !== 0) {
+      obj.pidsLimit = Math.round(message.pidsLimit);
+    }
+    if (message.readOnlyRootfs !== false) {
+      obj.readOnlyRootfs = message.readOnlyRootfs;
+    }
+    if (message.tmpSizeMb !== 0) {
+      obj.tmpSizeMb = Math.round(message.tmpSizeMb);
+    }
+    if (message.user !== "") {
+      obj.user = message.user;
+    }
+    if (message.nofile !== 0) {
+      obj.nofile = Math.round(message.nofile);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ContainerPolicy>, I>>(base?: I): ContainerPolicy {
+    return ContainerPolicy.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ContainerPolicy>, I>>(object: I): ContainerPolicy {
+    const message = createBaseContainerPolicy();
+    message.capAdd = object.capAdd?.map((e) => e) || [];
+    message.pidsLimit = object.pidsLimit ?? 0;
+    message.readOnlyRootfs = object.readOnlyRootfs ?? false;
+    message.tmpSizeMb = object.tmpSizeMb ?? 0;
+    message.user = object.user ?? "";
+    message.nofile = object.nofile ?? 0;
     return message;
   },
 };

@@ -1,0 +1,50 @@
+import type { Middleware } from 'koa';
+import type { TSchema } from '@sinclair/typebox';
+import { readJsonObject } from '../body.ts';
+import type { ApiState } from '../state.ts';
+import { check } from './validator.ts';
+
+/**
+ * One endpoint of the API, declared once: the router validates requests with it
+ * (`validated`) and the OpenAPI document (schema/openapi.ts) is made from the same
+ * declarations, so the two cannot disagree.
+ */
+export interface Endpoint {
+  /** The OpenAPI operationId. */
+  readonly id: string;
+  readonly method: 'GET' | 'POST' | 'PUT' | 'DELETE';
+  /** The path as the router writes it (`/2/projects/:projectId/tasks`). */
+  readonly path: string;
+  readonly summary: string;
+  readonly description?: string;
+  readonly tag: string;
+  /** `user`: any valid token; `project`: a token of the project's owner; `none`: no token. */
+  readonly auth: 'none' | 'user' | 'project';
+  /** Path parameters (documented; an id that names nothing answers 404, as IronWorker does). */
+  readonly params?: Record<string, TSchema>;
+  readonly query?: TSchema;
+  readonly body?:
+    | { readonly kind: 'json'; readonly schema: TSchema; readonly required?: boolean; readonly maxBytes?: (config: ApiState['deps']['config']) => number }
+    | { readonly kind: 'multipart'; readonly data: TSchema; readonly description: string }
+    | { readonly kind: 'raw'; readonly description: string };
+  /** Replies by status; `schema` for JSON, `text` for other media types (text/plain, application/zip). */
+  readonly responses: Readonly<Record<number, { readonly description: string; readonly schema?: TSchema; readonly text?: string }>>;
+}
+
+/** Declares an endpoint (an identity function, for type checking). */
+export const endpoint = <E extends Endpoint>(e: E): E => e;
+
+/**
+ * Validates the query string and, for JSON endpoints, reads and validates the body; the
+ * results are `ctx.state.query` and `ctx.state.body`. Runs after authentication.
+ */
+export function validated(ep: Endpoint): Middleware<ApiState> {
+  return async (ctx, next) => {
+    ctx.state.query = ep.query ? check(ep.query, { ...ctx.query }) : {};
+    if (ep.body?.kind === 'json') {
+      const limit = ep.body.maxBytes?.(ctx.state.deps.config) ?? ctx.state.deps.config.maxJsonBody;
+      ctx.state.body = check(ep.body.schema, await readJsonObject(ctx, limit));
+    }
+    await next();
+  };
+}

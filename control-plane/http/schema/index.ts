@@ -1,0 +1,16 @@
+import { clusterEndpoints } from './clusters.ts';
+import { codeEndpoints } from './codes.ts';
+import type { Endpoint } from './endpoint.ts';
+import { scheduleEndpoints } from './schedules.ts';
+import { systemEndpoints } from './system.ts';
+import { taskEndpoints } from './tasks.ts';
+
+/** Every endpoint the control plane serves, in the document's order. */
+export const ENDPOINTS: readonly Endpoint[] = [...systemEndpoints, ...codeEndpoints, ...taskEndpoints, ...scheduleEndpoints, ...clusterEndpoints];
+
+/** The endpoint with this operationId (throws for an unknown one: a typo in a router). */
+export function ep(id: string): Endpoint {
+  const e = ENDPOINTS.find((x) => x.id === id);
+  if (!e) throw new Error(`no endpoint ${id} in the API schema`);
+  return e;
+}
