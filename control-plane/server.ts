@@ -7,7 +7,7 @@ import type { ControlPlaneConfig } from './config.ts';
 import { Dispatcher } from './dispatch/dispatcher.ts';
 import { startGateway, type Gateway } from './grpc/gateway.ts';
 import { createApp } from './http/app.ts';
-import { answerClientError } from './http/client-error.ts';
+import { answerClientError, answerOtherProtocolErrors } from './http/client-error.ts';
 import { ControlPlaneMetrics } from './metrics.ts';
 import { leaseSweeperJob } from './scheduler/lease-sweeper.ts';
 import { promotionJob, scheduleJob } from './scheduler/schedule-loop.ts';
@@ -143,9 +143,11 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
       void s.sendPendingCancels().catch((err) => log.warn({ err: (err as Error).message }, 'could not send cancel'));
     },
   });
-  const server = http.createServer(app.callback());
+  // Host-less HTTP/1.1 requests reach the app, which refuses them as JSON (Node's own 400 has no body).
+  const server = http.createServer({ requireHostHeader: false }, app.callback());
   server.keepAliveTimeout = 5000;
   server.on('clientError', answerClientError);
+  answerOtherProtocolErrors(server);
   let gateway: Gateway | undefined;
   try {
     await new Promise<void>((resolve, reject) => {

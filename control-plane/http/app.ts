@@ -1,7 +1,7 @@
 import Koa from 'koa';
 import Router from '@koa/router';
 import { newId } from '../../lib/ids.ts';
-import { HttpError, StoreUnavailableError, notFound } from '../errors.ts';
+import { HttpError, StoreUnavailableError, badRequest, notFound } from '../errors.ts';
 import { requireUser } from './auth.ts';
 import { checkRequestText } from './text.ts';
 import { validated } from './schema/endpoint.ts';
@@ -11,7 +11,7 @@ import { clustersRouter } from './routes/clusters.ts';
 import { codesRouter } from './routes/codes.ts';
 import { schedulesRouter } from './routes/schedules.ts';
 import { tasksRouter } from './routes/tasks.ts';
-import type { ApiDeps, ApiState } from './state.ts';
+import { ROUTER_OPTIONS, type ApiDeps, type ApiState } from './state.ts';
 
 /** The IronWorker v2 REST API under `/2/`, plus `/healthz` and `/readyz`. */
 export function createApp(deps: ApiDeps): Koa<ApiState> {
@@ -26,6 +26,7 @@ export function createApp(deps: ApiDeps): Koa<ApiState> {
     ctx.set('X-Request-Id', ctx.state.reqId);
     const started = performance.now();
     try {
+      if (ctx.req.httpVersion === '1.1' && !ctx.get('Host')) throw badRequest('HTTP/1.1 requests need a Host header');
       checkRequestText(ctx.query);
       await next();
       if (ctx.status === 404 && ctx.body === undefined) throw notFound(`Not found: ${ctx.method} ${ctx.path}`);
@@ -79,7 +80,7 @@ export function createApp(deps: ApiDeps): Koa<ApiState> {
 
 /** Every route of the API: `/healthz`, `/readyz`, `/metrics`, and `/2/…` (each declared in schema/). */
 export function apiRouters(deps: ApiDeps): Router<ApiState>[] {
-  const root = new Router<ApiState>();
+  const root = new Router<ApiState>(ROUTER_OPTIONS);
   root.get('/healthz', (ctx) => {
     ctx.body = { status: 'ok' };
   });
@@ -111,7 +112,7 @@ export function apiRouters(deps: ApiDeps): Router<ApiState>[] {
     };
   });
 
-  const v2 = new Router<ApiState>({ prefix: '/2' });
+  const v2 = new Router<ApiState>({ ...ROUTER_OPTIONS, prefix: '/2' });
   // Stacks are deprecated: Gantry runs Docker images, so the list is empty.
   v2.get('/stacks', requireUser, validated(ep('listStacks')), (ctx) => {
     ctx.body = [];

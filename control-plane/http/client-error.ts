@@ -1,3 +1,4 @@
+import type http from 'node:http';
 import type { Duplex } from 'node:stream';
 
 /**
@@ -5,7 +6,8 @@ import type { Duplex } from 'node:stream';
  * empty body. Answer them as every other error is answered: JSON `{"msg"}`.
  */
 export function answerClientError(err: Error & { code?: string }, socket: Duplex): void {
-  if (err.code === 'ECONNRESET' || !socket.writable) {
+  // Like Node's own handler: never write once a reply began.
+  if (err.code === 'ECONNRESET' || !socket.writable || (socket as Duplex & { bytesWritten?: number }).bytesWritten) {
     socket.destroy();
     return;
   }
@@ -15,8 +17,30 @@ export function answerClientError(err: Error & { code?: string }, socket: Duplex
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
         ? [408, 'Request Timeout', 'The request was not received in time']
         : [400, 'Bad Request', `Malformed HTTP request: ${err.message.replace(/[^\x20-\x7e]/g, '?').slice(0, 200)}`];
+  rawJson(socket, status, reason, msg);
+}
+
+/** A reply written on the raw socket, for requests that never reach Koa. */
+function rawJson(socket: Duplex, status: number, reason: string, msg: string): void {
   const body = JSON.stringify({ msg });
   socket.end(
     `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
   );
+}
+
+/**
+ * The other requests Node answers by itself (or not at all): CONNECT (its socket would be
+ * closed without a word) and an `Expect` other than 100-continue (Node's bare 417). Both
+ * get a JSON `{"msg"}`. A request without `Host` reaches Koa (requireHostHeader off) and is
+ * refused there, as JSON too.
+ */
+export function answerOtherProtocolErrors(server: http.Server): void {
+  server.on('connect', (_req: http.IncomingMessage, socket: Duplex) => {
+    rawJson(socket, 405, 'Method Not Allowed', 'CONNECT is not supported: this is a REST API, not a proxy');
+  });
+  server.on('checkExpectation', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const body = JSON.stringify({ msg: `Expect: ${String(req.headers.expect).slice(0, 100)} is not supported; only 100-continue is` });
+    res.writeHead(417, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(body), Connection: 'close' });
+    res.end(body);
+  });
 }

@@ -38,3 +38,9 @@ export interface ApiState {
   /** The JSON body, validated and normalized against the endpoint's schema. */
   body?: Record<string, unknown>;
 }
+
+/**
+ * Every router's options: paths match case-sensitively, as the OpenAPI document writes them
+ * (`/2/Clusters` is no route). A trailing slash still matches (`strict` off).
+ */
+export const ROUTER_OPTIONS = { sensitive: true } as const;

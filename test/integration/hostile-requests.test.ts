@@ -148,7 +148,18 @@ for (const engine of ENGINES) {
     t.equal(big.status, 431, 'oversized headers are 431');
     t.match(big.headers, /content-type: application\/json/i);
     t.match(JSON.parse(big.body), { msg: /header/i });
+    const hostless = parseRaw(await rawExchange(api.url, 'GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n'));
+    t.equal(hostless.status, 400, 'an HTTP/1.1 request without Host is 400');
+    t.match(JSON.parse(hostless.body), { msg: /Host/ });
+    const connect = parseRaw(await rawExchange(api.url, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n'));
+    t.equal(connect.status, 405, 'CONNECT is 405, not a closed socket');
+    t.match(JSON.parse(connect.body), { msg: /CONNECT/ });
+    const expect = parseRaw(await rawExchange(api.url, 'POST /2/stacks HTTP/1.1\r\nHost: x\r\nExpect: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}'));
+    t.equal(expect.status, 417, 'an Expect other than 100-continue is 417');
+    t.match(JSON.parse(expect.body), { msg: /Expect/ });
     const r = await api.request('GET', '/2/stacks');
     t.equal(r.status, 200, 'the API still serves');
+    const cased = await api.request('GET', '/2/Stacks');
+    t.equal(cased.status, 404, 'paths match case-sensitively, as the document writes them');
   });
 }

@@ -27,7 +27,7 @@ import { requireUser } from '../auth.ts';
 import { ep } from '../schema/index.ts';
 import { validated } from '../schema/endpoint.ts';
 import { MAX_USER_DATA } from '../schema/clusters.ts';
-import type { ApiDeps, ApiState } from '../state.ts';
+import { ROUTER_OPTIONS, type ApiDeps, type ApiState } from '../state.ts';
 import { CLUSTER_NAME, optInt, optString, pagination, type Obj } from '../validate.ts';
 import { clean, type Json } from '../present.ts';
 
@@ -491,7 +491,7 @@ const handle = (fn: (ctx: Ctx) => Promise<void>) => async (ctx: Ctx) => {
 };
 
 export function clustersRouter(): Router<ApiState> {
-  const r = new Router<ApiState>();
+  const r = new Router<ApiState>(ROUTER_OPTIONS);
 
   /** The cluster in the path, if this user may see it (404 otherwise), or change it (403 for a shared user). */
   const load = async (ctx: Ctx, owner?: string) => {

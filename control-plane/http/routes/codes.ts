@@ -11,7 +11,7 @@ import { CodeData } from '../schema/codes.ts';
 import { validated } from '../schema/endpoint.ts';
 import { check } from '../schema/validator.ts';
 import { presentCode, presentRevision } from '../present.ts';
-import type { ApiState } from '../state.ts';
+import { ROUTER_OPTIONS, type ApiState } from '../state.ts';
 import { optInt, optString, optTime, pagination, reqString, type Obj } from '../validate.ts';
 
 /** Environment names Gantry sets itself; a code's env_vars may not replace them. */
@@ -93,7 +93,7 @@ async function checkZip(zip: Buffer, limits: ZipLimits): Promise<void> {
 }
 
 export function codesRouter(): Router<ApiState> {
-  const r = new Router<ApiState>();
+  const r = new Router<ApiState>(ROUTER_OPTIONS);
 
   const loadCode = async (ctx: RouterContext<ApiState>) => {
     const id = ctx.params.codeId ?? '';

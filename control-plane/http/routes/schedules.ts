@@ -6,13 +6,13 @@ import { requireProject } from '../auth.ts';
 import { ep } from '../schema/index.ts';
 import { validated } from '../schema/endpoint.ts';
 import { presentSchedule } from '../present.ts';
-import type { ApiState } from '../state.ts';
+import { ROUTER_OPTIONS, type ApiState } from '../state.ts';
 import { optInt, optString, optTime, pagination, type Obj } from '../validate.ts';
 import { authorizeClusters, parsePayload, parseRunOptions, resolveCodes } from './tasks.ts';
 
 
 export function schedulesRouter(): Router<ApiState> {
-  const r = new Router<ApiState>();
+  const r = new Router<ApiState>(ROUTER_OPTIONS);
 
   const loadSchedule = async (ctx: RouterContext<ApiState>) => {
     const id = ctx.params.scheduleId ?? '';

@@ -11,7 +11,7 @@ import { validated } from '../schema/endpoint.ts';
 import { MAX_DELAY, MAX_PAYLOAD } from '../schema/tasks.ts';
 import { textProblem } from '../../../lib/text.ts';
 import { presentTask } from '../present.ts';
-import type { ApiDeps, ApiState } from '../state.ts';
+import { ROUTER_OPTIONS, type ApiDeps, type ApiState } from '../state.ts';
 import { flag, optCluster, optInt, optString, optTime, pagination, reqString, type Obj } from '../validate.ts';
 
 
@@ -119,7 +119,7 @@ function newTask(projectId: string, code: Code, payload: string, opts: ReturnTyp
 }
 
 export function tasksRouter(): Router<ApiState> {
-  const r = new Router<ApiState>();
+  const r = new Router<ApiState>(ROUTER_OPTIONS);
 
   const loadTask = async (ctx: RouterContext<ApiState>) => {
     const id = ctx.params.taskId ?? '';
