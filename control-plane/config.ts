@@ -162,7 +162,8 @@ export const DEFAULT_QUOTA_RETRY_AFTER_S = 5;
 
 /** Parses `GANTRY_CLUSTER_MAX_TIMEOUTS="long-running=86400,etl=43200"`. */
 function parseClusterTimeouts(raw: string | undefined): Record<string, number> {
-  const out: Record<string, number> = {};
+  // No prototype: a cluster named "toString" or "constructor" must find nothing here.
+  const out: Record<string, number> = Object.create(null);
   if (!raw) return out;
   for (const part of raw.split(',').map((s) => s.trim()).filter(Boolean)) {
     const m = /^([A-Za-z0-9_.-]{1,64})=(\d{1,7})$/.exec(part);

@@ -104,11 +104,19 @@ for (const engine of ENGINES) {
       json: { name: 'c2', autoscale: { aws: { region: 'us-east-1', tags: { team: 'a\ud800' } } } },
     });
     isError(t, cluster2, 400, /^autoscale\.aws\.tags\.team contains an unpaired UTF-16 surrogate/, 'a lone surrogate in a cluster tag value');
+    // Names of Object.prototype's members are ordinary cluster names (were a 500: NaN timeout).
+    for (const name of ['toString', 'constructor', '__proto__', 'valueOf']) {
+      const r = await u.project('POST', '/tasks', { json: { tasks: [{ code_name: 'good', cluster: name }] } });
+      t.equal(r.status, 200, `a task on a cluster named ${name} is queued (${r.text})`);
+      const c = await api.request('POST', '/2/clusters', { json: { name } });
+      t.not(c.status, 500, `a cluster named ${name}: no 500`);
+      t.notMatch(c.text, /reserved for a cluster the operator runs/, `${name} is not an operator cluster`);
+    }
     // Valid pairs pass untouched.
     const emoji = await u.project('POST', '/tasks', { json: { tasks: [{ code_name: 'good', payload: 'ok \ud83d\ude00' }] } });
     t.equal(emoji.status, 200, emoji.text);
     const after = await rowCounts(api);
-    t.same({ ...after, tasks: after.tasks - 1 }, before, 'only the valid task was stored');
+    t.same({ ...after, tasks: after.tasks - 5, clusters: before.clusters }, before, 'only the valid tasks were stored');
     const got = await u.project('GET', `/tasks/${emoji.body.tasks[0].id}`);
     t.equal(got.body.payload, 'ok \u{1f600}', 'a valid surrogate pair round-trips');
   });
