@@ -125,8 +125,6 @@ export function OneOf<const V extends string>(values: readonly V[], o: Hints & {
   return Type.Unsafe<V>({ type: 'string', enum: values, 'x-describe': o.describe ?? `one of ${values.join(', ')}`, ...hints(o) });
 }
 
-/** Anything (documented, not checked). */
-export const Any = (o: Hints = {}) => Type.Unsafe<unknown>({ ...hints(o) });
 
 // ---------------------------------------------------------------------------- shared pieces
 
