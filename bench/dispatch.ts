@@ -19,13 +19,13 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import Dockerode from 'dockerode';
-import pg from 'pg';
 import { createLogger } from '../lib/logger.ts';
 import { loadConfig } from '../control-plane/config.ts';
 import { openStore } from '../control-plane/store/index.ts';
 import { loadSecretBox } from '../lib/secretbox.ts';
 import { newId } from '../lib/ids.ts';
 import { systemClock } from '../lib/clock.ts';
+import { freshDatabase } from './database.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const IMAGE = process.env.GANTRY_TEST_IMAGE ?? 'gantry-test/busybox:latest';
@@ -53,26 +53,6 @@ const pct = (xs: number[], p: number) => {
   return s.length ? s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]! : NaN;
 };
 const round = (x: number) => Math.round(x * 100) / 100;
-
-async function freshDatabase(admin: string): Promise<{ url: string; drop: () => Promise<void> }> {
-  const name = `gantry_bench_${process.pid}`;
-  const c = new pg.Client({ connectionString: admin });
-  await c.connect();
-  await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-  await c.query(`CREATE DATABASE ${name}`);
-  await c.end();
-  const u = new URL(admin);
-  u.pathname = `/${name}`;
-  return {
-    url: u.toString(),
-    drop: async () => {
-      const d = new pg.Client({ connectionString: admin });
-      await d.connect();
-      await d.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-      await d.end();
-    },
-  };
-}
 
 /** Docker create+start of the image, measured through the engine API (no Gantry at all). */
 async function dockerFloor(n: number): Promise<number[]> {
@@ -126,7 +106,7 @@ async function startControlPlaneProcess(env: Record<string, string>): Promise<{ 
 
 async function main() {
   const admin = process.env.GANTRY_BENCH_PG_URL ?? process.env.GANTRY_TEST_PG_URL ?? 'postgres://gantry:gantry@127.0.0.1:5432/postgres';
-  const db = await freshDatabase(admin);
+  const db = await freshDatabase(admin, 'gantry_bench');
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'gantry-bench-'));
   const log = createLogger({ name: 'bench', level: 'warn' });
   const env = {

@@ -7,7 +7,7 @@ import type { ControlPlaneConfig } from './config.ts';
 import { Dispatcher } from './dispatch/dispatcher.ts';
 import { startGateway, type Gateway } from './grpc/gateway.ts';
 import { createApp } from './http/app.ts';
-import { answerClientError, answerOtherProtocolErrors } from './http/client-error.ts';
+import { answerClientErrors, answerOtherProtocolErrors } from './http/client-error.ts';
 import { ControlPlaneMetrics } from './metrics.ts';
 import { leaseSweeperJob } from './scheduler/lease-sweeper.ts';
 import { promotionJob, scheduleJob } from './scheduler/schedule-loop.ts';
@@ -146,7 +146,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
   // Host-less HTTP/1.1 requests reach the app, which refuses them as JSON (Node's own 400 has no body).
   const server = http.createServer({ requireHostHeader: false }, app.callback());
   server.keepAliveTimeout = 5000;
-  server.on('clientError', answerClientError);
+  answerClientErrors(server);
   answerOtherProtocolErrors(server);
   let gateway: Gateway | undefined;
   try {

@@ -2,6 +2,7 @@ import path from 'node:path';
 import { EnvReader } from '../lib/env.ts';
 import { ConfigError } from '../lib/errors.ts';
 import { DEFAULT_ZIP_LIMITS, type ZipLimits } from '../lib/zip.ts';
+import { putOwn } from '../lib/record.ts';
 
 /** The runner agent's configuration: read once from the environment, then frozen. */
 export interface RunnerConfig {
@@ -54,7 +55,7 @@ export function loadRunnerConfig(env: Record<string, string | undefined>): Runne
   for (const kv of (e.str('GANTRY_RUNNER_LABELS') ?? '').split(',').filter(Boolean)) {
     const [k, v] = kv.split('=');
     if (!k || v === undefined) throw new ConfigError(`GANTRY_RUNNER_LABELS entries must be key=value, got ${JSON.stringify(kv)}`);
-    labels[k] = v;
+    putOwn(labels, k, v);
   }
   const controlPlanes = need('GANTRY_CONTROL_PLANE')
     .split(',')

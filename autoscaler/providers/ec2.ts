@@ -56,6 +56,7 @@ import {
 } from '@aws-sdk/client-ec2';
 import { systemClock, type Clock } from '../../lib/clock.ts';
 import { silentLogger, type Logger } from '../../lib/logger.ts';
+import { putOwn } from '../../lib/record.ts';
 import {
   ALIVE_STATES,
   CapacityError,
@@ -300,7 +301,7 @@ function normalize(s: AwsSettings): Normalized {
     if (/^aws:/i.test(k)) throw invalid('tags', `key "${k}" uses the reserved prefix aws:`);
     if (typeof v !== 'string' || v.length > 256) throw invalid('tags', `value of "${k}" must be a string of at most 256 characters`);
     if (k === TAG_CLUSTER || k === TAG_MANAGED || k === TAG_INTENT) continue; // ours win
-    userTags[k] = v;
+    putOwn(userTags, k, v);
   }
   if (Object.keys(userTags).length > MAX_USER_TAGS) throw invalid('tags', `has ${Object.keys(userTags).length} tags; at most ${MAX_USER_TAGS} (EC2 allows 50, Gantry uses 3)`);
   const prof = s.iam_instance_profile;

@@ -1,6 +1,6 @@
 import type { Middleware } from 'koa';
 import { isId } from '../../lib/ids.ts';
-import { HttpError, notFound } from '../errors.ts';
+import { HttpError, badRequest, notFound } from '../errors.ts';
 import type { ApiState } from './state.ts';
 
 /** `Authorization: OAuth <token>` (that exact case, as IronWorker requires) or `?oauth=<token>`. */
@@ -13,6 +13,10 @@ function tokenOf(header: string, query: unknown): string | undefined {
 
 /** Requires a valid token; sets `ctx.state.userId`. */
 export const requireUser: Middleware<ApiState> = async (ctx, next) => {
+  // Node keeps the first of two Authorization headers, a proxy in front may keep the last:
+  // which user a request is would depend on who reads it. Refuse the ambiguity.
+  const sent = ctx.req.headersDistinct.authorization?.length ?? 0;
+  if (sent > 1) throw badRequest(`Send one Authorization header; this request has ${sent}`);
   const token = tokenOf(ctx.get('Authorization'), ctx.query.oauth);
   if (!token) {
     throw new HttpError(401, 'Missing OAuth token: send "Authorization: OAuth <token>" or ?oauth=<token>', {

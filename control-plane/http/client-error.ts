@@ -4,8 +4,35 @@ import type { Duplex } from 'node:stream';
 /**
  * Requests Node's HTTP parser refuses never reach Koa; Node would answer them with an
  * empty body. Answer them as every other error is answered: JSON `{"msg"}`.
+ *
+ * A parser error can also arrive while a request on the same socket is still being
+ * served: its body ended early (the client half-closed, or the request timed out), or
+ * bytes after a whole request were not HTTP. When that request's body arrived whole, its
+ * handler may act, so its own reply is the truth: no reply of ours goes first, and the
+ * socket closes once that reply is out. When its body did not arrive whole, no handler has
+ * acted (every one reads its body, declared or not, before acting), and ours is the reply.
  */
-export function answerClientError(err: Error & { code?: string }, socket: Duplex): void {
+export function answerClientErrors(server: http.Server): void {
+  const serving = new WeakMap<Duplex, { req: http.IncomingMessage; res: http.ServerResponse }>();
+  server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const entry = { req, res };
+    serving.set(req.socket, entry);
+    res.once('close', () => {
+      if (serving.get(req.socket) === entry) serving.delete(req.socket);
+    });
+  });
+  server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => {
+    const inFlight = serving.get(socket);
+    if (inFlight?.req.complete) {
+      if (inFlight.res.writableFinished) socket.destroy();
+      else inFlight.res.once('close', () => socket.destroy());
+      return;
+    }
+    answerClientError(err, socket);
+  });
+}
+
+function answerClientError(err: Error & { code?: string }, socket: Duplex): void {
   // Like Node's own handler: never write once a reply began.
   if (err.code === 'ECONNRESET' || !socket.writable || (socket as Duplex & { bytesWritten?: number }).bytesWritten) {
     socket.destroy();

@@ -36,13 +36,27 @@ export function reqString(o: Obj, key: string, field: string, maxBytes: number):
 const MIN_TIME = -62135596800000;
 const MAX_TIME = 253402300799999;
 /** A time given as RFC 3339 text or as seconds since the epoch. */
+/**
+ * Whether an RFC 3339 text names a day and time that exist: JavaScript reads 2026-02-30 as
+ * March 2 and 24:00 as the next day, where the sender almost surely made a mistake.
+ */
+function onTheCalendar(v: string): boolean {
+  const [y, mo, d] = [Number(v.slice(0, 4)), Number(v.slice(5, 7)), Number(v.slice(8, 10))];
+  const days = new Date(Date.UTC(2000, mo, 0)).getUTCDate() - (mo === 2 && !(y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0)) ? 1 : 0);
+  if (mo < 1 || mo > 12 || d < 1 || d > days) return false;
+  if (v.length <= 10) return true;
+  const [h, mi, sec] = [Number(v.slice(11, 13)), Number(v.slice(14, 16)), v.length > 17 && v[16] === ':' ? Number(v.slice(17, 19)) : 0];
+  const off = /[+-](\d{2}):?(\d{2})$/.exec(v.slice(16));
+  return h <= 23 && mi <= 59 && sec <= 59 && (!off || (Number(off[1]) <= 23 && Number(off[2]) <= 59));
+}
+
 export function optTime(o: Obj, key: string, field: string): Date | undefined {
   const v = o[key];
   if (v === undefined || v === null || v === '') return undefined;
   let d: Date | undefined;
   if (typeof v === 'number' && Number.isFinite(v)) d = new Date(v * 1000);
   else if (typeof v === 'string' && /^\d+$/.test(v)) d = new Date(Number(v) * 1000);
-  else if (typeof v === 'string' && /^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$/i.test(v)) {
+  else if (typeof v === 'string' && /^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$/i.test(v) && onTheCalendar(v)) {
     d = new Date(v);
   }
   // Years 0001 to 9999: what RFC 3339 can write and PostgreSQL reads back the same.

@@ -198,6 +198,29 @@ export function openPostgres(o: PgOptions): Db {
   };
 }
 
+/**
+ * Times on PGlite exactly as on `pg`. PGlite's own handling differs at the edges of the
+ * calendar: it sends a Date as `toISOString()` (year 0 and earlier are not PostgreSQL
+ * input, so a window reaching back past year 1 failed) and reads a time back with
+ * `new Date(text)` (years 1-99 came back as 2001-2099). Here a Date is sent as `pg` sends
+ * it (UTC, years before 1 as BC) and read with `pg`'s own parser.
+ */
+function pgTimeText(d: Date): string {
+  const y = d.getUTCFullYear();
+  const two = (n: number) => String(n).padStart(2, '0');
+  const date = `${String(y < 1 ? 1 - y : y).padStart(4, '0')}-${two(d.getUTCMonth() + 1)}-${two(d.getUTCDate())}`;
+  const time = `${two(d.getUTCHours())}:${two(d.getUTCMinutes())}:${two(d.getUTCSeconds())}.${String(d.getUTCMilliseconds()).padStart(3, '0')}`;
+  return `${date}T${time}+00:00${y < 1 ? ' BC' : ''}`;
+}
+
+const TIMESTAMP = 1114;
+const TIMESTAMPTZ = 1184;
+const sendTime = (v: unknown) => (v instanceof Date ? pgTimeText(v) : String(v));
+const PGLITE_TIMES = {
+  parsers: { [TIMESTAMP]: pg.types.getTypeParser(TIMESTAMP, 'text'), [TIMESTAMPTZ]: pg.types.getTypeParser(TIMESTAMPTZ, 'text') },
+  serializers: { [TIMESTAMP]: sendTime, [TIMESTAMPTZ]: sendTime },
+};
+
 /** PGlite: PostgreSQL compiled to WASM, in this process, its data directory on disk. */
 export async function openPglite(dataDir: string): Promise<Db> {
   fs.mkdirSync(dataDir, { recursive: true });
@@ -212,7 +235,7 @@ export async function openPglite(dataDir: string): Promise<Db> {
   const wrap = (t: { query: PGlite['query']; exec: PGlite['exec'] }): Queryable => ({
     async query<T>(sql: string, params?: unknown[]) {
       try {
-        const r = await t.query<T>(sql, params);
+        const r = await t.query<T>(sql, params, PGLITE_TIMES);
         return { rows: r.rows, rowCount: r.affectedRows || r.rows.length };
       } catch (err) {
         const code = (err as { code?: string }).code;

@@ -11,8 +11,11 @@ import { makeZip } from '../helpers/zip.ts';
  * naming the problem, and none changes a stored row. On both engines.
  */
 
-/** Sends raw bytes on a new connection and returns everything the server wrote back. */
-function rawExchange(url: string, bytes: Buffer | string): Promise<string> {
+/**
+ * Sends raw bytes on a new connection and returns everything the server wrote back until
+ * it closed. The client half-closes after its bytes unless `keepOpen`.
+ */
+function rawExchange(url: string, bytes: Buffer | string, o: { keepOpen?: boolean } = {}): Promise<string> {
   const u = new URL(url);
   return new Promise((resolve, reject) => {
     const sock = net.connect(Number(u.port), u.hostname);
@@ -20,7 +23,8 @@ function rawExchange(url: string, bytes: Buffer | string): Promise<string> {
     sock.on('data', (c) => chunks.push(c));
     sock.on('error', reject);
     sock.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
-    sock.end(bytes);
+    if (o.keepOpen) sock.write(bytes);
+    else sock.end(bytes);
   });
 }
 
@@ -165,9 +169,54 @@ for (const engine of ENGINES) {
     const expect = parseRaw(await rawExchange(api.url, 'POST /2/stacks HTTP/1.1\r\nHost: x\r\nExpect: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}'));
     t.equal(expect.status, 417, 'an Expect other than 100-continue is 417');
     t.match(JSON.parse(expect.body), { msg: /Expect/ });
+    const twoTokens = parseRaw(
+      await rawExchange(api.url, `GET /2/stacks HTTP/1.1\r\nHost: x\r\nAuthorization: OAuth ${api.user.token}\r\nAuthorization: OAuth x\r\nConnection: close\r\n\r\n`),
+    );
+    t.equal(twoTokens.status, 400, 'two Authorization headers are 400: which user is asking must not depend on who reads the request');
+    t.match(JSON.parse(twoTokens.body), { msg: /one Authorization header/ });
     const r = await api.request('GET', '/2/stacks');
     t.equal(r.status, 200, 'the API still serves');
     const cased = await api.request('GET', '/2/Stacks');
     t.equal(cased.status, 404, 'paths match case-sensitively, as the document writes them');
+  });
+
+  t.test(`${engine}: a request whose body never arrives whole does nothing; a whole one's reply is not replaced`, async (t) => {
+    const api = await startTestApi(t, engine);
+    const code = (await uploadCode(api.user, { name: 'cut' })).body as { id: string };
+    const queued = await api.user.project('POST', '/tasks', { json: { tasks: [{ code_name: 'cut', delay: 3600 }] } });
+    const taskId = (queued.body as { tasks: { id: string }[] }).tasks[0]!.id;
+    const status = async () => ((await api.user.project('GET', `/tasks/${taskId}`)).body as { status: string }).status;
+    const cancel = `POST /2/projects/${api.user.projectId}/tasks/${taskId}/cancel HTTP/1.1\r\nHost: x\r\nAuthorization: OAuth ${api.user.token}\r\nContent-Type: application/json\r\n`;
+    // The cancel endpoint takes no body; this request declares 100 bytes, sends 5 and half-closes.
+    const cut = parseRaw(await rawExchange(api.url, `${cancel}Content-Length: 100\r\n\r\n{"a":`));
+    t.equal(cut.status, 400, 'a body cut short is 400');
+    t.match(JSON.parse(cut.body), { msg: /Malformed HTTP request|request body/i });
+    t.equal(await status(), 'queued', 'and the task was not cancelled');
+    // A whole request followed by bytes that are not HTTP: the reply is the request's own,
+    // then the server closes the connection.
+    const whole = parseRaw(await rawExchange(api.url, `${cancel}Content-Length: 2\r\n\r\n{}\x00\x01 not http\r\n\r\n`, { keepOpen: true }));
+    t.equal(whole.status, 200, 'the whole request is answered by its handler');
+    t.equal(await status(), 'cancelled', 'which did what its reply says');
+    const stats = await api.user.project('GET', `/codes/${code.id}/stats`, { query: { end_date: '0001-01-01T00:00:00Z' } });
+    t.equal(stats.status, 200, 'a stats window reaching back before year 1 is answered (it was a 500 on PGlite)');
+  });
+
+  t.test(`${engine}: keys named like Object's own (__proto__, constructor) are ordinary keys; impossible dates are refused`, async (t) => {
+    const api = await startTestApi(t, engine);
+    const data = `{"name":"protos","image":"gantry-test/busybox:latest","env_vars":{"__proto__":"p","constructor":"c","toString":"t","A":"1"}}`;
+    const env = (JSON.parse(data) as { env_vars: Record<string, string> }).env_vars;
+    const form = new FormData();
+    form.append('data', data);
+    const up = await api.user.project('POST', '/codes', { body: form });
+    t.equal(up.status, 200);
+    const code = (await api.user.project('GET', `/codes/${(up.body as { id: string }).id}`)).body as { env_vars: Record<string, string> };
+    t.same(Object.entries(code.env_vars).sort(), Object.entries(env).sort(), 'every env var is kept, __proto__ included');
+    t.ok(Object.hasOwn(code.env_vars, '__proto__'), '__proto__ is a variable, not a prototype');
+    for (const bad of ['2026-02-30T00:00:00Z', '2026-02-29', '2026-04-31T10:00:00Z', '2026-01-01T24:00:00Z', '2026-01-01T12:60:00Z']) {
+      const r = await api.user.project('GET', `/codes/${(up.body as { id: string }).id}/stats`, { query: { start_date: bad } });
+      isError(t, r, 400, /start_date must be an RFC 3339 time/, `${bad} is not a time`);
+    }
+    const leap = await api.user.project('GET', `/codes/${(up.body as { id: string }).id}/stats`, { query: { start_date: '2024-02-29T00:00:00Z' } });
+    t.equal(leap.status, 200, 'a leap day is a day');
   });
 }

@@ -25,6 +25,19 @@ for (const engine of ENGINES) {
       t.equal(await migrate(store.db, silentLogger()), 0);
     });
 
+    t.test('times cross the store unchanged at the edges of the calendar', async (t) => {
+      // Years 1-99 once came back from PGlite as 2001-2099; a Date before year 1 was refused.
+      for (const iso of ['0001-01-01T00:00:00.000Z', '0050-06-15T12:34:56.789Z', '0099-12-31T23:59:59.999Z', '9999-12-31T23:59:59.999Z', '2026-12-02T01:02:03.004Z']) {
+        const r = await store.db.query<{ t: Date }>('SELECT $1::timestamptz AS t', [new Date(iso)]);
+        t.equal(r.rows[0]!.t.toISOString(), iso, `${iso} reads back as sent`);
+      }
+      const bc = new Date(Date.UTC(0, 11, 31));
+      bc.setUTCFullYear(0);
+      const r = await store.db.query<{ t: Date; year: number }>('SELECT $1::timestamptz AS t, extract(year FROM $1::timestamptz AT TIME ZONE \'UTC\')::int AS year', [bc]);
+      t.equal(r.rows[0]!.t.getTime(), bc.getTime(), 'the day before year 1 reads back as sent');
+      t.equal(r.rows[0]!.year, -1, 'and is 1 BC to PostgreSQL');
+    });
+
     t.test('accounts: tokens authenticate their user until revoked; only hashes are kept', async (t) => {
       const u = await store.accounts.createUser(`a-${engine}@example.com`);
       const tok = await store.accounts.createToken(u.id, 'x');

@@ -13,6 +13,7 @@ import { check } from '../schema/validator.ts';
 import { presentCode, presentRevision } from '../present.ts';
 import { ROUTER_OPTIONS, type ApiState } from '../state.ts';
 import { optInt, optString, optTime, pagination, reqString, type Obj } from '../validate.ts';
+import { putOwn } from '../../../lib/record.ts';
 
 /** Environment names Gantry sets itself; a code's env_vars may not replace them. */
 export const RESERVED_ENV = ['PAYLOAD_FILE', 'CONFIG_FILE', 'TASK_ID', 'PROJECT_ID', 'CODE_NAME'];
@@ -55,7 +56,7 @@ export function parseCodeData(d: Obj): { name: string; settings: CodeSettings } 
       if (!ENV_NAME.test(k)) throw badRequest(`env_vars: ${JSON.stringify(k)} is not a valid variable name (letters, digits, _; not starting with a digit)`);
       if (RESERVED_ENV.includes(k)) throw badRequest(`env_vars: ${k} is set by Gantry and cannot be overridden`);
       if (typeof v !== 'string') throw badRequest(`env_vars.${k} must be a string`);
-      out[k] = v;
+      putOwn(out, k, v);
     }
     const size = Buffer.byteLength(JSON.stringify(out));
     if (size > 65536) throw badRequest(`env_vars must be at most 65536 bytes in all, got ${size}`);

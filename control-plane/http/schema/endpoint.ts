@@ -1,6 +1,7 @@
 import type { Middleware } from 'koa';
+import type { IncomingHttpHeaders } from 'node:http';
 import type { TSchema } from '@sinclair/typebox';
-import { readJsonObject } from '../body.ts';
+import { readJsonObject, readRaw } from '../body.ts';
 import type { ApiState } from '../state.ts';
 import { check } from './validator.ts';
 
@@ -37,6 +38,10 @@ export const endpoint = <E extends Endpoint>(e: E): E => e;
 /**
  * Validates the query string and, for JSON endpoints, reads and validates the body; the
  * results are `ctx.state.query` and `ctx.state.body`. Runs after authentication.
+ *
+ * An endpoint that takes no body still reads (and ignores) one that is sent, within the
+ * JSON limit, before its handler runs: a request whose body never arrives whole is then
+ * refused without having acted, instead of acting while the client is told 400.
  */
 export function validated(ep: Endpoint): Middleware<ApiState> {
   return async (ctx, next) => {
@@ -44,7 +49,13 @@ export function validated(ep: Endpoint): Middleware<ApiState> {
     if (ep.body?.kind === 'json') {
       const limit = ep.body.maxBytes?.(ctx.state.deps.config) ?? ctx.state.deps.config.maxJsonBody;
       ctx.state.body = check(ep.body.schema, await readJsonObject(ctx, limit));
+    } else if (!ep.body && sendsBody(ctx.req.headers)) {
+      await readRaw(ctx, ctx.state.deps.config.maxJsonBody);
     }
     await next();
   };
+}
+
+function sendsBody(h: IncomingHttpHeaders): boolean {
+  return h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0');
 }

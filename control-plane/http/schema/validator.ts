@@ -1,6 +1,7 @@
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
 import type { TSchema } from '@sinclair/typebox';
 import { badRequest } from '../../errors.ts';
+import { putOwn } from '../../../lib/record.ts';
 
 /**
  * Request validation from the API's schemas (schema/kit.ts), with Ajv: one compiled
@@ -58,7 +59,7 @@ export function normalize(schema: Schema, data: unknown): unknown {
     const out: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(data)) {
       const s = Object.hasOwn(props, k) ? props[k] : extra;
-      out[k] = s ? normalize(s, v) : v;
+      putOwn(out, k, s ? normalize(s, v) : v);
     }
     return out;
   }
