@@ -1,8 +1,8 @@
 /**
  * The autoscaling policy: a pure function from (observation, persisted state, config, now)
  * to a new state and a list of actions. No I/O, no clock, no randomness — the loop and the
- * simulator supply all of those. The rules are research/autoscale.md 2.7 (a)–(l); each block
- * below names the rule it implements.
+ * simulator supply all of those. The rules are lettered (a)–(l) as in autoscaler/README.md
+ * ("How `decide` works"); each block below names the rule it implements.
  */
 import type {
   Action,
@@ -30,7 +30,7 @@ export function ewmaStep(prev: number, x: number, dtMs: number, tauMs: number): 
   return prev + (1 - Math.exp(-dtMs / tauMs)) * (x - prev);
 }
 
-/** The instance floor and cap of 2.7 (c); the cap is Infinity when nothing limits it. */
+/** The instance floor and cap of rule (c); the cap is Infinity when nothing limits it. */
 export function instanceBounds(cfg: AutoscaleConfig, quota: number | null | undefined): { nMin: number; nMax: number } {
   const c = cfg.runnersPerInstance;
   let nMax = Infinity;
@@ -148,7 +148,7 @@ function trackInstances(state: AutoscaleState, obs: Observation, prevAt: number 
       // Still KILL after a cancel was ordered: the cancel was lost; it is our drain again.
       drains[i.id] = { since: known.since, manual: known.manual || i.manualKill === true };
     } else {
-      // A KILL the policy did not order: the terminate API or a console change. 2.7 (k): cooldown.
+      // A KILL the policy did not order: the terminate API or a console change. Rule (k): cooldown.
       drains[i.id] = { since: i.killAt ?? now, manual: i.manualKill ?? true };
       state.lastOutOfBandAt = now;
     }
@@ -158,7 +158,7 @@ function trackInstances(state: AutoscaleState, obs: Observation, prevAt: number 
   return drainsBefore;
 }
 
-/** Stabilization window (2.7 (f)): a max-deque of scale-in targets over the trailing W. */
+/** Stabilization window (rule (f)): a max-deque of scale-in targets over the trailing W. */
 function stabilize(state: AutoscaleState, cfg: AutoscaleConfig, at: number, target: number): { max: number; full: boolean } {
   const last = state.downPeaks.at(-1); // the newest entry is always the previous sample
   // A gap longer than the window (leader failover, outage) restarts it: no scale-in on one sample.
@@ -178,7 +178,7 @@ function newIntent(state: AutoscaleState, cfg: AutoscaleConfig, count: number, n
   return intent;
 }
 
-/** Victim order (2.7 (g)): idle only; unhealthy first, then oldest; id breaks ties. */
+/** Victim order (rule (g)): idle only; unhealthy first, then oldest; id breaks ties. */
 function pickVictims(fleet: Fleet, state: AutoscaleState, cfg: AutoscaleConfig, now: number, n: number): InstanceView[] {
   if (n <= 0) return [];
   return fleet.live
@@ -343,7 +343,7 @@ function terminations(state: AutoscaleState, cfg: AutoscaleConfig, fleet: Fleet,
 
 const ORDER: Record<Action['type'], number> = { alert: 0, cancelKill: 1, launch: 2, kill: 3, terminate: 4 };
 
-/** Alerts, then cancelKill before launch (2.7 (i)), then kill, then terminate. Stable within a type. */
+/** Alerts, then cancelKill before launch (rule (i)), then kill, then terminate. Stable within a type. */
 function orderActions(actions: Action[]): Action[] {
   return actions.map((a, i) => [a, i] as const).sort((p, q) => ORDER[p[0].type] - ORDER[q[0].type] || p[1] - q[1]).map(([a]) => a);
 }

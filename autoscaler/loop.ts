@@ -1,11 +1,8 @@
 import type { Clock } from '../lib/clock.ts';
 import type { Logger } from '../lib/logger.ts';
-import type { LeaderJob } from '../control-plane/coord/leader.ts';
-import type { Fence } from '../control-plane/store/fence.ts';
-import type { Store } from '../control-plane/store/index.ts';
-import type { ScaledCluster } from '../control-plane/store/autoscale.ts';
 import { decide } from './decide.ts';
-import { autoscaleConfig, initialState, type LaunchResult, type Tunables } from './types.ts';
+import type { FleetStore } from './ports.ts';
+import { autoscaleConfig, initialState, type LaunchResult, type ScaledCluster, type Tunables } from './types.ts';
 import { ProviderError, ThrottledError, shortfallReason, type Provider } from './providers/types.ts';
 import { reconcile } from './providers/reconcile.ts';
 
@@ -19,18 +16,21 @@ export interface ProviderSource {
   userData(cluster: ScaledCluster): Promise<string>;
 }
 
-export interface AutoscalerOptions {
-  store: Store;
+/** What the leader loop runs with (createAutoscaler in index.ts builds it from the ports). */
+export interface LoopOptions {
   providers: ProviderSource;
   clock: Clock;
   log: Logger;
-  /** Tick period (AutoscaleConfig.tickMs unless overridden). */
-  everyMs: number;
   tuning: Partial<Tunables>;
   /** Instances changed state: every replica re-reads which runners may take work. */
-  onInstancesChanged(): void;
+  instancesChanged(): void;
   /** Back-off of a cluster whose provider calls fail (default FAILURE_BACKOFF). */
   backoff?: { baseMs: number; maxMs: number };
+}
+
+/** The leader loop: `tick` makes one pass over every scaled cluster. */
+export interface Loop {
+  tick(fleet: FleetStore, signal: AbortSignal): Promise<void>;
 }
 
 /**
@@ -60,46 +60,47 @@ interface Failing {
  * new work but finish theirs), cancel a KILL when demand returns, and terminate only
  * instances whose runners hold no lease — checked again right before terminating.
  */
-export function autoscalerJob(o: AutoscalerOptions): LeaderJob {
-  const { store, providers, clock, log } = o;
+export function autoscalerLoop(o: LoopOptions): Loop {
+  const { providers, clock, log } = o;
   /** Launch outcomes since the last tick, per cluster, for decide()'s bookkeeping. */
   const results = new Map<string, LaunchResult[]>();
   const failing = new Map<string, Failing>();
   const backoff = o.backoff ?? FAILURE_BACKOFF;
-  let term: number | undefined;
+  let leadership: number | undefined;
 
-  async function tickCluster(c: ScaledCluster, fence: Fence, resumed: boolean, signal: AbortSignal): Promise<void> {
+  async function tickCluster(c: ScaledCluster, fleet: FleetStore, resumed: boolean, signal: AbortSignal): Promise<void> {
     const provider = await providers.get(c);
     const clog = log.child({ clusterId: c.id, provider: c.provider });
     if (c.deleted_at) {
       // A deleted cluster's instances are terminated now, running tasks or not (the
       // reference: deleting an autoscaled cluster terminates its instances).
-      const ids = (await store.autoscale.recorded(c.id)).map((i) => i.instanceId);
+      const ids = (await fleet.recorded(c.id)).map((i) => i.instanceId);
       const gone = await provider.terminate(c.id, ids);
-      await store.autoscale.setType(c.id, gone, ['ADD', 'LIVE', 'KILL'], 'TERMINATE', fence);
+      await fleet.setType(c.id, gone, ['ADD', 'LIVE', 'KILL'], 'TERMINATE');
       if (gone.length) clog.info({ instances: gone }, 'deleted cluster: instances terminated');
       return;
     }
     const now = clock.now();
-    if ((await store.autoscale.markLive(c.id, fence)) > 0) o.onInstancesChanged();
-    const prev = (await store.autoscale.loadState(c.id)) ?? initialState();
+    if ((await fleet.markLive(c.id)) > 0) o.instancesChanged();
+    const prev = (await fleet.loadState(c.id)) ?? initialState();
 
     // What the cloud shows against what we recorded.
     const listing = await provider.list(c.id);
     const actions = reconcile({
       clusterId: c.id,
-      recorded: await store.autoscale.recorded(c.id),
+      recorded: await fleet.recorded(c.id),
       listing,
       knownIntents: prev.intents.map((i) => i.id),
       now,
     });
+    const eips = c.aws?.eips;
     const cfg = autoscaleConfig(
       {
         clusterId: c.id,
         runnersPerInstance: c.runners_per_instance > 0 ? c.runners_per_instance : providers.runnersPerInstance(c),
         runnersMin: c.runners_min,
         runnersMax: c.runners_max,
-        eips: Array.isArray(c.aws?.eips) ? (c.aws!.eips as string[]) : [],
+        eips: Array.isArray(eips) ? eips : [],
         disable: c.disable,
       },
       o.tuning,
@@ -107,25 +108,24 @@ export function autoscalerJob(o: AutoscalerOptions): LeaderJob {
     for (const a of actions) {
       if (signal.aborted) return;
       if (a.kind === 'adopt') {
-        await store.autoscale.recordInstances(
+        await fleet.recordInstances(
           c.id,
           c.provider,
           [{ instanceId: a.instanceId, intentId: a.intentId, launchedAt: a.instance.launchedAt, subnetId: a.instance.subnetId }],
           new Date(a.instance.launchedAt.getTime() + cfg.bootDeadlineMs),
-          fence,
         );
         clog.warn({ instanceId: a.instanceId }, 'adopted an instance found in the cloud');
       } else if (a.kind === 'terminate' || a.kind === 'fail') {
         const done = await provider.terminate(c.id, [a.instanceId]);
-        await store.autoscale.setType(c.id, done, ['ADD', 'LIVE', 'KILL'], 'TERMINATE', fence);
+        await fleet.setType(c.id, done, ['ADD', 'LIVE', 'KILL'], 'TERMINATE');
         clog.warn({ instanceId: a.instanceId, reason: a.reason }, 'terminated an instance the cloud should not have');
       } else if (a.kind === 'gone') {
-        await store.autoscale.setType(c.id, [a.instanceId], ['ADD', 'LIVE', 'KILL'], 'TERMINATE', fence);
+        await fleet.setType(c.id, [a.instanceId], ['ADD', 'LIVE', 'KILL'], 'TERMINATE');
         clog.warn({ instanceId: a.instanceId, state: a.cloudState }, 'instance gone from the cloud');
       }
     }
 
-    const snap = await store.autoscale.snapshot(c.id, c.name);
+    const snap = await fleet.snapshot(c.id, c.name);
     const d = decide(
       {
         at: now.getTime(),
@@ -142,7 +142,7 @@ export function autoscalerJob(o: AutoscalerOptions): LeaderJob {
     );
     results.delete(c.id);
     // Persist first: a leader that dies while acting leaves intents its successor resumes.
-    await store.autoscale.saveState(c.id, d.state, d.state.eUp ?? 0, fence);
+    await fleet.saveState(c.id, d.state, d.state.eUp ?? 0);
     if (d.actions.length > 0) clog.info({ info: d.info, actions: d.actions }, 'autoscaler decided');
 
     for (const a of d.actions) {
@@ -152,22 +152,22 @@ export function autoscalerJob(o: AutoscalerOptions): LeaderJob {
           (a.active ? clog.error.bind(clog) : clog.info.bind(clog))({ code: a.code, active: a.active }, a.message);
           break;
         case 'cancelKill':
-          if ((await store.autoscale.setType(c.id, a.instanceIds, ['KILL'], 'LIVE', fence)).length > 0) o.onInstancesChanged();
+          if ((await fleet.setType(c.id, a.instanceIds, ['KILL'], 'LIVE')).length > 0) o.instancesChanged();
           break;
         case 'kill':
-          if ((await store.autoscale.setType(c.id, a.instanceIds, ['LIVE', 'ADD'], 'KILL', fence)).length > 0) o.onInstancesChanged();
+          if ((await fleet.setType(c.id, a.instanceIds, ['LIVE', 'ADD'], 'KILL')).length > 0) o.instancesChanged();
           break;
         case 'launch': {
-          const r: LaunchResult = await launch(c, provider, a.intentId, a.count, a.reason === 'resume', cfg.bootDeadlineMs, fence, clog);
+          const r: LaunchResult = await launch(c, provider, a.intentId, a.count, a.reason === 'resume', cfg.bootDeadlineMs, fleet, clog);
           results.set(c.id, [...(results.get(c.id) ?? []), r]);
           break;
         }
         case 'terminate': {
           // The last check: a KILL instance's runners hold no lease (an offer in flight counts).
-          const safe = a.from === 'KILL' ? await store.autoscale.idle(c.id, a.instanceIds) : [...a.instanceIds];
+          const safe = a.from === 'KILL' ? await fleet.idle(c.id, a.instanceIds) : [...a.instanceIds];
           if (safe.length === 0) break;
           const done = await provider.terminate(c.id, safe);
-          await store.autoscale.setType(c.id, done, a.from === 'KILL' ? ['KILL'] : ['ADD'], 'TERMINATE', fence);
+          await fleet.setType(c.id, done, a.from === 'KILL' ? ['KILL'] : ['ADD'], 'TERMINATE');
           clog.info({ instances: done, reason: a.reason }, 'instances terminated');
           break;
         }
@@ -182,18 +182,17 @@ export function autoscalerJob(o: AutoscalerOptions): LeaderJob {
     count: number,
     resumed: boolean,
     bootDeadlineMs: number,
-    fence: Fence,
+    fleet: FleetStore,
     clog: Logger,
   ): Promise<LaunchResult> {
     try {
       const out = await provider.launch({ clusterId: c.id, intentId, count, userData: await providers.userData(c), resumed });
       const now = clock.now();
-      await store.autoscale.recordInstances(
+      await fleet.recordInstances(
         c.id,
         c.provider,
         out.instances.map((i) => ({ instanceId: i.instanceId, intentId, launchedAt: i.launchedAt, subnetId: i.subnetId })),
         new Date(now.getTime() + bootDeadlineMs),
-        fence,
       );
       clog.info({ intentId, instances: out.instances.map((i) => i.instanceId), shortfall: out.shortfall?.count }, 'instances launched');
       return {
@@ -210,13 +209,11 @@ export function autoscalerJob(o: AutoscalerOptions): LeaderJob {
   }
 
   return {
-    name: 'autoscaler',
-    everyMs: o.everyMs,
-    async tick(fence, signal) {
+    async tick(fleet, signal) {
       // The first tick of a leadership resumes the intents a predecessor may have sent.
-      const resumed = term !== fence.term;
-      term = fence.term;
-      const clusters = await store.autoscale.clusters();
+      const resumed = leadership !== fleet.leadership;
+      leadership = fleet.leadership;
+      const clusters = await fleet.clusters();
       const ids = new Set(clusters.map((c) => c.id));
       for (const id of failing.keys()) if (!ids.has(id)) failing.delete(id);
       for (const c of clusters) {
@@ -229,7 +226,7 @@ export function autoscalerJob(o: AutoscalerOptions): LeaderJob {
         }
         if (f && now < f.until) continue;
         try {
-          await tickCluster(c, fence, resumed, signal);
+          await tickCluster(c, fleet, resumed, signal);
           if (f) {
             failing.delete(c.id);
             log.info({ clusterId: c.id, provider: c.provider, attempts: f.attempts, failingForMs: now - f.since }, 'autoscaler: the cluster\'s provider answers again');
@@ -237,7 +234,7 @@ export function autoscalerJob(o: AutoscalerOptions): LeaderJob {
         } catch (err) {
           if (signal.aborted) return;
           if (!(err instanceof ProviderError)) {
-            // Not the cluster's cloud (the database, a fence): nothing to back off from.
+            // Not the cluster's cloud (the database, a refused fenced write): nothing to back off from.
             log.error({ clusterId: c.id, err }, 'autoscaler tick failed for a cluster');
             continue;
           }

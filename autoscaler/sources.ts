@@ -2,15 +2,13 @@ import os from 'node:os';
 import type { Clock } from '../lib/clock.ts';
 import type { Logger } from '../lib/logger.ts';
 import { ConfigError } from '../lib/errors.ts';
-import type { ControlPlaneConfig } from '../control-plane/config.ts';
-import type { Store } from '../control-plane/store/index.ts';
-import type { ScaledCluster } from '../control-plane/store/autoscale.ts';
 import { clusterUserData } from '../cloud-config/render.ts';
-import { Ec2Provider, type AwsSettings } from './providers/ec2.ts';
+import { Ec2Provider } from './providers/ec2.ts';
 import { LocalProvider } from './providers/local.ts';
 import { ProviderError, type Provider } from './providers/types.ts';
 import type { ProviderSource } from './loop.ts';
-import { AUTOSCALE_DEFAULTS, type Tunables } from './types.ts';
+import type { AutoscalerSettings, ClusterSecrets, LocalRunners } from './ports.ts';
+import { AUTOSCALE_DEFAULTS, type ScaledCluster, type Tunables } from './types.ts';
 
 /** Memory (MiB) of common EC2 instance types, for runners_per_instance = 0 (instance memory ÷ cluster memory). */
 const INSTANCE_MEMORY_MIB: Record<string, number> = {
@@ -58,15 +56,10 @@ export class Providers implements ProviderSource {
 
   constructor(
     private readonly o: {
-      store: Store;
-      config: ControlPlaneConfig;
+      secrets: ClusterSecrets;
+      settings: AutoscalerSettings;
+      local: LocalRunners;
       log: Logger;
-      /** host:port local runners dial. */
-      localEndpoint: string;
-      /** A cluster's runner token when the store keeps none sealed (clusters made before keys existed). */
-      localToken?: (clusterId: string) => string | undefined;
-      /** Extra environment for local runners (tests: labels, log level). */
-      localEnv?: Record<string, string>;
       /** The EC2 providers' clock (throttling and breaker windows, listing ages); tests run it virtually. */
       clock?: Clock;
     },
@@ -77,13 +70,13 @@ export class Providers implements ProviderSource {
     const cached = this.ec2.get(c.id);
     if (cached && cached.at === c.updated_at.getTime()) return cached.p;
     await cached?.p.close();
-    const creds = await this.o.store.clusters.awsCredentials(c.id);
+    const creds = await this.o.secrets.awsCredentials(c.id);
     if (!creds) throw new ProviderError('MissingCredentials', `cluster ${c.id} has no AWS credentials: set autoscale.aws.access_key_id and secret_access_key`);
     const p = new Ec2Provider(
-      { ...(c.aws as unknown as AwsSettings), access_key_id: creds.accessKeyId, secret_access_key: creds.secretAccessKey },
+      { ...c.aws, access_key_id: creds.accessKeyId, secret_access_key: creds.secretAccessKey },
       {
         log: this.o.log.child({ provider: 'ec2', clusterId: c.id }),
-        ...(this.o.config.ec2Endpoint ? { endpoint: this.o.config.ec2Endpoint } : {}),
+        ...(this.o.settings.ec2Endpoint ? { endpoint: this.o.settings.ec2Endpoint } : {}),
         ...(this.o.clock ? { clock: this.o.clock } : {}),
       },
     );
@@ -93,44 +86,44 @@ export class Providers implements ProviderSource {
 
   /** The host's one local provider (it owns `<dataDir>/instances`). */
   localProvider(): LocalProvider {
-    const { config, store } = this.o;
+    const { settings, secrets, local } = this.o;
     this.local ??= new LocalProvider({
-      dataDir: config.dataDir,
-      controlPlane: this.o.localEndpoint,
+      dataDir: settings.dataDir,
+      controlPlane: local.endpoint,
       clusterToken: async (id) => {
-        const t = (await store.clusters.runnerToken(id)) ?? this.o.localToken?.(id);
+        const t = (await secrets.runnerToken(id)) ?? local.token?.(id);
         if (!t) throw new Error(`no runner token is available for cluster ${id}; rotate it (gantry cluster token) to seal one`);
         return t;
       },
-      slotsPerInstance: config.localRunnerSlots,
-      executor: config.localExecutor,
-      extraEnv: { LOG_LEVEL: config.logLevel === 'silent' ? 'warn' : config.logLevel, ...this.o.localEnv },
+      slotsPerInstance: settings.localRunnerSlots,
+      executor: settings.localExecutor,
+      extraEnv: { LOG_LEVEL: settings.logLevel === 'silent' ? 'warn' : settings.logLevel, ...local.env },
       log: this.o.log.child({ provider: 'local' }),
     });
     return this.local;
   }
 
   runnersPerInstance(c: ScaledCluster): number {
-    if (c.provider === 'local') return this.o.config.localRunnerSlots;
+    if (c.provider === 'local') return this.o.settings.localRunnerSlots;
     const type = typeof c.aws?.instance_type === 'string' ? c.aws.instance_type : '';
     return ec2RunnersPerInstance(type, c.memory_mb);
   }
 
   async userData(c: ScaledCluster): Promise<string> {
     if (c.provider === 'local') return '';
-    const { store, config } = this.o;
-    const token = await store.clusters.runnerToken(c.id);
+    const { secrets, settings } = this.o;
+    const token = await secrets.runnerToken(c.id);
     if (!token) throw new ProviderError('MissingRunnerToken', `cluster ${c.id} has no sealed runner token: rotate it (POST /2/clusters/${c.id}/credentials)`);
-    const secrets = await store.clusters.runnerSecrets(c.id);
+    const registry = await secrets.runnerSecrets(c.id);
     return clusterUserData(c.user_data, {
       clusterId: c.id,
       clusterToken: token,
-      runnersVersion: config.runnersVersion,
-      runnerImage: config.runnerImage,
-      controlPlane: config.runnerEndpoint ?? `${config.publicUrl ? new URL(config.publicUrl).hostname : os.hostname()}:${config.grpcPort}`,
-      controlPlaneTls: Boolean(config.grpcTlsCert),
-      ...(secrets.dockerAuth ? { dockerAuth: secrets.dockerAuth } : {}),
-      ...(secrets.dockerEmail ? { dockerEmail: secrets.dockerEmail } : {}),
+      runnersVersion: settings.runnersVersion,
+      runnerImage: settings.runnerImage,
+      controlPlane: settings.runnerEndpoint ?? `${settings.publicUrl ? new URL(settings.publicUrl).hostname : os.hostname()}:${settings.grpcPort}`,
+      controlPlaneTls: Boolean(settings.grpcTlsCert),
+      ...(registry.dockerAuth ? { dockerAuth: registry.dockerAuth } : {}),
+      ...(registry.dockerEmail ? { dockerEmail: registry.dockerEmail } : {}),
       runnersPerInstance: c.runners_per_instance,
       memory: c.memory_mb,
     });

@@ -1,14 +1,78 @@
 /**
- * Types of the pure autoscaling policy (`decide.ts`): what the leader loop observes, what it
- * persists between ticks, and what it is told to do. Design: research/autoscale.md 2.7 (a)–(l).
+ * Types the autoscaler owns: the clusters it scales and their EC2 settings, and the types of
+ * the pure autoscaling policy (`decide.ts`): what the leader loop observes, what it persists
+ * between ticks, and what it is told to do. Design: the rules (a)–(l) in autoscaler/README.md.
+ * The control plane stores these (clusters, `cluster_instances`, `autoscaler_state`) and
+ * imports them from here.
  *
- * Every time is a number of milliseconds since the epoch, so that the state is plain JSON
- * (the loop stores it as jsonb) and the simulator can run on a virtual clock.
+ * Every time in the policy's types is a number of milliseconds since the epoch, so that the
+ * state is plain JSON (the loop stores it as jsonb) and the simulator can run on a virtual clock.
  */
 import { ConfigError } from '../lib/errors.ts';
 
 /** Instance life cycle, as the IronWorker cluster stats name it. */
 export type InstanceType = 'ADD' | 'LIVE' | 'KILL' | 'TERMINATE';
+
+/** One `autoscale.aws.block_device_mappings` entry (snake_case, like the reference). */
+export interface BlockDeviceMapping {
+  device_name: string;
+  no_device?: string;
+  virtual_name?: string;
+  ebs?: {
+    snapshot_id?: string;
+    iops?: number;
+    encrypted?: boolean;
+    delete_on_termination?: boolean;
+    volume_size?: number;
+    volume_type?: string;
+  };
+}
+
+/**
+ * A cluster's `autoscale.aws` without its secrets, as the Clusters API takes it and the
+ * control plane stores it (snake_case, like the reference). The access keys are kept apart,
+ * sealed (`ClusterSecrets` in ports.ts).
+ */
+export interface AwsSettings {
+  region: string;
+  instance_type: string;
+  image_id?: string;
+  tags?: Record<string, string>;
+  key_name?: string;
+  subnet_ids?: string[];
+  availability_zones?: string[];
+  security_groups?: string[];
+  security_group_ids?: string[];
+  iam_instance_profile?: { name?: string; arn?: string };
+  block_device_mappings?: BlockDeviceMapping[];
+  /** Elastic IPs: allocation ids (`eipalloc-…`) or public addresses. Caps the fleet at their number. */
+  eips?: string[];
+}
+
+/**
+ * Most user tags on a cluster's instances (`autoscale.aws.tags`). EC2 allows 50 per resource
+ * and the autoscaler adds its 3 ownership tags; 40 is the Clusters API's limit, checked there,
+ * again on the merged settings, and by the ec2 provider.
+ */
+export const MAX_USER_TAGS = 40;
+
+/** A cluster the autoscaler looks after (a provider is set), deleted ones included while they have instances. */
+export interface ScaledCluster {
+  id: string;
+  name: string;
+  provider: 'ec2' | 'local';
+  memory_mb: number;
+  runners_min: number;
+  runners_max: number;
+  runners_per_instance: number;
+  disable: boolean;
+  aws: AwsSettings | null;
+  /** The cluster's own user data template (cloud-config/render.ts); null: the default. */
+  user_data: string | null;
+  deleted_at: Date | null;
+  /** Changes with every settings change: providers and back-offs are rebuilt when it does. */
+  updated_at: Date;
+}
 
 /** One row of `cluster_instances` as the policy needs it. */
 export interface InstanceView {
@@ -149,8 +213,8 @@ export interface Tunables {
 export type AutoscaleConfig = ClusterLimits & Tunables;
 
 /**
- * Defaults and why (research/autoscale.md 2.7 table, tuned with the simulator; see
- * autoscaler/README.md for the runs behind them).
+ * Defaults and why: starting values taken from other autoscalers, then tuned with the
+ * simulator (autoscaler/README.md, "Parameters" and "Tuning", has the runs behind them).
  */
 export const AUTOSCALE_DEFAULTS: Readonly<Tunables> = Object.freeze({
   tickMs: 10_000, // Buildkite and Nomad poll every 10 s
@@ -162,13 +226,13 @@ export const AUTOSCALE_DEFAULTS: Readonly<Tunables> = Object.freeze({
   idleBeforeKillMs: 300_000, // half of Buildkite's 600 s: with the window and min age it is enough (README: tuning)
   stabilizationMs: 300_000, // HPA's scale-down window
   scaleInAfterScaleOutMs: 120_000, // ≈ τ_down: no scale-in right after a scale-out
-  minInstanceAgeMs: 600_000, // terraform-aws-github-runner#4076: never kill a just-booted host
+  minInstanceAgeMs: 600_000, // never kill a just-booted host (one scale-down killed a runner still in its ~5-min boot)
   stepDownFraction: 0.5, // Knative max-scale-down-rate 2: at most halve per tick
   launchBurst: 100, // GitLab scale_throttle burst
   launchPerSecond: 1, // GitLab-style refill; EC2 RunInstances allows ~2 calls/s
   launchBackoffMs: 30_000,
   launchBackoffMaxMs: 600_000,
-  staleAfterMs: 20_000, // two ticks (2.7 (l))
+  staleAfterMs: 20_000, // two ticks (rule (l))
   drainAlertMs: 3_600_000, // IronWorker's default task timeout: a drain longer than that is stuck
 });
 
@@ -220,7 +284,7 @@ export interface DrainRecord {
 /**
  * Everything the policy remembers between ticks. Plain JSON: persist it whole (jsonb) after
  * every decide() and before executing its actions, so a new leader resumes rather than resets
- * (2.7 (k)): EWMAs and their time, cooldown times, the stabilization window, launch intents,
+ * (rule (k)): EWMAs and their time, cooldown times, the stabilization window, launch intents,
  * drain starts, per-instance idle starts, the launch token bucket, the backoff and alerts.
  */
 export interface AutoscaleState {

@@ -1,7 +1,7 @@
 /**
  * The API fuzzer (test/helpers/fuzz.ts) against a real `gantry start` child process on a
  * fresh database, for as many requests as asked: the same generators and the same oracle as
- * test/integration/fuzz-api.test.ts — no 5xx, a reply within 5 s, errors exactly `{"msg"}`,
+ * test/control-plane/integration/api.fuzz.test.ts — no 5xx, a reply within 5 s, errors exactly `{"msg"}`,
  * replies as the OpenAPI document says, the process up (a liveness check after every turn),
  * and no rejected request (nor any GET) changing a stored row.
  *

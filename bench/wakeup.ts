@@ -1,5 +1,6 @@
 /**
- * Cross-replica wake-up benchmark (issue 4): prints one JSON line.
+ * Cross-replica wake-up benchmark (README.md, "Benchmark"; the wake-ups it measures are in
+ * "Several replicas (high availability)"): prints one JSON line.
  *
  * Two control-plane replicas on one PostgreSQL and one etcd; one idle runner (no-op executor)
  * connected to replica B only; the dispatcher's safety-net tick is ten minutes, so only the
@@ -17,9 +18,9 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { createLogger } from '../lib/logger.ts';
 import { loadConfig } from '../control-plane/config.ts';
-import { startControlPlane } from '../control-plane/server.ts';
+import { startControlPlane } from '../control-plane/start.ts';
 import { loadRunnerConfig } from '../runner/config.ts';
-import { startRunner } from '../runner/runner.ts';
+import { startRunner } from '../runner/start.ts';
 
 const { values: args } = parseArgs({ options: { tasks: { type: 'string', default: '200' }, cancels: { type: 'string', default: '30' } } });
 const N = Number(args.tasks);

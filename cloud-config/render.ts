@@ -8,10 +8,11 @@ import { GantryError } from '../lib/errors.ts';
  *
  * Rendering is textual: the template's bytes are kept and only the variables are replaced, each
  * escaped for the YAML (or JSON) context it lands in, found by a small scanner. The document is
- * never re-serialized, because a YAML 1.1 round trip rewrites `permissions: 0644` as 420 and
- * `off` as false (research/autoscale.md 5.3). After rendering, the result is parsed twice (with
- * harmless stand-in values and with the real ones) and must have the same structure, so a value
- * can never add a key, a unit or a line that the template did not have.
+ * never re-serialized, because a YAML 1.1 round trip rewrites `permissions: 0644` as 420
+ * (which coreos-cloudinit reads as mode 0420) and `off` as false. After rendering, the result
+ * is parsed twice (with harmless stand-in values and with the real ones) and must have the
+ * same structure, so a value can never add a key, a unit or a line that the template did not
+ * have.
  */
 
 /** EC2's limit on user data: 16 KB, counted on the raw bytes before base64. */
@@ -38,6 +39,9 @@ export const TEMPLATE_VARIABLES = [
 ] as const;
 export type TemplateVariable = (typeof TEMPLATE_VARIABLES)[number];
 
+/** IronWorker's variables, in the order the Clusters API documents them; the others are Gantry's. */
+export const IRONWORKER_VARIABLES: readonly TemplateVariable[] = ['DockerAuth', 'DockerEmail', 'ClusterId', 'ClusterToken', 'RunnersVersion'];
+
 /** The values for one launch. Field `fooBar` fills `{{.FooBar}}`. */
 export interface UserDataVars {
   /** `{{.ClusterId}}`: the cluster's id. */
@@ -62,7 +66,10 @@ export interface UserDataVars {
   readonly memory?: number;
 }
 
-/** How coreos-cloudinit classifies user data (research/autoscale.md 5.1), and so how it is escaped. */
+/**
+ * How coreos-cloudinit classifies user data (by its first line: `#cloud-config`, `#!` for a
+ * script, JSON for Ignition; anything else is rejected), and so how it is escaped.
+ */
 export type UserDataFormat = 'cloud-config' | 'script' | 'json' | 'other';
 
 export type UserDataErrorCode = 'unknown_variable' | 'unsupported_action' | 'bad_template' | 'bad_value' | 'too_large';
@@ -72,9 +79,18 @@ export type UserDataErrorCode = 'unknown_variable' | 'unsupported_action' | 'bad
  * cluster's settings; messages name the variable and the line, never a value (values are secrets).
  */
 export class UserDataError extends GantryError {
-  readonly status = 400;
-  constructor(code: UserDataErrorCode, message: string, opts: { cause?: unknown } = {}) {
-    super(code, message, opts);
+  /**
+   * The template actions refused, as template text (never a value), for callers that word their
+   * own message: for `unknown_variable` the unknown variables as `{{.Name}}`, in order of first
+   * use; for `unsupported_action` the action as written (its first 40 characters when unclosed).
+   */
+  readonly actions: readonly string[];
+  /** `unsupported_action` only: the action has no closing `}}`. */
+  readonly unclosed: boolean;
+  constructor(code: UserDataErrorCode, message: string, opts: { cause?: unknown; actions?: readonly string[]; unclosed?: boolean } = {}) {
+    super(code, message, { kind: 'invalid', ...(opts.cause === undefined ? {} : { cause: opts.cause }) });
+    this.actions = opts.actions ?? [];
+    this.unclosed = opts.unclosed ?? false;
   }
 }
 
@@ -249,10 +265,13 @@ function parseActions(template: string): { masked: string; slots: Slot[] } {
   const unsupported = (start: number): never => {
     const close = template.indexOf('}}', start + 2);
     const token = close < 0 ? template.slice(start, start + 40) : template.slice(start, close + 2);
-    if (close < 0) throw new UserDataError('unsupported_action', `unclosed template action ${JSON.stringify(token)} on line ${lineAt(start)}`);
+    if (close < 0) {
+      throw new UserDataError('unsupported_action', `unclosed template action ${JSON.stringify(token)} on line ${lineAt(start)}`, { actions: [token], unclosed: true });
+    }
     throw new UserDataError(
       'unsupported_action',
       `unsupported template action ${token} on line ${lineAt(start)}: only {{.Name}} variables and string literals such as {{"{{"}} are supported`,
+      { actions: [token] },
     );
   };
   for (;;) {
@@ -315,10 +334,11 @@ function parseActions(template: string): { masked: string; slots: Slot[] } {
   }
   masked += template.slice(i);
   if (unknown.length) {
-    const names = [...new Set(unknown)].map((n) => `{{.${n}}}`).join(', ');
+    const names = [...new Set(unknown)].map((n) => `{{.${n}}}`);
     throw new UserDataError(
       'unknown_variable',
-      `user_data uses unknown template variable${unknown.length > 1 ? 's' : ''} ${names}; known: ${TEMPLATE_VARIABLES.map((n) => `{{.${n}}}`).join(', ')}`,
+      `user_data uses unknown template variable${unknown.length > 1 ? 's' : ''} ${names.join(', ')}; known: ${TEMPLATE_VARIABLES.map((n) => `{{.${n}}}`).join(', ')}`,
+      { actions: names },
     );
   }
   return { masked, slots };

@@ -2,6 +2,9 @@ import { parseArgs } from 'node:util';
 import { QUOTA_MAX, type QuotaLimits } from './config.ts';
 import { SecretsUnavailableError } from './store/clusters.ts';
 import type { Store } from './store/index.ts';
+import { UsageError } from '../lib/errors.ts';
+
+export { UsageError };
 
 /** Usage of the `gantry` command. */
 export const USAGE = `Usage: gantry <command> [options]
@@ -25,8 +28,6 @@ export const USAGE = `Usage: gantry <command> [options]
   cluster reencrypt                      re-seal every cluster secret with the first key of GANTRY_SECRET_KEYS (key rotation)
 
 Configuration comes from the environment (see README.md: DATABASE_URL, GANTRY_DATA_DIR, GANTRY_PORT, ...).`;
-
-export class UsageError extends Error {}
 
 /** `gantry user quota` options and the quotas they set. */
 const QUOTA_OPTIONS = [

@@ -41,7 +41,7 @@ export interface ControlPlaneConfig {
   readonly grpcTlsKey: string | undefined;
   /** This replica's name in runner sessions. */
   readonly serverId: string;
-  /** Runner protocol timers (research/dispatch.md 4.6), sent to runners in Settings. */
+  /** Runner protocol timers (proto/README.md, 5 Timers), sent to runners in Settings. */
   readonly timers: Readonly<RunnerTimers>;
   /** Internal retries after runner loss or runner errors before a task ends. */
   readonly runnerLossBudget: number;
@@ -125,7 +125,7 @@ export interface QuotaLimits {
  * Quota defaults, and why. Each is well above what one team's normal use needs and bounds
  * what one user can make the installation carry:
  * - clusters 20: a cluster per memory size, region or team fits easily; every autoscaled one
- *   costs EC2 calls and a pass of the leader loop each tick (the finding was one user with 350);
+ *   costs EC2 calls and a pass of the leader loop each tick (one user has been seen with 350);
  * - code packages 500: one per kind of worker; each adds to dispatch's round-robin and holds
  *   its revisions' zips (up to GANTRY_MAX_UPLOAD_BYTES each);
  * - schedules 1,000 active: at run_every ≥ 60 s that is at most about 17 firings a second;

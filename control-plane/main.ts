@@ -3,10 +3,8 @@ import { ConfigError } from '../lib/errors.ts';
 import { newId } from '../lib/ids.ts';
 import { createLogger } from '../lib/logger.ts';
 import { runAdmin, UsageError, USAGE } from './admin.ts';
-import { ensureBootstrap, ensureLocalCluster } from './bootstrap.ts';
-import { localInstanceCap } from '../autoscaler/sources.ts';
 import { loadConfig, redactedConfig } from './config.ts';
-import { startControlPlane } from './server.ts';
+import { startEmbedded } from './embedded.ts';
 import { openStore } from './store/index.ts';
 import { loadSecretBox } from '../lib/secretbox.ts';
 import { DataDirInUseError } from './store/db.ts';
@@ -35,57 +33,8 @@ async function main(argv: string[]): Promise<number> {
   }
 
   log.info({ config: redactedConfig(config) }, 'starting');
-  // The store first: the first user and the local cluster exist before leader work starts,
-  // so the autoscaler's first tick already brings up the local runners.
-  const waitMs = config.dbStartWaitSeconds === 0 ? Number.MAX_SAFE_INTEGER : config.dbStartWaitSeconds * 1000;
-  const store = await openStore(config, log.child({ component: 'store' }), systemClock, newId, waitMs);
-  store.clusters.useSecrets(
-    loadSecretBox({ keys: config.secretKeys, dataDir: config.dataDir, shared: Boolean(config.databaseUrl), warn: (m, f) => log.warn(f, m) }),
-  );
-  const boot = await ensureBootstrap(store, config.dataDir, log);
-  let local: Awaited<ReturnType<typeof ensureLocalCluster>> | undefined;
-  const slots = config.localRunnerSlots;
-  if (config.localRunners > 0) {
-    // The default cluster scales with the local provider: runner processes on this host,
-    // at least GANTRY_LOCAL_RUNNERS of them, at most what the host holds.
-    local = await ensureLocalCluster(store, config.dataDir, log);
-    const cap = localInstanceCap(512, slots, config.localRunners);
-    await store.autoscale.configureLocal(local.clusterId, {
-      runnersMin: config.localRunners * slots,
-      runnersMax: cap * slots,
-      runnersPerInstance: slots,
-      ...(boot ? { ownerId: boot.userId } : {}),
-    });
-  } else {
-    const existing = await store.clusters.byName('default');
-    if (existing) await store.autoscale.unconfigureLocal(existing.id);
-  }
-  const cp = await startControlPlane(config, log, {
-    store,
-    ...(local ? { localToken: (id: string) => (id === local!.clusterId ? local!.token : undefined) } : {}),
-  });
-  const lines = [
-    '',
-    `Gantry is running (${cp.store.db.engine}${config.databaseUrl ? '' : `, data in ${config.dataDir}`}).`,
-    `  API base URL: ${cp.url}/2/`,
-    `  runner gRPC:  127.0.0.1:${cp.grpcPort}` +
-      (local ? ` (the default cluster scales local runner processes: at least ${config.localRunners}, ${slots} slots each)` : ''),
-  ];
-  if (boot) {
-    lines.push(
-      `  project id:   ${boot.projectId}`,
-      `  token:        ${boot.token}`,
-      '',
-      'Try it:',
-      `  curl -s -H 'Authorization: OAuth ${boot.token}' ${cp.url}/2/projects/${boot.projectId}/codes`,
-      'or point an IronWorker client at it (iron.json):',
-      `  {"host": "${new URL(cp.url).hostname}", "port": ${new URL(cp.url).port || 80}, "protocol": "http", "project_id": "${boot.projectId}", "token": "${boot.token}"}`,
-    );
-  } else {
-    lines.push('  Create a token with: npm run gantry -- token create --user <email>');
-  }
-  lines.push('', 'Press Ctrl-C to stop.', '');
-  process.stdout.write(lines.join('\n'));
+  const gantry = await startEmbedded(config, log);
+  process.stdout.write(gantry.banner());
 
   return new Promise<number>((resolve) => {
     let signals = 0;
@@ -97,14 +46,9 @@ async function main(argv: string[]): Promise<number> {
         return;
       }
       log.info({ signal: sig }, 'stopping');
-      // Local runners drain while the gateway still takes their results; then the rest.
-      cp.providers
-        .close({ stopLocal: true })
-        .then(() => cp.stop())
-        .then(() => store.close())
-        .then(
+      gantry.stop().then(
         () => resolve(0),
-        (err) => {
+        (err: unknown) => {
           log.error({ err }, 'stop failed');
           resolve(1);
         },

@@ -1,6 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
-/** The control plane's Prometheus metrics (research/dispatch.md 4.9), one registry per instance. */
+/** The control plane's Prometheus metrics (proto/README.md, 9 Metrics), one registry per instance. */
 export class ControlPlaneMetrics {
   readonly registry = new Registry();
   readonly offers = new Counter({ name: 'gantry_offers_total', help: 'Offers sent to runners', registers: [this.registry] });

@@ -33,7 +33,7 @@ export interface SecretKey {
 /** A sealed value cannot be opened: unknown key id, malformed, tampered, or another context. */
 export class SecretDecryptError extends GantryError {
   constructor(message: string) {
-    super('secret_undecryptable', message);
+    super('secret_undecryptable', message, { kind: 'misconfigured' });
   }
 }
 

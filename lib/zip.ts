@@ -26,7 +26,7 @@ export const DEFAULT_ZIP_LIMITS: Readonly<ZipLimits> = Object.freeze({ maxEntrie
  */
 export class ZipRejectedError extends GantryError {
   constructor(message: string, cause?: unknown) {
-    super('zip_rejected', message, { cause });
+    super('zip_rejected', message, { cause, kind: 'invalid' });
   }
 }
 

@@ -88,7 +88,7 @@ export interface AgentFaults {
 }
 
 /**
- * The runner agent (research/dispatch.md 4): dials the control plane, holds one control
+ * The runner agent (proto/README.md): dials the control plane, holds one control
  * stream and one log stream, accepts offers within its slots, runs each task through the
  * executor, spools logs to disk until acknowledged, and keeps a ledger so running tasks
  * survive a reconnect.
@@ -176,8 +176,8 @@ export class RunnerAgent {
 
   /**
    * Leases of `busy()`, kept as the ledger changes (the ledger also holds finished leases
-   * until their result and log are safe, thousands under load: counting it per offer was
-   * quadratic).
+   * until their result and log are safe, thousands under load: counting it per offer would
+   * be quadratic).
    */
   private readonly occupied = new Set<string>();
 
@@ -282,7 +282,7 @@ export class RunnerAgent {
       this.resolveDrained?.();
       return;
     }
-    // Windowed, jittered backoff (research/dispatch.md 4.6): base doubling to a cap.
+    // Windowed, jittered backoff (proto/README.md, 5 Timers): base doubling to a cap.
     const base = this.settings?.reconnectBaseMs ?? 500;
     const cap = this.settings?.reconnectCapMs ?? 30_000;
     const window = Math.min(cap, base * 2 ** Math.min(this.attempt - 1, 16));

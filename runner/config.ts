@@ -42,6 +42,8 @@ export interface RunnerConfig {
   readonly pullFailureTtlMs: number;
   /** What a zip code package may hold once unpacked on this runner's disk. */
   readonly zipLimits: Readonly<ZipLimits>;
+  /** Fault injection for tests (GANTRY_RUNNER_FAULT_DROP_LOG_EVERY: drop every Nth log frame; 0 never). */
+  readonly faults: Readonly<{ dropLogFrameEvery: number }>;
 }
 
 export function loadRunnerConfig(env: Record<string, string | undefined>): RunnerConfig {
@@ -88,6 +90,7 @@ export function loadRunnerConfig(env: Record<string, string | undefined>): Runne
     logLevel: e.oneOf('LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
     containerLabels: Object.freeze(labels),
     pullFailureTtlMs: e.int('GANTRY_RUNNER_PULL_FAILURE_TTL_S', 30, { min: 0, max: 86400 }) * 1000,
+    faults: Object.freeze({ dropLogFrameEvery: e.int('GANTRY_RUNNER_FAULT_DROP_LOG_EVERY', 0, { min: 0 }) }),
     zipLimits: Object.freeze({
       maxEntries: e.int('GANTRY_RUNNER_ZIP_MAX_ENTRIES', DEFAULT_ZIP_LIMITS.maxEntries, { min: 1, max: 10_000_000 }),
       maxUnpackedBytes:

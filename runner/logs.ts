@@ -6,7 +6,7 @@ import type { Logger } from '../lib/logger.ts';
 import { LogStream, type LogAck, type LogFrame } from '../proto/gen/gantry/runner/v1/runner.ts';
 
 const STREAMS = { system: LogStream.LOG_STREAM_SYSTEM, stdout: LogStream.LOG_STREAM_STDOUT, stderr: LogStream.LOG_STREAM_STDERR };
-/** Largest frame (research/dispatch.md 4.3: <= 256 KB). */
+/** Largest frame's data (proto/README.md, 7 Logs). */
 const MAX_FRAME = 256 * 1024;
 /** Bytes sent but not acknowledged per lease before the shipper waits for acks. */
 const WINDOW = 2 * 1024 * 1024;
@@ -192,13 +192,13 @@ export class LogShipper {
     return this.entries.get(leaseId)?.spool.length ?? 0;
   }
 
-  /** Drops a lease's log (revoked): nothing more is sent. */
   /** New output (or the end of it) for a lease: the next flush sends it. */
   touch(leaseId: string): void {
     const e = this.entries.get(leaseId);
     if (e) this.dirty.add(e);
   }
 
+  /** Drops a lease's log (revoked): nothing more is sent. */
   drop(leaseId: string): void {
     const e = this.entries.get(leaseId);
     if (!e) return;

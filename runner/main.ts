@@ -1,7 +1,7 @@
 import { ConfigError } from '../lib/errors.ts';
 import { createLogger } from '../lib/logger.ts';
 import { loadRunnerConfig } from './config.ts';
-import { startRunner } from './runner.ts';
+import { startRunner } from './start.ts';
 
 /**
  * `gantry runner`: the only place that touches process. SIGTERM or SIGINT drains (no new
@@ -11,10 +11,7 @@ import { startRunner } from './runner.ts';
 async function main(): Promise<number> {
   const config = loadRunnerConfig(process.env);
   const log = createLogger({ name: 'gantry-runner', level: config.logLevel });
-  const faults = process.env.GANTRY_RUNNER_FAULT_DROP_LOG_EVERY
-    ? { dropLogFrameEvery: Number(process.env.GANTRY_RUNNER_FAULT_DROP_LOG_EVERY) }
-    : {};
-  const runner = await startRunner(config, log, faults);
+  const runner = await startRunner(config, log);
   return new Promise<number>((resolve) => {
     let signals = 0;
     const onSignal = (sig: string) => {

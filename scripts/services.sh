@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (from Debian's packages) and starts what Gantry's tests need, idempotently:
-# PostgreSQL 15, etcd 3.4, a Docker engine, the local busybox test image, and iproute2.
-# Usage: scripts/services.sh [postgres] [etcd] [docker] [netns]   (no argument: all four)
+# PostgreSQL 15, etcd 3.4, a Docker engine, the local busybox test image, iproute2, and the
+# tools some tests run (systemd-analyze, python3, pgrep).
+# Usage: scripts/services.sh [postgres] [etcd] [docker] [netns] [tools]   (no argument: all five)
 set -euo pipefail
 
 STATE_DIR=${GANTRY_SERVICES_DIR:-/var/lib/gantry-services}
@@ -20,7 +21,11 @@ need_pkgs() {
   [ ${#missing[@]} -eq 0 ] && return 0
   [ "$(id -u)" = 0 ] || die "packages ${missing[*]} are missing and installing them needs root: sudo apt-get install ${missing[*]}"
   say "installing ${missing[*]} from Debian's packages"
-  if [ $APT_UPDATED = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get update -qq; APT_UPDATED=1; fi
+  # The package lists are refreshed once, and only when an install fails without it.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null && return 0
+  [ $APT_UPDATED = 0 ] || die "could not install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  APT_UPDATED=1
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
@@ -98,21 +103,33 @@ start_docker() {
   say "test image $TEST_IMAGE is present"
 }
 
-# The partition tests (test/integration/partition-*.test.ts) build network namespaces and
+# The partition tests (test/*/integration/partition*.test.ts) build network namespaces and
 # veth pairs with iproute2's `ip` (as root; no kernel module, no iptables).
 need_netns() {
   command -v ip >/dev/null 2>&1 || need_pkgs iproute2
   say "iproute2 (ip netns) is present"
 }
 
+# Programs tests run directly: test/cloud-config/unit/render.test.ts verifies the rendered units
+# with /usr/bin/systemd-analyze (that path), e2e-docker builds a zip with python3, and
+# autoscale-local and the private PostgreSQL servers of the outage tests look for processes
+# with pgrep.
+need_tools() {
+  [ -x /usr/bin/systemd-analyze ] || need_pkgs systemd
+  command -v python3 >/dev/null 2>&1 || need_pkgs python3
+  command -v pgrep >/dev/null 2>&1 || need_pkgs procps
+  say "systemd-analyze, python3 and pgrep are present"
+}
+
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(postgres etcd docker netns)
+[ ${#want[@]} -gt 0 ] || want=(postgres etcd docker netns tools)
 for s in "${want[@]}"; do
   case "$s" in
     postgres) start_postgres ;;
     etcd) start_etcd ;;
     docker) start_docker ;;
     netns) need_netns ;;
-    *) die "unknown service $s (postgres, etcd, docker, netns)" ;;
+    tools) need_tools ;;
+    *) die "unknown service $s (postgres, etcd, docker, netns, tools)" ;;
   esac
 done

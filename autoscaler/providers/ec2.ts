@@ -1,8 +1,10 @@
 /**
  * The `ec2` provider: launches, lists and terminates a cluster's instances with
- * @aws-sdk/client-ec2, following research/autoscale.md 3.5 (idempotent, tagged launches),
- * 3.6 (capacity breakers, quotas, throttling) and the cluster fields of the IronWorker
- * reference (`autoscale.aws`).
+ * @aws-sdk/client-ec2: idempotent launches tagged at creation (a crash between RunInstances
+ * and recording the instance must not launch again, and an instance must never exist without
+ * its ownership tag, or nothing would find it to terminate), capacity breakers, quota caps
+ * and throttling backoff (a pool without capacity or an exhausted quota must not become a
+ * tight retry loop), and the cluster fields of the IronWorker reference (`autoscale.aws`).
  *
  * Launch. One RunInstances call per placement pool (subnet, else availability zone), with
  * MinCount = MaxCount = the pool's share, so a pool either takes its share or fails as a
@@ -20,15 +22,16 @@
  * surplus and the policy scales it in.
  *
  * Describe budget. EC2 throttles per account and region with token buckets shared by every
- * caller of the account (console, CLI, other tools). Our sources put DescribeInstances at a
- * bucket of 50 refilled at 10/s (ClusterLabs/cluster-glue PR #35, research 3.6; AWS now
+ * caller of the account (console, CLI, other tools). DescribeInstances has been quoted at a
+ * bucket of 50 refilled at 10/s (https://github.com/ClusterLabs/cluster-glue/pull/35; AWS now
  * documents 100 and 20/s for filtered, paginated non-mutating calls). So:
  * - one DescribeInstances serves every cluster that uses the same credentials in this process
- *   (research 3.6): it filters on `tag:gantry:cluster-id` with all their ids, and each
- *   cluster's listing is cut from that snapshot (`DescribeShare`);
- * - a snapshot is reused for 5 s (ray-project/ray#1346 fixed its RequestLimitExceeded by
- *   refreshing at most every 5 s; our loop ticks every 10 s): about one call per tick per
- *   account, however many clusters;
+ *   (the bucket is the account's, so a call per cluster would spend it once per cluster): it
+ *   filters on `tag:gantry:cluster-id` with all their ids, and each cluster's listing is cut
+ *   from that snapshot (`DescribeShare`);
+ * - a snapshot is reused for 5 s (Ray's autoscaler fixed its RequestLimitExceeded by
+ *   refreshing at most every 5 s, https://github.com/ray-project/ray/issues/1346; our loop
+ *   ticks every 10 s): about one call per tick per account, however many clusters;
  * - and a bucket of 10 tokens refilled at 2/s per (endpoint, region, access key), a fifth of
  *   the smaller EC2 figure, bounds everything else (ownership checks before terminations,
  *   resumed intents, new clusters). When it is empty a caller gets its cached listing (with its
@@ -57,6 +60,8 @@ import {
 import { systemClock, type Clock } from '../../lib/clock.ts';
 import { silentLogger, type Logger } from '../../lib/logger.ts';
 import { putOwn } from '../../lib/record.ts';
+import { USER_DATA_MAX_BYTES } from '../../cloud-config/render.ts';
+import { MAX_USER_TAGS, type AwsSettings } from '../types.ts';
 import {
   ALIVE_STATES,
   CapacityError,
@@ -79,42 +84,11 @@ import {
   type QuotaState,
 } from './types.ts';
 
-/** One `block_device_mappings` entry of the Clusters API. Empty strings and zeros mean unset. */
-export interface AwsBlockDeviceMapping {
-  device_name?: string | null;
-  /** Any non-empty value (or true) suppresses the AMI's device (EC2 `NoDevice`). */
-  no_device?: string | boolean | null;
-  virtual_name?: string | null;
-  ebs?: {
-    snapshot_id?: string | null;
-    iops?: number | null;
-    encrypted?: boolean | null;
-    delete_on_termination?: boolean | null;
-    volume_size?: number | null;
-    volume_type?: string | null;
-  } | null;
-}
-
-/** A cluster's `autoscale.aws` settings, field names as in the Clusters API. */
-export interface AwsSettings {
-  region?: string | null;
-  access_key_id: string;
-  secret_access_key: string;
-  instance_type: string;
-  image_id: string;
-  tags?: Record<string, string> | null;
-  key_name?: string | null;
-  subnet_ids?: readonly string[] | null;
-  availability_zones?: readonly string[] | null;
-  security_groups?: readonly string[] | null;
-  security_group_ids?: readonly string[] | null;
-  iam_instance_profile?: { name?: string | null; arn?: string | null } | null;
-  block_device_mappings?: readonly AwsBlockDeviceMapping[] | null;
-  /** Elastic IPs: allocation ids (`eipalloc-…`) or public addresses. Caps the fleet at their number. */
-  eips?: readonly string[] | null;
-  /** Not used here: the loop renders user data and passes it in `LaunchSpec.userData`. */
-  user_data?: string | null;
-}
+/**
+ * What an ec2 provider is made with: a cluster's stored `autoscale.aws` and its AWS keys,
+ * opened. Every field is checked here (`normalize`), so any may be missing.
+ */
+export type Ec2Settings = Partial<AwsSettings> & { access_key_id: string; secret_access_key: string };
 
 export interface Ec2ProviderOptions {
   /** Endpoint override for tests (the fake EC2 server). Real deployments leave it unset. */
@@ -150,18 +124,13 @@ export const EC2_DEFAULTS = Object.freeze({
   requestTimeoutMs: 20_000, // EC2 answers in seconds; a hung call must not hold the leader loop
   attempts: 3,
   retryDelayMs: 250,
-  breakerBaseMs: 120_000, // research 3.6: unavailable-until 2 → 4 → … → 30 min
+  breakerBaseMs: 120_000, // a pool without capacity is skipped for 2 → 4 → … → 30 min, not retried each tick
   breakerMaxMs: 1_800_000,
   throttleBaseMs: 1_000,
   throttleMaxMs: 60_000,
   quotaRecheckMs: 300_000, // probe a quota once every 5 min: raising one takes a support ticket
   addressesIntervalMs: 30_000,
 });
-
-/** EC2's user data limit, before base64. */
-export const USER_DATA_MAX_BYTES = 16 * 1024;
-/** EC2 allows 50 tags per resource; we add three. */
-const MAX_USER_TAGS = 50 - 3;
 
 /** Capacity errors: the pool (subnet or zone, instance type) cannot take the launch now. */
 const CAPACITY_CODES = new Set([
@@ -256,7 +225,7 @@ function sha256(s: string): string {
  * (several pools, or a share that fell through from a failed pool) the token is the intent
  * id plus a hash of (pool, instance type, source pool), so it is the same on every retry of
  * the same call and different for every other call of the intent (reusing one token with
- * other parameters is IdempotentParameterMismatch; research 3.5).
+ * other parameters is IdempotentParameterMismatch).
  */
 export function clientToken(intentId: string, parts: readonly string[] | null): string {
   const base = (room: number) => (intentId.length <= room ? intentId : `g-${sha256(intentId).slice(0, Math.min(40, room - 2))}`);
@@ -287,7 +256,7 @@ function invalid(field: string, why: string): ProviderError {
 }
 
 /** Checks and normalizes the settings once; errors name the field and its limit. */
-function normalize(s: AwsSettings): Normalized {
+function normalize(s: Ec2Settings): Normalized {
   const req = (field: 'instance_type' | 'image_id' | 'access_key_id' | 'secret_access_key') => {
     const v = s[field];
     if (typeof v !== 'string' || v.trim() === '') throw invalid(field, 'is required');
@@ -303,7 +272,7 @@ function normalize(s: AwsSettings): Normalized {
     if (k === TAG_CLUSTER || k === TAG_MANAGED || k === TAG_INTENT) continue; // ours win
     putOwn(userTags, k, v);
   }
-  if (Object.keys(userTags).length > MAX_USER_TAGS) throw invalid('tags', `has ${Object.keys(userTags).length} tags; at most ${MAX_USER_TAGS} (EC2 allows 50, Gantry uses 3)`);
+  if (Object.keys(userTags).length > MAX_USER_TAGS) throw invalid('tags', `has ${Object.keys(userTags).length} tags; at most ${MAX_USER_TAGS}, the Clusters API's limit (EC2 allows 50 per instance; Gantry adds 3 of its own)`);
   const prof = s.iam_instance_profile;
   const arn = prof?.arn?.trim();
   const name = prof?.name?.trim();
@@ -312,7 +281,9 @@ function normalize(s: AwsSettings): Normalized {
     const device = m.device_name?.trim();
     if (!device) throw invalid(`block_device_mappings[${i}].device_name`, 'is required');
     const bdm: BlockDeviceMapping = { DeviceName: device };
-    if (m.no_device === true || (typeof m.no_device === 'string' && m.no_device.trim() !== '')) bdm.NoDevice = '';
+    // Any non-empty value, or true, suppresses the AMI's device (EC2 NoDevice).
+    const noDevice: unknown = m.no_device;
+    if (noDevice === true || (typeof noDevice === 'string' && noDevice.trim() !== '')) bdm.NoDevice = '';
     else if (m.virtual_name?.trim()) bdm.VirtualName = m.virtual_name.trim();
     else if (m.ebs) {
       const e = m.ebs;
@@ -398,7 +369,7 @@ export class Ec2Provider implements Provider {
   #eipShortage = 0;
   #addressesAt = -Infinity;
 
-  constructor(settings: AwsSettings, opts: Ec2ProviderOptions = {}) {
+  constructor(settings: Ec2Settings, opts: Ec2ProviderOptions = {}) {
     this.#cfg = normalize(settings);
     this.#clock = opts.clock ?? systemClock;
     this.#log = opts.log ?? silentLogger();
@@ -689,8 +660,8 @@ export class Ec2Provider implements Provider {
 
   /**
    * Sends one call, translating its failure. Throttling backs off with "equal jitter"
-   * (half the exponential delay fixed, half random): full jitter, which research 3.6 cites,
-   * can draw a near-zero delay, which for a loop that ticks every 10 s means no backoff at all.
+   * (half the exponential delay fixed, half random): full jitter, the usual advice for
+   * RequestLimitExceeded, can draw a near-zero delay, which for a loop that ticks every 10 s means no backoff at all.
    */
   async #send<T>(action: string, call: () => Promise<T>): Promise<T> {
     this.#assertNotThrottled(action);

@@ -1,8 +1,11 @@
 /**
  * The reconciler: compares what Gantry has recorded for a cluster with what the provider
- * lists by ownership tag, and says what to do about every difference (research/autoscale.md
- * 3.5 and 3.7; Buildkite's dangling-instance scan). Pure: no I/O, no clock; the leader loop
- * applies the actions and calls it again next tick, so every action must be safe to repeat.
+ * lists by ownership tag, and says what to do about every difference. Instances go astray
+ * through crashes between launch and record, lost replies, agents that never connect, spot
+ * reclaims and console terminations; a sweep by the immutable ownership tag plus a boot
+ * deadline (like Buildkite's dangling-instance scan) catches them. Pure: no I/O, no
+ * clock; the leader loop applies the actions and calls it again next tick, so every action
+ * must be safe to repeat.
  *
  * Rules, per instance:
  * - In the cloud with our tag, alive, not recorded:
@@ -16,7 +19,7 @@
  * - Recorded ADD/LIVE/KILL, stopped or stopping in the cloud → `terminate` and `gone`: a
  *   stopped instance runs no runner and still bills its volumes.
  * - Recorded ADD past its boot deadline, still alive → `fail` and `terminate` (its runner never
- *   connected; 2.7 (d)).
+ *   connected; rule (d) in autoscaler/README.md).
  * - Recorded TERMINATE but alive in the cloud → `terminate` again (the call was lost).
  * KILL past a drain deadline is not here: it depends on busy runners, which is decide()'s.
  *
@@ -24,12 +27,13 @@
  * so an instance is only called gone when it was launched more than `graceMs` before the
  * listing's `asOf`.
  */
+import type { InstanceType } from '../types.ts';
 import { ALIVE_STATES, TAG_CLUSTER, type InstanceState, type Listing, type ProviderInstance } from './types.ts';
 
 /** An instance row as Gantry recorded it. */
 export interface RecordedInstance {
   instanceId: string;
-  type: 'ADD' | 'LIVE' | 'KILL' | 'TERMINATE';
+  type: InstanceType;
   launchedAt: Date;
   /** When an ADD instance counts as failed if its runner has not connected; null: none. */
   bootDeadline: Date | null;

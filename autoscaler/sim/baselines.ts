@@ -1,8 +1,8 @@
 /**
- * The policies we compare against (issue 5): a fixed fleet sized for the mean demand, and a
- * reactive policy without EWMA or stabilization. Both are safe in the same ways as ours
- * (victims idle, KILL before terminate, caps respected), so the comparison is about scaling,
- * not about bugs.
+ * The policies we compare against (autoscaler/README.md, "The simulator"): a fixed fleet
+ * sized for the mean demand, and a reactive policy without EWMA or stabilization. Both are
+ * safe in the same ways as ours (victims idle, KILL before terminate, caps respected), so the
+ * comparison is about scaling, not about bugs.
  */
 import { initialState, type Action, type AutoscaleConfig, type AutoscaleState, type InstanceView, type Observation } from '../types.ts';
 import { decide, instanceBounds, instancesFor } from '../decide.ts';

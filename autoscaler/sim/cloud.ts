@@ -1,8 +1,8 @@
 /**
- * The simulator's fake cloud and a provider model in front of it (research/autoscale.md 4.1):
- * boot-time distribution, agents that never connect, insufficient-capacity windows per pool
- * (subnet), an account instance quota, API throttling as EC2 token buckets, spot reclaims
- * with a 2-minute notice, and idempotent launches by client token.
+ * The simulator's fake cloud and a provider model in front of it (autoscaler/README.md, "The
+ * simulator"): boot-time distribution, agents that never connect, insufficient-capacity
+ * windows per pool (subnet), an account instance quota, API throttling as EC2 token buckets,
+ * spot reclaims with a 2-minute notice, and idempotent launches by client token.
  *
  * SimProvider mirrors what the real provider does in front of EC2 — uniform spread over
  * pools, a breaker per pool on capacity errors, a sticky quota cap, backoff on throttling —
@@ -35,13 +35,13 @@ export interface CloudOptions {
 
 export const CLOUD_DEFAULTS: CloudOptions = Object.freeze({
   pools: ['subnet-a', 'subnet-b'],
-  bootMedianMs: 60_000, // assumption for Flatcar to runner connected (research 4.1: 40–90 s, unmeasured)
+  bootMedianMs: 60_000, // assumption for Flatcar to runner connected (expected 40–90 s; not measured)
   bootSigma: 0.3,
   neverConnectRate: 0,
   ice: [],
   accountQuota: null,
   runBucket: { burst: 5, perSec: 2 }, // EC2 RunInstances request bucket
-  describeBucket: { burst: 50, perSec: 10 }, // EC2 DescribeInstances (ClusterLabs/cluster-glue PR #35)
+  describeBucket: { burst: 50, perSec: 10 }, // EC2 DescribeInstances, as quoted in https://github.com/ClusterLabs/cluster-glue/pull/35
   reclaimPerHour: 0,
   reclaimNoticeMs: 120_000,
 });

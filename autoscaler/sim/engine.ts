@@ -1,9 +1,9 @@
 /**
- * The discrete-event simulator (research/autoscale.md 4.1): a virtual clock and an event
- * heap; tasks from a trace; a FIFO dispatcher that leases only to LIVE instances, packing the
- * oldest first (as the control plane's session order does); the fake cloud and provider; and
- * a leader loop that ticks, builds an Observation, calls a policy, persists its state as JSON
- * and applies the actions after a small lag — the way autoscaler/loop.ts will.
+ * The discrete-event simulator (autoscaler/README.md, "The simulator"): a virtual clock and
+ * an event heap; tasks from a trace; a FIFO dispatcher that leases only to LIVE instances,
+ * packing the oldest first (as the control plane's session order does); the fake cloud and
+ * provider; and a leader loop that ticks, builds an Observation, calls a policy, persists its
+ * state as JSON and applies the actions after a small lag — the way autoscaler/loop.ts does.
  *
  * The simulated loop does not add the safety fences the real loop has (it terminates even a
  * busy instance if told to), so busy-kills measure the policy itself.

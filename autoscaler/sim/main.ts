@@ -2,10 +2,11 @@
  * `node --import tsx autoscaler/sim/main.ts [--scenario NAME] [--out DIR] [--sweep]`
  *
  * Runs every scenario of the catalogue under our policy and the two baselines, prints a
- * Markdown table of the metrics (research/autoscale.md 4.3), writes one SVG chart per
- * scenario into DIR (default docs/autoscaler/) plus results.md, and exits non-zero if an
- * invariant (busy-kills, cap violations, orphans) is not 0 for our policy. `--sweep` also
- * prints our policy's totals under the tunable sets of the README's tuning table.
+ * Markdown table of the metrics (defined in autoscaler/README.md, "The simulator"), writes
+ * one SVG chart per scenario into DIR (default docs/autoscaler/) plus results.md, and exits
+ * non-zero if an invariant (busy-kills, cap violations, orphans) is not 0 for our policy.
+ * `--sweep` also prints our policy's totals under the tunable sets of the README's tuning
+ * table.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';

@@ -1,4 +1,4 @@
-/** Metric helpers for simulator runs (research/autoscale.md 4.3). */
+/** Metric helpers for simulator runs (the metrics: autoscaler/README.md, "The simulator"). */
 
 /** The q-quantile (0..1) of `xs` by the nearest-rank method; NaN when empty. */
 export function quantile(xs: readonly number[], q: number): number {

@@ -1,6 +1,6 @@
 /**
- * The simulator's scenarios (issue 5 "Simulator and proof", research/autoscale.md 4.2 and
- * 4.5): each a trace plus the cloud faults it exercises. 10 runner slots per instance.
+ * The simulator's scenarios (autoscaler/README.md, "Results"): each a trace plus the cloud
+ * faults it exercises. 10 runner slots per instance.
  */
 import type { SimScenario } from './engine.ts';
 import { burst, diurnalRate, fixedDuration, lognormalDurations, merge, poisson } from './traces.ts';

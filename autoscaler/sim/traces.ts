@@ -1,5 +1,6 @@
 /**
- * Task traces for the simulator (research/autoscale.md 4.2): arrivals with their run times.
+ * Task traces for the simulator: arrivals with their run times (Poisson, a diurnal curve,
+ * fan-out bursts, heavy-tailed durations).
  * Building blocks only; scenarios.ts composes them. Times are ms from the start of the run.
  */
 import type { Rng } from './prng.ts';

@@ -27,10 +27,10 @@ interface Session {
  * holds: its candidacy for leadership, its concurrency slots, its event key. When the
  * replica dies the lease expires and all of it goes with it.
  *
- * Leadership is our own small election rather than the library's (research/style.md: the
- * library has elected two leaders after an etcd restart): every replica puts a candidate
- * key on its lease; the lowest create revision leads, and that revision is the term that
- * fences its writes in PostgreSQL. Leader work stops at once when the lease is lost, when
+ * Leadership is our own small election rather than the library's (its election has elected
+ * two leaders after an etcd restart: microsoft/etcd3#158 and #176): every replica puts a
+ * candidate key on its lease; the lowest create revision leads, and that revision is the term
+ * that fences its writes in PostgreSQL. Leader work stops at once when the lease is lost, when
  * keepalives have not succeeded for 3/4 of the TTL (so before etcd can expire the lease and
  * elect someone else), or when a periodic read no longer shows this replica first.
  */

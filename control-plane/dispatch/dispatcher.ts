@@ -1,9 +1,10 @@
+import type { Clock } from '../../lib/clock.ts';
 import type { Logger } from '../../lib/logger.ts';
 import type { ControlPlaneConfig } from '../config.ts';
-import type { RunnerSession } from '../grpc/session.ts';
 import type { Store } from '../store/index.ts';
-import type { OfferRow } from '../store/leases.ts';
+import type { Offer } from '../store/claims.ts';
 import type { NewTask } from '../store/tasks.ts';
+import type { OfferTarget } from './offer-target.ts';
 import { StoreUnavailableError } from '../errors.ts';
 import { codeScope, projectScope, type Coordinator } from '../coord/types.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
@@ -16,6 +17,20 @@ const CANCEL_BACKSTOP_MS = 1000;
 /** Most tasks claimed for one runner in one transaction. */
 export const MAX_CLAIM = 256;
 
+/** What the dispatcher keeps per runner of this replica. */
+interface RunnerState<T extends OfferTarget> {
+  readonly target: T;
+  /** A pump (or a hand-off) is claiming for it; a second one waits its turn. */
+  pumping: boolean;
+  /** Asked to pump while pumping: pump again when done. */
+  pumpAgain: boolean;
+  /**
+   * Its instance is KILL (being scaled in or terminated by an operator): it finishes what it
+   * runs and is offered nothing new. Reversible: a cancelled scale-in clears it.
+   */
+  held: boolean;
+}
+
 /**
  * Offers queued work to the runners whose streams this replica holds, within their credit.
  * Woken by events (a task queued, a credit, a lease ended, a code resumed — here or on
@@ -26,8 +41,8 @@ export const MAX_CLAIM = 256;
  * coordinator's semaphore (PostgreSQL's count under an advisory lock has already admitted
  * it); without a slot it goes back to the queue and its package sits out briefly.
  */
-export class Dispatcher {
-  private readonly sessions = new Map<string, RunnerSession>();
+export class Dispatcher<T extends OfferTarget = OfferTarget> {
+  private readonly runners = new Map<string, RunnerState<T>>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
   /** Packages whose slot could not be taken, until when. */
@@ -43,15 +58,21 @@ export class Dispatcher {
     private readonly config: ControlPlaneConfig,
     private readonly log: Logger,
     private readonly coord: Coordinator,
+    private readonly clock: Clock,
     private readonly metrics?: ControlPlaneMetrics,
   ) {}
+
+  /** Slots a runner may be offered now: its credit, unless its instance is held. */
+  private free(r: RunnerState<T>): number {
+    return r.held ? 0 : r.target.freeSlots();
+  }
 
   start(tickMs = 250): void {
     const tick = () => {
       if (this.stopped) return;
       this.wake('*');
-      if (Date.now() - this.lastCancelSweep >= CANCEL_BACKSTOP_MS) {
-        this.lastCancelSweep = Date.now();
+      if (this.clock.now().getTime() - this.lastCancelSweep >= CANCEL_BACKSTOP_MS) {
+        this.lastCancelSweep = this.clock.now().getTime();
         void this.cancelBackstop();
         void this.refreshHeld();
       }
@@ -72,15 +93,15 @@ export class Dispatcher {
    * Called when another replica says instances changed, and every second as a backstop.
    */
   async refreshHeld(): Promise<void> {
-    const withInstance = [...this.sessions.values()].filter((s) => s.instanceId);
+    const withInstance = [...this.runners.values()].filter((r) => r.target.instanceId);
     if (withInstance.length === 0) return;
     try {
-      const held = await this.store.autoscale.held(withInstance.map((s) => s.instanceId));
+      const held = await this.store.autoscale.held(withInstance.map((r) => r.target.instanceId));
       let freed = false;
-      for (const s of withInstance) {
-        const h = held.has(s.instanceId);
-        if (s.held && !h) freed = true;
-        s.held = h;
+      for (const r of withInstance) {
+        const h = held.has(r.target.instanceId);
+        if (r.held && !h) freed = true;
+        r.held = h;
       }
       if (freed) this.wake('*');
     } catch (err) {
@@ -90,10 +111,10 @@ export class Dispatcher {
 
   /** Sends cancels whose event was lost (etcd away, a replica died between request and send). */
   private async cancelBackstop(): Promise<void> {
-    const ids = [...this.sessions.keys()];
+    const ids = [...this.runners.keys()];
     if (ids.length === 0) return;
     try {
-      for (const id of await this.store.leases.runnersWithPendingCancels(ids)) await this.sessions.get(id)?.sendPendingCancels();
+      for (const id of await this.store.leases.runnersWithPendingCancels(ids)) await this.runners.get(id)?.target.sendPendingCancels();
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'cancel backstop failed');
     }
@@ -101,7 +122,7 @@ export class Dispatcher {
 
   /** Packages and projects claims must leave out now. */
   private async excluded(): Promise<{ codes: string[]; projects: string[] }> {
-    const now = Date.now();
+    const now = this.clock.now().getTime();
     for (const m of [this.blocked, this.blockedProjects]) for (const [id, until] of m) if (until <= now) m.delete(id);
     const out = { codes: [...this.blocked.keys()], projects: [...this.blockedProjects.keys()] };
     if (!this.coord.status().healthy) {
@@ -115,23 +136,27 @@ export class Dispatcher {
     return out;
   }
 
-  /** Takes the slots each limited row needs (package, project); rows without them go back to the queue. */
-  private async withSlots(rows: OfferRow[], runnerId: string): Promise<OfferRow[]> {
-    if (rows.every((r) => r.max_concurrency === null && r.project_max_running === null)) return rows;
-    const out: OfferRow[] = [];
-    for (const r of rows) {
-      const codeOk = r.max_concurrency === null || (await this.coord.acquire(codeScope(r.code_id), r.max_concurrency, r.lease_id));
+  /** Takes the slots each limited offer needs (package, project); offers without them go back to the queue. */
+  private async withSlots(offers: Offer[], runnerId: string): Promise<Offer[]> {
+    if (offers.every((o) => o.maxConcurrency === null && o.projectMaxRunning === null)) return offers;
+    const out: Offer[] = [];
+    for (const o of offers) {
+      const codeOk = o.maxConcurrency === null || (await this.coord.acquire(codeScope(o.codeId), o.maxConcurrency, o.leaseId));
       const projectOk =
-        codeOk && (r.project_max_running === null || (await this.coord.acquire(projectScope(r.project_id), r.project_max_running, r.lease_id)));
+        codeOk && (o.projectMaxRunning === null || (await this.coord.acquire(projectScope(o.projectId), o.projectMaxRunning, o.leaseId)));
       if (codeOk && projectOk) {
-        out.push(r);
+        out.push(o);
         continue;
       }
-      if (!codeOk) this.blocked.set(r.code_id, Date.now() + BLOCK_MS);
-      else this.blockedProjects.set(r.project_id, Date.now() + BLOCK_MS);
+      const until = this.clock.now().getTime() + BLOCK_MS;
+      if (!codeOk) this.blocked.set(o.codeId, until);
+      else this.blockedProjects.set(o.projectId, until);
       this.metrics?.slotRefusals.inc();
-      // Ending the lease also frees (through the store's listener) a slot it did take.
-      await this.store.leases.release(r.lease_id, r.attempt, runnerId, 'no_slot');
+      // The lease goes back; a slot it did take is freed with it, for any replica's claims.
+      if (await this.store.outcomes.release(o.leaseId, o.attempt, runnerId, 'no_slot') && (await this.coord.release([o.leaseId])) > 0) {
+        this.slotsFreed();
+        this.coord.publish({ type: 'ready', cluster: '*' });
+      }
     }
     return out;
   }
@@ -141,22 +166,30 @@ export class Dispatcher {
     clearTimeout(this.timer);
   }
 
-  register(s: RunnerSession): void {
-    const old = this.sessions.get(s.runner!.id);
-    if (old && old !== s) old.close('superseded by a newer session of the same runner', true);
-    this.sessions.set(s.runner!.id, s);
+  /**
+   * A runner's session opened here; a previous session of the same runner is closed. Its
+   * instance's KILL state is read first: a runner of an instance being scaled in takes no work.
+   */
+  async register(t: T): Promise<void> {
+    const held = t.instanceId ? (await this.store.autoscale.held([t.instanceId])).has(t.instanceId) : false;
+    const id = t.runner!.id;
+    const old = this.runners.get(id);
+    if (old && old.target !== t) old.target.close('superseded by a newer session of the same runner', true);
+    this.runners.set(id, { target: t, pumping: false, pumpAgain: false, held });
+    this.metrics?.sessions.set(this.runners.size);
   }
 
-  unregister(s: RunnerSession): void {
-    if (this.sessions.get(s.runner!.id) === s) this.sessions.delete(s.runner!.id);
+  unregister(t: T): void {
+    if (this.runners.get(t.runner!.id)?.target === t) this.runners.delete(t.runner!.id);
+    this.metrics?.sessions.set(this.runners.size);
   }
 
-  session(runnerId: string): RunnerSession | undefined {
-    return this.sessions.get(runnerId);
+  session(runnerId: string): T | undefined {
+    return this.runners.get(runnerId)?.target;
   }
 
-  all(): RunnerSession[] {
-    return [...this.sessions.values()];
+  all(): T[] {
+    return [...this.runners.values()].map((r) => r.target);
   }
 
   /**
@@ -168,71 +201,72 @@ export class Dispatcher {
    */
   async handOff(task: NewTask): Promise<{ taskId: string; granted: boolean } | undefined> {
     if (task.delay > 0 || this.stopped) return undefined;
-    let best: RunnerSession | undefined;
-    for (const s of this.sessions.values()) {
-      if (s.runner?.cluster !== task.cluster || s.pumping || s.freeSlots() <= 0) continue;
-      if (!best || s.freeSlots() > best.freeSlots()) best = s;
+    let best: RunnerState<T> | undefined;
+    for (const r of this.runners.values()) {
+      if (r.target.runner?.cluster !== task.cluster || r.pumping || this.free(r) <= 0) continue;
+      if (!best || this.free(r) > this.free(best)) best = r;
     }
-    if (!best?.runner) return undefined;
-    const s = best;
-    s.pumping = true;
+    if (!best?.target.runner) return undefined;
+    const r = best;
+    r.pumping = true;
     try {
-      const r = await this.store.leases.queueAndGrant(task, s.runner!, this.config.timers.acceptDeadlineMs);
+      const g = await this.store.claims.queueAndGrant(task, r.target.runner!, this.config.timers.acceptDeadlineMs);
       // A session closed meanwhile: the accept deadline returns the task to the queue.
-      if (r.offer) this.metrics?.handOffs.inc();
-      if (r.offer && s.state !== 'closed') {
-        s.offer([r.offer]);
+      if (g.offer) this.metrics?.handOffs.inc();
+      if (g.offer && r.target.state !== 'closed') {
+        r.target.offer([g.offer]);
         // Let the event loop put the offer on the wire before the caller answers its HTTP
         // request: the answer (and the client it wakes) would otherwise go first.
         await new Promise((res) => setImmediate(res));
       }
-      return { taskId: r.taskId, granted: r.offer !== undefined };
+      return { taskId: g.taskId, granted: g.offer !== undefined };
     } finally {
-      s.pumping = false;
-      if (s.pumpAgain) void this.pump(s);
+      r.pumping = false;
+      if (r.pumpAgain) void this.pump(r);
     }
   }
 
   /** Offers work to every runner of `cluster` ('*': all clusters) with free credit. */
   wake(cluster: string): void {
-    for (const s of this.sessions.values()) {
-      if ((cluster === '*' || s.runner?.cluster === cluster) && s.freeSlots() > 0) void this.pump(s);
+    for (const r of this.runners.values()) {
+      if ((cluster === '*' || r.target.runner?.cluster === cluster) && this.free(r) > 0) void this.pump(r);
     }
   }
 
   /** Claims and offers until the runner's credit is used or nothing is eligible; one pump per runner at a time. */
-  private async pump(s: RunnerSession): Promise<void> {
-    if (s.pumping) {
-      s.pumpAgain = true;
+  private async pump(r: RunnerState<T>): Promise<void> {
+    if (r.pumping) {
+      r.pumpAgain = true;
       return;
     }
-    s.pumping = true;
+    r.pumping = true;
+    const t = r.target;
     try {
       do {
-        s.pumpAgain = false;
+        r.pumpAgain = false;
         for (;;) {
           // A runner may announce any number of free slots: claim in bounded batches, so one
           // credit never loads the whole queue into memory, and a session dropped while
           // offering (it stopped reading) ties up at most one more batch.
-          const want = Math.min(s.freeSlots(), MAX_CLAIM);
-          if (want <= 0 || !s.runner) break;
-          const claimed = await this.store.leases.claim(s.runner, want, {
+          const want = Math.min(this.free(r), MAX_CLAIM);
+          if (want <= 0 || !t.runner) break;
+          const claimed = await this.store.claims.claim(t.runner, want, {
             acceptDeadlineMs: this.config.timers.acceptDeadlineMs,
             ageingS: this.config.priorityAgeingS,
             ...(await this.excluded().then((x) => ({ exclude: x.codes, excludeProjects: x.projects }))),
           });
           if (claimed.length === 0) break;
-          const rows = await this.withSlots(claimed, s.runner.id);
-          if (s.state === 'closed') break; // the accept deadline returns them to the queue
-          if (rows.length > 0) s.offer(rows);
+          const offers = await this.withSlots(claimed, t.runner.id);
+          if (t.state === 'closed') break; // the accept deadline returns them to the queue
+          if (offers.length > 0) t.offer(offers);
           if (claimed.length < want) break;
         }
-      } while (s.pumpAgain && !this.stopped);
+      } while (r.pumpAgain && !this.stopped);
     } catch (err) {
       if (err instanceof StoreUnavailableError) this.log.warn({ err: err.message }, 'dispatch paused: database unavailable');
       else this.log.error({ err }, 'dispatch failed');
     } finally {
-      s.pumping = false;
+      r.pumping = false;
     }
   }
 }

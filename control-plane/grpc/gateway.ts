@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
+import type { Clock } from '../../lib/clock.ts';
 import type { Logger } from '../../lib/logger.ts';
 import {
   ReconnectReason,
@@ -14,6 +15,7 @@ import {
 } from '../../proto/gen/gantry/runner/v1/runner.ts';
 import type { ControlPlaneConfig } from '../config.ts';
 import type { Dispatcher } from '../dispatch/dispatcher.ts';
+import type { RunnerHub } from '../dispatch/hub.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
 import type { Store } from '../store/index.ts';
 import { handleLogStream } from './logs.ts';
@@ -34,8 +36,10 @@ export interface Gateway {
 interface Deps {
   store: Store;
   config: ControlPlaneConfig;
-  dispatcher: Dispatcher;
+  dispatcher: Dispatcher<RunnerSession>;
+  hub: RunnerHub<RunnerSession>;
   metrics: ControlPlaneMetrics;
+  clock: Clock;
   log: Logger;
 }
 
@@ -55,7 +59,7 @@ async function authenticate(store: Store, md: grpc.Metadata): Promise<{ clusterI
 
 /** Starts the RunnerGateway and grpc.health.v1 on the configured gRPC port. */
 export async function startGateway(d: Deps): Promise<Gateway> {
-  const { store, config, dispatcher, metrics, log } = d;
+  const { store, config, dispatcher, hub, clock, metrics, log } = d;
   const server = new grpc.Server({
     // Transport keepalive is connection hygiene only; liveness is the Beat frames.
     'grpc.keepalive_time_ms': 30_000,
@@ -75,15 +79,8 @@ export async function startGateway(d: Deps): Promise<Gateway> {
     config,
     metrics,
     log: log.child({ component: 'session' }),
-    wake: (cluster: string) => dispatcher.wake(cluster),
-    register: (s: RunnerSession) => {
-      dispatcher.register(s);
-      metrics.sessions.set(dispatcher.all().length);
-    },
-    unregister: (s: RunnerSession) => {
-      dispatcher.unregister(s);
-      metrics.sessions.set(dispatcher.all().length);
-    },
+    clock,
+    hub,
   };
 
   server.addService(RunnerGatewayService, {
@@ -115,10 +112,9 @@ export async function startGateway(d: Deps): Promise<Gateway> {
       void (async () => {
         const a = await authenticate(store, call.metadata);
         if ('error' in a) return call.emit('error', unauthenticated(a.error));
-        const lease = await store.leases.get(call.request.leaseId);
+        const lease = await store.leases.codeOf(call.request.leaseId);
         const cluster = await store.clusters.byId(a.clusterId);
-        const task = lease ? (await store.db.query<{ code_revision_id: string }>('SELECT code_revision_id FROM tasks WHERE id = $1', [lease.task_id])).rows[0] : undefined;
-        if (!lease || !cluster || lease.cluster !== cluster.name || task?.code_revision_id !== call.request.revisionId) {
+        if (!lease || !cluster || lease.cluster !== cluster.name || lease.codeRevisionId !== call.request.revisionId) {
           return call.emit('error', { code: grpc.status.PERMISSION_DENIED, details: 'no lease of this cluster runs that code revision' });
         }
         const zip = await store.codes.archive(call.request.revisionId);

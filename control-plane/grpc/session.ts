@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { CONTAINER_DEFAULTS, type ContainerPolicy } from '../../lib/container-policy.ts';
+import type { Clock } from '../../lib/clock.ts';
 import type { Logger } from '../../lib/logger.ts';
 import { storableText } from '../../lib/text.ts';
 import type { ClusterPolicyCache } from './policy-cache.ts';
@@ -21,7 +22,10 @@ import {
 import type { ControlPlaneConfig } from '../config.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
 import type { Store } from '../store/index.ts';
-import type { Completion, OfferRow, RunnerRef } from '../store/leases.ts';
+import type { Offer, RunnerRef } from '../store/claims.ts';
+import type { Completion } from '../store/outcomes.ts';
+import type { RunnerHub } from '../dispatch/hub.ts';
+import type { OfferTarget } from '../dispatch/offer-target.ts';
 import type { RunnerSerial } from './serial.ts';
 
 export type SessionState = 'handshake' | 'open' | 'draining' | 'closed';
@@ -34,10 +38,9 @@ export interface SessionDeps {
   config: ControlPlaneConfig;
   metrics: ControlPlaneMetrics;
   log: Logger;
-  /** Free capacity appeared (or a lease ended): offer more work. */
-  wake(cluster: string): void;
-  register(s: RunnerSession): void;
-  unregister(s: RunnerSession): void;
+  clock: Clock;
+  /** Dispatch: sessions opening and closing, free capacity, ended leases. */
+  hub: RunnerHub<RunnerSession>;
   /** Clusters' container policies, read once per beat interval for all sessions of a cluster. */
   policies: ClusterPolicyCache;
 }
@@ -61,11 +64,11 @@ type FrameKind = AnyFrame['$case'];
 type FrameValue<K extends FrameKind> = Extract<AnyFrame, { $case: K }>['value'];
 
 /**
- * One runner's control stream (research/dispatch.md 4.2–4.7): handshake with reconcile,
- * absolute credits, offers, the lease lifecycle, beats both ways, cancel and drain. Frames
- * from the runner are handled one at a time, in order.
+ * One runner's control stream (proto/README.md, 2–6): handshake with reconcile, absolute
+ * credits, offers, the lease lifecycle, beats both ways, cancel and drain. Frames from the
+ * runner are handled in the order they arrive, a batch at a time (onBatch orders a batch).
  */
-export class RunnerSession {
+export class RunnerSession implements OfferTarget {
   state: SessionState = 'handshake';
   readonly sessionId = randomUUID();
   runner: RunnerRef | undefined;
@@ -84,7 +87,7 @@ export class RunnerSession {
   /** The runner's penalty (no offers before penaltyUntil), read from its row at Hello and written back there. */
   private penaltyUntil = 0;
   private penaltyMs = 0;
-  private lastFrameAt = Date.now();
+  private lastFrameAt = 0;
   private beatSeq = 0;
   /** The cluster's per-task memory, sent with every offer. */
   private memoryMb = 512;
@@ -95,17 +98,10 @@ export class RunnerSession {
   private containerReading = false;
   private unflushed = 0;
   /** When a queued frame last reached the socket (or the queue last started from empty). */
-  private flushedAt = Date.now();
+  private flushedAt = 0;
   private timers: NodeJS.Timeout[] = [];
-  pumping = false;
-  pumpAgain = false;
   /** The instance the runner runs on (its GANTRY_INSTANCE_ID), if any. */
   instanceId = '';
-  /**
-   * The runner's instance is KILL (being scaled in or terminated by an operator): it finishes
-   * what it runs and is offered nothing new. Reversible: a cancelled scale-in clears it.
-   */
-  held = false;
 
   constructor(
     private readonly call: ServerDuplexStream<RunnerFrame, ServerFrame>,
@@ -113,11 +109,12 @@ export class RunnerSession {
     private readonly deps: SessionDeps,
   ) {
     this.clusterId = clusterId;
+    this.lastFrameAt = this.flushedAt = this.now();
     this.log = deps.log.child({ sessionId: this.sessionId });
     call.on('data', (f: RunnerFrame) => {
       // A closed session reads on (the runner may not know yet) but keeps nothing.
       if (this.state === 'closed') return;
-      this.lastFrameAt = Date.now();
+      this.lastFrameAt = this.now();
       this.inbox.push(f);
       if (!this.processing) void this.processInbox();
     });
@@ -129,6 +126,10 @@ export class RunnerSession {
         if (this.state === 'handshake') this.close('no Hello within the handshake deadline', true);
       }, deps.config.timers.handshakeTimeoutMs),
     );
+  }
+
+  private now(): number {
+    return this.deps.clock.now().getTime();
   }
 
   get settings(): Settings {
@@ -153,8 +154,8 @@ export class RunnerSession {
 
   /** Slots the runner can take now: its last absolute credit less offers it had not seen. */
   freeSlots(): number {
-    if (this.state !== 'open' || this.held || !this.accepting || Date.now() < this.penaltyUntil) return 0;
-    if (Date.now() - this.lastFrameAt > this.deps.config.timers.sessionDeadAfterMs) return 0;
+    if (this.state !== 'open' || !this.accepting || this.now() < this.penaltyUntil) return 0;
+    if (this.now() - this.lastFrameAt > this.deps.config.timers.sessionDeadAfterMs) return 0;
     // A runner behind on reading gets no more work until it catches up (bounded memory).
     if (this.unflushed >= this.deps.config.maxUnflushedFrames / 2) return 0;
     const unseen = this.inFlightOffers.filter((s) => s > this.seenThrough).length;
@@ -170,12 +171,12 @@ export class RunnerSession {
       this.close(`runner is not reading (${this.unflushed} frames unflushed)`, true);
       return;
     }
-    if (this.unflushed === 0) this.flushedAt = Date.now();
+    if (this.unflushed === 0) this.flushedAt = this.now();
     this.unflushed++;
     try {
       this.call.write({ frame }, () => {
         this.unflushed--;
-        this.flushedAt = Date.now();
+        this.flushedAt = this.now();
       });
     } catch (err) {
       this.close(`write failed: ${(err as Error).message}`);
@@ -183,8 +184,8 @@ export class RunnerSession {
   }
 
   /** Sends claimed work; called by the dispatcher after the claim committed. */
-  offer(rows: OfferRow[]): void {
-    for (const r of rows) {
+  offer(offers: Offer[]): void {
+    for (const r of offers) {
       const seq = ++this.offerSeq;
       this.inFlightOffers.push(seq);
       this.deps.metrics.offers.inc();
@@ -192,18 +193,18 @@ export class RunnerSession {
         $case: 'offer',
         value: {
           offerSeq: seq,
-          leaseId: r.lease_id,
-          taskId: r.task_id,
+          leaseId: r.leaseId,
+          taskId: r.taskId,
           attempt: r.attempt,
           sessionEpoch: this.runner!.epoch,
           code: {
-            codeId: r.code_id,
-            name: r.code_name,
-            rev: r.code_rev,
-            revisionId: r.code_revision_id,
+            codeId: r.codeId,
+            name: r.codeName,
+            rev: r.codeRev,
+            revisionId: r.codeRevisionId,
             image: r.image,
             command: r.command ?? '',
-            env: r.env_vars ?? {},
+            env: r.envVars ?? {},
             config: r.config ?? '',
             hasArchive: r.checksum !== null,
             archiveChecksum: r.checksum ?? '',
@@ -212,9 +213,9 @@ export class RunnerSession {
           timeoutS: r.timeout,
           priority: r.priority,
           cluster: r.cluster,
-          projectId: r.project_id,
-          scheduleId: r.schedule_id ?? '',
-          acceptBy: r.expires_at.getTime(),
+          projectId: r.projectId,
+          scheduleId: r.scheduleId ?? '',
+          acceptBy: r.expiresAt.getTime(),
           logMaxBytes: this.deps.config.logMaxBytes,
           memoryMb: this.memoryMb,
           dockerAuth: this.dockerAuth,
@@ -227,16 +228,16 @@ export class RunnerSession {
   /**
    * Sends Cancel for every lease of this runner whose task has a cancel requested and no
    * Cancel sent; with `resend` (right after Welcome) also those sent on an earlier stream,
-   * which may have died before the runner read them (research/dispatch.md 4.7).
+   * which may have died before the runner read them (proto/README.md, 6.1 Cancel).
    */
   async sendPendingCancels(resend = false): Promise<void> {
     if (!this.runner || this.state === 'closed') return;
     for (const c of await this.deps.store.leases.pendingCancels(this.runner.id, resend)) {
       this.send({
         $case: 'cancel',
-        value: { leaseId: c.lease_id, attempt: c.attempt, reason: CancelReason.CANCEL_REASON_USER, graceMs: this.deps.config.timers.cancelGraceMs },
+        value: { leaseId: c.leaseId, attempt: c.attempt, reason: CancelReason.CANCEL_REASON_USER, graceMs: this.deps.config.timers.cancelGraceMs },
       });
-      await this.deps.store.leases.markCancelSent(c.lease_id);
+      await this.deps.store.leases.markCancelSent(c.leaseId);
     }
   }
 
@@ -283,8 +284,8 @@ export class RunnerSession {
 
   /**
    * A burst of frames, handled with one statement per kind instead of one transaction per
-   * frame. Per lease the order Accept → Started → Progress → Completed is kept by handling
-   * the kinds in that order; beats, credits and the rest follow in arrival order.
+   * frame. Per lease the order Accept → Started → Completed is kept by handling the kinds
+   * in that order; beats, credits, progress and the rest follow in arrival order.
    */
   private async onBatch(frames: RunnerFrame[]): Promise<void> {
     const runner = this.runner!;
@@ -346,9 +347,10 @@ export class RunnerSession {
           ? { started: { containerId: folded.get(c.leaseId)!.containerId, startedAt: new Date(Number(folded.get(c.leaseId)!.startedAt)) } }
           : {}),
       }));
-      const dispositions = await this.deps.serial.run(runner.id, () =>
-        store.leases.completeMany(runner.id, results, { leaseTtlMs: ttl, runnerLossBudget: config.runnerLossBudget }),
+      const { dispositions, ended } = await this.deps.serial.run(runner.id, () =>
+        store.outcomes.completeMany(runner.id, results, { leaseTtlMs: ttl, runnerLossBudget: config.runnerLossBudget }),
       );
+      this.deps.hub.leasesEnded(ended);
       // Only the runner's own faults count against it: a task's fault (task_fault) is the
       // task's, and a draining runner's runner_error results are hand-backs, not faults.
       const faults: string[] = [];
@@ -369,7 +371,7 @@ export class RunnerSession {
       if (k === 'beat' && f.frame!.value !== lastBeat) continue;
       await this.onFrame(f, false);
     }
-    if (done.length > 0 || this.freeSlots() > 0) this.deps.wake(runner.cluster);
+    if (done.length > 0 || this.freeSlots() > 0) this.deps.hub.capacity(runner.cluster);
   }
 
   private async onFrame(f: RunnerFrame, count = true): Promise<void> {
@@ -394,7 +396,7 @@ export class RunnerSession {
         this.seenThrough = c.offersSeenThrough;
         this.accepting = c.accepting && this.state === 'open';
         while (this.inFlightOffers.length > 0 && this.inFlightOffers[0]! <= this.seenThrough) this.inFlightOffers.shift();
-        if (this.freeSlots() > 0) this.deps.wake(runner.cluster);
+        if (this.freeSlots() > 0) this.deps.hub.capacity(runner.cluster);
         return;
       }
       case 'reject': {
@@ -404,9 +406,10 @@ export class RunnerSession {
           // The task's own fault, told by a runner that rejects rather than completing with
           // OUTCOME_TASK_FAULT: recorded as that (requeueing it would bring it straight back),
           // and nothing is held against the runner.
-          const d = await this.deps.serial.run(runner.id, () =>
-            store.leases.complete(
-              {
+          const r2 = await this.deps.serial.run(runner.id, () =>
+            store.outcomes.completeMany(
+              runner.id,
+              [{
                 leaseId: r.leaseId,
                 attempt: r.attempt,
                 outcome: 'task_fault',
@@ -414,20 +417,20 @@ export class RunnerSession {
                 oomKilled: false,
                 msg: storableText(r.detail, 4096) || "the image could not be pulled; check the code package's image",
                 startedAt: 0,
-                finishedAt: Date.now(),
-              },
-              runner.id,
+                finishedAt: this.now(),
+              }],
               { leaseTtlMs: ttl, runnerLossBudget: config.runnerLossBudget },
             ),
           );
-          this.deps.metrics.completions.inc({ outcome: 'task_fault', disposition: d });
-          this.deps.wake(runner.cluster);
+          this.deps.hub.leasesEnded(r2.ended);
+          this.deps.metrics.completions.inc({ outcome: 'task_fault', disposition: r2.dispositions[0]! });
+          this.deps.hub.capacity(runner.cluster);
           return;
         }
-        await store.leases.release(r.leaseId, r.attempt, runner.id, 'rejected');
+        if (await store.outcomes.release(r.leaseId, r.attempt, runner.id, 'rejected')) this.deps.hub.leasesEnded([r.leaseId]);
         // A draining runner refuses what crossed its DrainNotice: no fault of its own.
         if (this.state !== 'draining') await this.penalise([`offer rejected (${r.detail || RejectReason[r.reason] || r.reason})`]);
-        this.deps.wake(runner.cluster);
+        this.deps.hub.capacity(runner.cluster);
         return;
       }
       case 'beat': {
@@ -477,15 +480,15 @@ export class RunnerSession {
   /**
    * A runner that rejects work or fails to run it through its own fault gets no offers for
    * a while (5 s doubling per fault to 10 min, reset by a start; runnerPenaltyBaseMs and
-   * runnerPenaltyMaxMs): a black-hole runner cannot stall the queue (research/dispatch.md
-   * 4.6, M13). The penalty takes effect here at once and is kept in the runner's row, so a
+   * runnerPenaltyMaxMs): a black-hole runner cannot stall the queue (proto/README.md,
+   * 6.5 Penalties). The penalty takes effect here at once and is kept in the runner's row, so a
    * reconnect, to this replica or another, does not clear it; a store that cannot be
    * written leaves it in force for this session only.
    */
   private async penalise(faults: string[]): Promise<void> {
     const { runnerPenaltyBaseMs: base, runnerPenaltyMaxMs: max } = this.deps.config;
     for (let i = 0; i < faults.length; i++) this.penaltyMs = Math.min(Math.max(this.penaltyMs * 2, base), max);
-    this.penaltyUntil = Date.now() + this.penaltyMs;
+    this.penaltyUntil = this.now() + this.penaltyMs;
     const why = faults.length === 1 ? faults[0]! : `${faults[0]!} (and ${faults.length - 1} more)`;
     const runnerId = this.runner!.id;
     this.log.warn({ runnerId, why, penaltyMs: this.penaltyMs }, 'runner penalised');
@@ -539,11 +542,11 @@ export class RunnerSession {
     // A penalty earned on an earlier session (on any replica) still holds.
     this.penaltyMs = Number(row.penalty_ms) || 0;
     this.penaltyUntil = row.penalty_until ? new Date(row.penalty_until).getTime() : 0;
-    if (this.penaltyUntil > Date.now()) {
+    if (this.penaltyUntil > this.now()) {
       this.log.info({ runnerId: row.id, penaltyUntil: new Date(this.penaltyUntil).toISOString(), why: row.penalty_reason }, 'runner reconnected while penalised');
     }
 
-    // Reconcile the runner's ledger with the store (research/dispatch.md 4.3, 4.7).
+    // Reconcile the runner's ledger with the store (proto/README.md, 2 Handshake and reconcile).
     const live = new Map((await store.leases.liveOf(row.id)).map((l) => [l.id, l]));
     const keep: string[] = [];
     const revoke: string[] = [];
@@ -558,15 +561,15 @@ export class RunnerSession {
         // old stream died with it. Catch the lease up, so the run counts and the sweeper does
         // not expire, as an unaccepted offer, a lease whose container runs.
         const ttl = config.timers.leaseTtlMs;
-        if (l.state === 'offered') await store.leases.accept(l.id, l.attempt, row.id, ttl);
+        if (l.state === 'offered') await store.leases.acceptMany(row.id, [{ leaseId: l.id, attempt: l.attempt }], ttl);
         const ran = e.phase === LeasePhase.LEASE_PHASE_RUNNING || e.phase === LeasePhase.LEASE_PHASE_FINISHED;
         if (l.state !== 'running' && ran && e.containerId) {
-          await store.leases.started(l.id, l.attempt, row.id, e.containerId, new Date(Number(e.result?.startedAt) || Date.now()), ttl);
+          await store.leases.startedMany(row.id, [{ leaseId: l.id, attempt: l.attempt, containerId: e.containerId, startedAt: new Date(Number(e.result?.startedAt) || this.now()) }], ttl);
         }
         continue;
       }
       const past = l ? undefined : await store.leases.get(e.leaseId);
-      if (e.phase === LeasePhase.LEASE_PHASE_FINISHED && past && past.runner_id === row.id && past.attempt === e.attempt) {
+      if (e.phase === LeasePhase.LEASE_PHASE_FINISHED && past && past.runnerId === row.id && past.attempt === e.attempt) {
         resend.push(e.leaseId); // its result was recorded but the ack was lost: it will be a duplicate
       } else {
         revoke.push(e.leaseId);
@@ -576,23 +579,25 @@ export class RunnerSession {
     // runner, an offer lost in flight) are gone: take them back now rather than at expiry.
     const cfg = { leaseTtlMs: config.timers.leaseTtlMs, runnerLossBudget: config.runnerLossBudget };
     for (const l of live.values()) {
-      if (l.state === 'offered' || l.state === 'accepted') await store.leases.release(l.id, l.attempt, row.id, 'revoked');
-      else await store.leases.reclaim(l.id, l.attempt, cfg, 'reclaimed', true);
+      const ended =
+        l.state === 'offered' || l.state === 'accepted'
+          ? await store.outcomes.release(l.id, l.attempt, row.id, 'revoked')
+          : (await store.outcomes.reclaim(l.id, l.attempt, cfg, 'reclaimed', true)).ended;
+      if (ended) this.deps.hub.leasesEnded([l.id]);
       this.deps.metrics.reclaimed.inc({ reason: 'unknown_to_runner' });
     }
     await store.leases.rebind(row.id, keep, this.runner.epoch, config.timers.leaseTtlMs);
 
     this.instanceId = h.instanceId;
-    if (h.instanceId) this.held = (await store.autoscale.held([h.instanceId])).has(h.instanceId);
     this.state = 'open';
-    this.deps.register(this);
+    await this.deps.hub.sessionOpened(this);
     this.send({
       $case: 'welcome',
       value: {
         sessionId: this.sessionId,
         sessionEpoch: this.runner.epoch,
         serverId: config.serverId,
-        serverTime: Date.now(),
+        serverTime: this.now(),
         settings: this.settings,
         keep,
         revoke,
@@ -606,17 +611,17 @@ export class RunnerSession {
     const beat = config.timers.beatIntervalMs;
     this.timers.push(
       setInterval(() => {
-        if (Date.now() - this.lastFrameAt > config.timers.leaseTtlMs) {
+        if (this.now() - this.lastFrameAt > config.timers.leaseTtlMs) {
           // End the stream too: a runner that was only frozen reads the end when it wakes
           // and reconnects with its ledger, instead of talking into a dead session.
           this.close('runner silent for a whole lease TTL', true);
           return;
         }
-        if (this.unflushed > 0 && Date.now() - this.flushedAt > config.timers.sessionDeadAfterMs) {
+        if (this.unflushed > 0 && this.now() - this.flushedAt > config.timers.sessionDeadAfterMs) {
           this.close(`runner read nothing for session_dead_after (${this.unflushed} frames unflushed)`, true);
           return;
         }
-        this.send({ $case: 'beat', value: { seq: ++this.beatSeq, sentAt: Date.now(), leases: [], stats: undefined } });
+        this.send({ $case: 'beat', value: { seq: ++this.beatSeq, sentAt: this.now(), leases: [], stats: undefined } });
       }, beat),
     );
     await this.sendPendingCancels(true);
@@ -653,7 +658,7 @@ export class RunnerSession {
       }
     }
     if (wasOpen && this.runner) {
-      this.deps.unregister(this);
+      this.deps.hub.sessionClosed(this);
       void this.deps.store.runners.disconnect(this.runner.id, this.sessionId).catch(() => undefined);
       this.log.info({ runnerId: this.runner.id, why }, 'runner session closed');
     } else {

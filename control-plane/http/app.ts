@@ -1,7 +1,8 @@
 import Koa from 'koa';
 import Router from '@koa/router';
 import { newId } from '../../lib/ids.ts';
-import { HttpError, StoreUnavailableError, badRequest, notFound } from '../errors.ts';
+import { GantryError } from '../../lib/errors.ts';
+import { HttpError, STATUS_OF_KIND, StoreUnavailableError, badRequest, notFound } from '../errors.ts';
 import { requireUser } from './auth.ts';
 import { checkRequestText } from './text.ts';
 import { validated } from './schema/endpoint.ts';
@@ -12,6 +13,37 @@ import { codesRouter } from './routes/codes.ts';
 import { schedulesRouter } from './routes/schedules.ts';
 import { tasksRouter } from './routes/tasks.ts';
 import { ROUTER_OPTIONS, type ApiDeps, type ApiState } from './state.ts';
+
+/**
+ * The one answer to every error: `{"msg": message}` with the status of its kind
+ * (STATUS_OF_KIND). Errors that are not ours are bugs: 500 naming the request id, the error
+ * in the log. A 4xx from a library (a `status` of its own) is passed on as it said.
+ */
+function answerError(ctx: Koa.ParameterizedContext<ApiState>, err: unknown): void {
+  if (err instanceof GantryError && err.kind !== 'internal') {
+    ctx.status = err instanceof HttpError ? err.status : STATUS_OF_KIND[err.kind];
+    if (err instanceof HttpError) ctx.set(err.headers);
+    if (err.kind === 'unavailable') {
+      ctx.set('Retry-After', String(ctx.state.deps.config.retryAfterSeconds));
+      const store = err instanceof StoreUnavailableError;
+      ctx.body = { msg: store ? 'Service unavailable: the database cannot be reached right now; retry with backoff' : err.message };
+      ctx.state.log.warn({ err: err.message }, store ? 'database unavailable' : 'dependency unavailable');
+      return;
+    }
+    ctx.body = { msg: err.message };
+    if (err.kind === 'misconfigured') ctx.state.log.error({ err }, 'this server is misconfigured');
+    return;
+  }
+  const status = (err as { status?: number }).status;
+  if (!(err instanceof GantryError) && typeof status === 'number' && status >= 400 && status < 500) {
+    ctx.status = status;
+    ctx.body = { msg: (err as Error).message };
+    return;
+  }
+  ctx.status = 500;
+  ctx.body = { msg: `Internal server error (request ${ctx.state.reqId})` };
+  ctx.state.log.error({ err }, 'unhandled error');
+}
 
 /** The IronWorker v2 REST API under `/2/`, plus `/healthz` and `/readyz`. */
 export function createApp(deps: ApiDeps): Koa<ApiState> {
@@ -41,26 +73,7 @@ export function createApp(deps: ApiDeps): Koa<ApiState> {
         throw new HttpError(405, 'Method not allowed on this endpoint', { code: 'method_not_allowed', headers: { Allow: allow } });
       }
     } catch (err) {
-      if (err instanceof HttpError) {
-        ctx.status = err.status;
-        ctx.set(err.headers);
-        ctx.body = { msg: err.message };
-      } else if (err instanceof StoreUnavailableError) {
-        ctx.status = 503;
-        ctx.set('Retry-After', String(deps.config.retryAfterSeconds));
-        ctx.body = { msg: 'Service unavailable: the database cannot be reached right now; retry with backoff' };
-        ctx.state.log.warn({ err: err.message }, 'database unavailable');
-      } else {
-        const status = (err as { status?: number }).status;
-        if (typeof status === 'number' && status >= 400 && status < 500) {
-          ctx.status = status;
-          ctx.body = { msg: (err as Error).message };
-        } else {
-          ctx.status = 500;
-          ctx.body = { msg: `Internal server error (request ${ctx.state.reqId})` };
-          ctx.state.log.error({ err }, 'unhandled error');
-        }
-      }
+      answerError(ctx, err);
     }
     ctx.state.log.debug(
       { method: ctx.method, path: ctx.path, status: ctx.status, ms: Math.round(performance.now() - started) },

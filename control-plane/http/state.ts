@@ -2,8 +2,11 @@ import type { Clock } from '../../lib/clock.ts';
 import type { Logger } from '../../lib/logger.ts';
 import type { ControlPlaneConfig } from '../config.ts';
 import type { Store } from '../store/index.ts';
-import type { NewTask } from '../store/tasks.ts';
+import type { RunnerHub } from '../dispatch/hub.ts';
 import type { CoordStatus } from '../coord/types.ts';
+
+/** What the API asks of dispatch. */
+export type ApiHub = Pick<RunnerHub, 'enqueue' | 'tasksReady' | 'cancelRequested' | 'instancesChanged'>;
 
 /** What request handlers need, shared by every request. */
 export interface ApiDeps {
@@ -11,14 +14,8 @@ export interface ApiDeps {
   readonly config: ControlPlaneConfig;
   readonly clock: Clock;
   readonly log: Logger;
-  /** Called after tasks were queued, so dispatch can offer them at once. */
-  readonly onTasksQueued?: (cluster: string) => void;
-  /** Queues one task straight to an idle runner of this replica, if there is one (Dispatcher.handOff). */
-  readonly handOff?: (task: NewTask) => Promise<{ taskId: string; granted: boolean } | undefined>;
-  /** Called when a running task's cancel was requested, so its runner hears at once. */
-  readonly onCancelRequested?: (runnerId: string) => void;
-  /** Called after instances were marked KILL (terminate, delete): their runners stop taking work. */
-  readonly onInstancesChanged?: () => void;
+  /** Dispatch: tasks queued, cancels requested, instances changed (dispatch/hub.ts). */
+  readonly hub: ApiHub;
   /** The coordinator's view (etcd or local), for /readyz. */
   readonly coordStatus?: () => CoordStatus;
   /** True while this replica drains (graceful stop): /readyz fails so balancers move on. */

@@ -39,11 +39,11 @@ export function slotReconcilerJob(o: {
       let restored = 0;
       for (const l of await store.leases.liveLimited()) {
         if (signal.aborted) return;
-        if (have.has(`${l.scope}\n${l.lease_id}`)) continue;
-        if (await coord.acquire(l.scope, l.limit, l.lease_id)) restored++;
+        if (have.has(`${l.scope}\n${l.leaseId}`)) continue;
+        if (await coord.acquire(l.scope, l.limit, l.leaseId)) restored++;
         else {
           metrics.slotConflicts.inc();
-          log.error({ leaseId: l.lease_id, scope: l.scope, limit: l.limit }, 'a live lease has no free concurrency slot');
+          log.error({ leaseId: l.leaseId, scope: l.scope, limit: l.limit }, 'a live lease has no free concurrency slot');
         }
       }
       if (dropped) metrics.slotsReconciled.inc({ action: 'dropped' }, dropped);

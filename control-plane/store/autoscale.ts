@@ -1,29 +1,7 @@
 import type { StoreCtx } from './ctx.ts';
 import { checkFence, type Fence } from './fence.ts';
-import type { AutoscaleState, InstanceType, InstanceView } from '../../autoscaler/types.ts';
-
-/** A cluster the autoscaler looks after (a provider is set), deleted ones included while they have instances. */
-export interface ScaledCluster {
-  id: string;
-  name: string;
-  provider: 'ec2' | 'local';
-  memory_mb: number;
-  runners_min: number;
-  runners_max: number;
-  runners_per_instance: number;
-  disable: boolean;
-  aws: Record<string, unknown> | null;
-  user_data: string | null;
-  deleted_at: Date | null;
-  updated_at: Date;
-}
-
-/** What one autoscaler tick reads in one snapshot. */
-export interface Snapshot {
-  busy: number;
-  queued: number;
-  instances: InstanceView[];
-}
+import type { FleetSnapshot, FleetStore, NewInstance } from '../../autoscaler/ports.ts';
+import type { AutoscaleState, InstanceType, ScaledCluster } from '../../autoscaler/types.ts';
 
 /**
  * The autoscaler's reads and writes (leader work: every write is fenced). Instances are the
@@ -31,6 +9,22 @@ export interface Snapshot {
  */
 export class AutoscaleStore {
   constructor(private readonly c: StoreCtx) {}
+
+  /** These reads and writes as the autoscaler's FleetStore for one leadership: every write carries its fence. */
+  fleet(fence: Fence): FleetStore {
+    return {
+      leadership: fence.term,
+      clusters: () => this.clusters(),
+      loadState: (clusterId) => this.loadState(clusterId),
+      saveState: (clusterId, state, ewma) => this.saveState(clusterId, state, ewma, fence),
+      markLive: (clusterId) => this.markLive(clusterId, fence),
+      snapshot: (clusterId, clusterName) => this.snapshot(clusterId, clusterName),
+      recorded: (clusterId) => this.recorded(clusterId),
+      recordInstances: (clusterId, provider, rows, bootDeadline) => this.recordInstances(clusterId, provider, rows, bootDeadline, fence),
+      setType: (clusterId, ids, from, to) => this.setType(clusterId, ids, from, to, fence),
+      idle: (clusterId, ids) => this.idle(clusterId, ids),
+    };
+  }
 
   async clusters(): Promise<ScaledCluster[]> {
     return (
@@ -81,7 +75,7 @@ export class AutoscaleStore {
    * delayed, not paused, not held back by a full max_concurrency), and every instance with
    * its runners' slots and busy count.
    */
-  async snapshot(clusterId: string, clusterName: string): Promise<Snapshot> {
+  async snapshot(clusterId: string, clusterName: string): Promise<FleetSnapshot> {
     const now = this.c.clock.now();
     return this.c.db.tx(async (q) => {
       const busy = await q.query<{ n: number }>(
@@ -131,7 +125,7 @@ export class AutoscaleStore {
   async recordInstances(
     clusterId: string,
     provider: 'ec2' | 'local',
-    rows: { instanceId: string; intentId: string | null; launchedAt: Date; subnetId?: string; type?: InstanceType }[],
+    rows: readonly NewInstance[],
     bootDeadline: Date,
     fence: Fence | undefined,
   ): Promise<void> {
@@ -151,7 +145,7 @@ export class AutoscaleStore {
   }
 
   /** Moves instances from one of `from` to `to`; returns the ids moved. */
-  async setType(clusterId: string, ids: readonly string[], from: InstanceType[], to: InstanceType, fence: Fence | undefined): Promise<string[]> {
+  async setType(clusterId: string, ids: readonly string[], from: readonly InstanceType[], to: InstanceType, fence: Fence | undefined): Promise<string[]> {
     if (ids.length === 0) return [];
     const now = this.c.clock.now();
     return this.c.db.tx(async (q) => {

@@ -7,6 +7,10 @@ import { pageSql } from './ctx.ts';
 import type { Queryable } from './db.ts';
 import { hashToken } from './accounts.ts';
 import type { QuotasStore } from './quotas.ts';
+import { MAX_USER_TAGS, type AwsSettings, type InstanceType } from '../../autoscaler/types.ts';
+
+// The cluster types the autoscaler owns, for this store's importers.
+export { MAX_USER_TAGS, type AwsSettings, type BlockDeviceMapping, type InstanceType } from '../../autoscaler/types.ts';
 
 /** A live cluster as runners and the dispatcher see it. */
 export interface Cluster {
@@ -16,36 +20,6 @@ export interface Cluster {
   memory_mb: number;
   created_at: Date;
   updated_at: Date;
-}
-
-export interface BlockDeviceMapping {
-  device_name: string;
-  no_device?: string;
-  virtual_name?: string;
-  ebs?: {
-    snapshot_id?: string;
-    iops?: number;
-    encrypted?: boolean;
-    delete_on_termination?: boolean;
-    volume_size?: number;
-    volume_type?: string;
-  };
-}
-
-/** `autoscale.aws` without its secrets, as the API takes it (snake_case, like the reference). */
-export interface AwsSettings {
-  region: string;
-  instance_type: string;
-  image_id?: string;
-  tags?: Record<string, string>;
-  key_name?: string;
-  subnet_ids?: string[];
-  availability_zones?: string[];
-  security_groups?: string[];
-  security_group_ids?: string[];
-  iam_instance_profile?: { name?: string; arn?: string };
-  block_device_mappings?: BlockDeviceMapping[];
-  eips?: string[];
 }
 
 /** Every setting of a cluster; secrets only as "is it set". */
@@ -111,8 +85,6 @@ export interface ClusterPatch {
   container?: Partial<ContainerPolicy>;
 }
 
-export type InstanceType = 'ADD' | 'LIVE' | 'KILL' | 'TERMINATE';
-
 export interface ClusterInstance {
   id: string;
   cluster_id: string;
@@ -149,14 +121,14 @@ export type QueueTarget = { kind: 'ok'; name: string } | { kind: 'forbidden'; na
 /** The request contradicts itself or the cluster's stored settings (HTTP 400). */
 export class ClusterInputError extends GantryError {
   constructor(message: string) {
-    super('invalid', message);
+    super('invalid', message, { kind: 'invalid' });
   }
 }
 
 /** The request cannot be applied in the cluster's present state (HTTP 409). */
 export class ClusterConflictError extends GantryError {
   constructor(message: string) {
-    super('conflict', message);
+    super('conflict', message, { kind: 'conflict' });
   }
 }
 
@@ -165,7 +137,8 @@ export class SecretsUnavailableError extends GantryError {
   constructor() {
     super(
       'secrets_unconfigured',
-      'no secret key is configured: start the server with GANTRY_SECRET_KEYS (or let the embedded start create its key file)',
+      'Cluster secrets are unavailable on this server: no secret key is configured: start the server with GANTRY_SECRET_KEYS (or let the embedded start create its key file)',
+      { kind: 'misconfigured' },
     );
   }
 }
@@ -176,8 +149,6 @@ export const AWS_DEFAULTS: Readonly<Pick<AwsSettings, 'region' | 'instance_type'
   instance_type: 'c3.xlarge',
 });
 
-/** Users' tags leave room for the autoscaler's ownership tags within AWS's 50 per resource. */
-export const MAX_USER_TAGS = 40;
 /** Terminated instances stay in stats this long. */
 const TERMINATED_SHOWN_MS = 3600_000;
 
@@ -262,6 +233,11 @@ export class ClustersStore {
    */
   useSecrets(box: SecretBox): void {
     this.#box = box;
+  }
+
+  /** Whether useSecrets was called (the keys are loaded once per process). */
+  get hasSecrets(): boolean {
+    return this.#box !== undefined;
   }
 
   #seal(clusterId: string, field: string, plain: string): string {

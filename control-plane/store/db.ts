@@ -1,9 +1,9 @@
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import pg from 'pg';
 import { PGlite } from '@electric-sql/pglite';
+import { GantryError } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/logger.ts';
-import { InvalidTextError, StoreUnavailableError } from '../errors.ts';
+import { InvalidTextError, StoreUnavailableError, TxConflictError } from '../errors.ts';
 
 /** Rows of one statement, the same shape from both engines. */
 export interface QueryResult<T> {
@@ -13,12 +13,12 @@ export interface QueryResult<T> {
 
 export interface QueryOptions {
   /**
-   * Keep the statement prepared on each connection (PostgreSQL): parsed and planned once,
-   * with a generic plan (the pool sets plan_cache_mode). Only for SQL whose text never varies
-   * (one prepared statement per distinct text and connection) and whose plan does not depend
-   * on its parameters' values (primary-key lookups, the one index a query can use).
+   * Keep the statement prepared on each connection under this name (PostgreSQL): parsed
+   * and planned once, with a generic plan (the pool sets plan_cache_mode). For the
+   * statement files of store/sql/ (store/statements.ts `run`), whose text never varies and
+   * whose plans do not depend on their parameters' values.
    */
-  prepare?: boolean;
+  name?: string;
 }
 
 /** Anything SQL can be sent to: the pool, a transaction, or a migration session. */
@@ -49,6 +49,13 @@ const UNAVAILABLE_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300', '0800
 const RETRYABLE_SQLSTATES = new Set(['40P01', '40001']);
 const UNAVAILABLE_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'EAI_AGAIN']);
 
+/** Whether a failed transaction did nothing and should simply run again. */
+function mustRetry(err: unknown): boolean {
+  if (err instanceof TxConflictError) return true;
+  const code = (err as { code?: string }).code;
+  return code !== undefined && RETRYABLE_SQLSTATES.has(code);
+}
+
 /** Translates pg's connection failures into StoreUnavailableError; other errors pass through. */
 export function translatePgError(err: unknown): unknown {
   if (!(err instanceof Error)) return err;
@@ -68,23 +75,12 @@ export function translatePgError(err: unknown): unknown {
   return err;
 }
 
-/** Statement names by SQL text (a hash: the same text gets the same name in every process). */
-const statementNames = new Map<string, string>();
-function statementName(sql: string): string {
-  let name = statementNames.get(sql);
-  if (!name) {
-    name = `g_${createHash('sha1').update(sql).digest('hex').slice(0, 16)}`;
-    statementNames.set(sql, name);
-  }
-  return name;
-}
-
 function pgQueryable(client: pg.Pool | pg.PoolClient): Queryable {
   return {
     async query<T>(sql: string, params?: unknown[], o?: QueryOptions) {
       try {
-        const r = o?.prepare
-          ? await client.query({ name: statementName(sql), text: sql, values: params as unknown[] })
+        const r = o?.name
+          ? await client.query({ name: o.name, text: sql, values: params as unknown[] })
           : await client.query(sql, params as unknown[]);
         return { rows: r.rows as T[], rowCount: r.rowCount ?? 0 };
       } catch (err) {
@@ -179,8 +175,7 @@ export function openPostgres(o: PgOptions): Db {
         try {
           return await once(fn);
         } catch (err) {
-          const code = (err as { code?: string }).code;
-          if (!code || !RETRYABLE_SQLSTATES.has(code) || attempt >= 5) throw err;
+          if (!mustRetry(err) || attempt >= 5) throw err;
           await new Promise((r) => setTimeout(r, Math.random() * 10 * attempt));
         }
       }
@@ -221,6 +216,70 @@ const PGLITE_TIMES = {
   serializers: { [TIMESTAMP]: sendTime, [TIMESTAMPTZ]: sendTime },
 };
 
+const UTF8_BOM = Buffer.from([0xef, 0xbb, 0xbf]);
+const DATA_ROW = 0x44; // 'D'
+
+/**
+ * Puts back the leading U+FEFF that PGlite's protocol parser drops from a field. It decodes
+ * each field with its own `TextDecoder('utf-8')`, which strips a byte order mark at the start
+ * of every decode, so a text value beginning with one read back one character short; no
+ * query option or type parser sees the bytes. `data` is the raw backend output of the same
+ * exchange: its k-th DataRow is the k-th `dataRow` message, and a field whose bytes begin
+ * with EF BB BF lost exactly that one character. This works for every column type, since the
+ * wire bytes are the truth whatever the type's text form.
+ */
+function restoreLeadingBoms(messages: { name: string }[], data: Uint8Array): void {
+  const raw = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  if (raw.indexOf(UTF8_BOM) < 0) return;
+  const rows = messages.filter((m): m is { name: 'dataRow'; fields: (string | null)[] } => m.name === 'dataRow');
+  let row = 0;
+  // Every backend message: a type byte, then an int32 length that counts itself and the body.
+  for (let at = 0; at + 5 <= raw.length; at += 1 + raw.readInt32BE(at + 1)) {
+    if (raw[at] !== DATA_ROW) continue;
+    const msg = rows[row++];
+    let p = at + 5;
+    const n = raw.readInt16BE(p);
+    p += 2;
+    for (let i = 0; i < n; i++) {
+      const len = raw.readInt32BE(p);
+      p += 4;
+      if (len < 0) continue;
+      const field = msg?.fields[i];
+      if (len >= 3 && typeof field === 'string' && raw[p] === 0xef && raw[p + 1] === 0xbb && raw[p + 2] === 0xbf) {
+        msg!.fields[i] = `\uFEFF${field}`;
+      }
+      p += len;
+    }
+  }
+}
+
+/**
+ * Routes PGlite's own statements through `execProtocol`, which returns the parsed messages
+ * (errors, notices and notifications handled by PGlite as before) together with the raw
+ * output, so `restoreLeadingBoms` can mend the rows before PGlite turns them into values.
+ * `query`, `exec` and transactions all reach the engine through `execProtocolStream`, so
+ * every column read through the store is covered. The other ways in are closed: the decoder
+ * is private to PGlite's protocol reader, a type parser is handed the decoded string, and a
+ * global TextDecoder of our own would change decoding for the whole process. The price is
+ * one more copy of each reply, and a walk through its messages when it holds EF BB BF.
+ */
+async function keepLeadingBoms(db: PGlite): Promise<void> {
+  db.execProtocolStream = async (message, options = {}) => {
+    const { messages, data } = await db.execProtocol(message, options);
+    restoreLeadingBoms(messages, data);
+    return messages;
+  };
+  // A PGlite that stopped reading its rows through execProtocolStream would drop the BOM
+  // again, silently: refuse to run on it.
+  let v: string | undefined;
+  try {
+    v = (await db.query<{ v: string }>(`SELECT convert_from(decode('efbbbf41', 'hex'), 'UTF8') AS v`)).rows[0]?.v;
+  } finally {
+    if (v !== '\uFEFFA') await db.close().catch(() => undefined);
+  }
+  if (v !== '\uFEFFA') throw new Error('this PGlite build drops a leading U+FEFF from text values and the store cannot restore it');
+}
+
 /** PGlite: PostgreSQL compiled to WASM, in this process, its data directory on disk. */
 export async function openPglite(dataDir: string): Promise<Db> {
   fs.mkdirSync(dataDir, { recursive: true });
@@ -228,6 +287,7 @@ export async function openPglite(dataDir: string): Promise<Db> {
   let db: PGlite;
   try {
     db = await PGlite.create(dataDir);
+    await keepLeadingBoms(db);
   } catch (err) {
     releaseLock();
     throw err;
@@ -251,7 +311,17 @@ export async function openPglite(dataDir: string): Promise<Db> {
     engine: 'pglite',
     query: base.query,
     exec: base.exec,
-    tx: (fn) => db.transaction((t) => fn(wrap(t))),
+    tx: async (fn) => {
+      // One connection runs every transaction in turn, so none meets another; a conflict
+      // seen anyway is retried as on PostgreSQL.
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await db.transaction((t) => fn(wrap(t)));
+        } catch (err) {
+          if (!mustRetry(err) || attempt >= 5) throw err;
+        }
+      }
+    },
     session: (fn) => fn(base),
     ping: async () => !db.closed,
     close: async () => {
@@ -265,7 +335,11 @@ export async function openPglite(dataDir: string): Promise<Db> {
 }
 
 /** Thrown when another live process has the PGlite data directory open. */
-export class DataDirInUseError extends Error {}
+export class DataDirInUseError extends GantryError {
+  constructor(message: string) {
+    super('data_dir_in_use', message, { kind: 'conflict' });
+  }
+}
 
 /**
  * PGlite is single-process: two processes on one data directory corrupt it. A lock file

@@ -1,4 +1,5 @@
 import type { Queryable } from './db.ts';
+import { GantryError } from '../../lib/errors.ts';
 
 /** What a leader presents with each of its writes: its election term and its name. */
 export interface Fence {
@@ -8,13 +9,12 @@ export interface Fence {
 }
 
 /** A leader's write refused because a newer leader has written since. */
-export class FencedError extends Error {
+export class FencedError extends GantryError {
   constructor(
     readonly term: number,
     readonly current: number | undefined,
   ) {
-    super(`leader term ${term} is stale${current === undefined ? '' : ` (term ${current} has written since)`}; leader work refused`);
-    this.name = 'FencedError';
+    super('fenced', `leader term ${term} is stale${current === undefined ? '' : ` (term ${current} has written since)`}; leader work refused`, { kind: 'conflict' });
   }
 }
 

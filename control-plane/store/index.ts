@@ -10,7 +10,9 @@ import { StoreUnavailableError } from '../errors.ts';
 import { SchedulesStore } from './schedules.ts';
 import { TasksStore } from './tasks.ts';
 import { ClustersStore } from './clusters.ts';
+import { ClaimsStore } from './claims.ts';
 import { LeasesStore } from './leases.ts';
+import { OutcomesStore } from './outcomes.ts';
 import { RunnersStore } from './runners.ts';
 import { LogsStore } from './logs.ts';
 import { AutoscaleStore } from './autoscale.ts';
@@ -26,14 +28,19 @@ export class Store {
   readonly schedules: SchedulesStore;
   readonly clusters: ClustersStore;
   readonly runners: RunnersStore;
+  /** How queued tasks become offered leases. */
+  readonly claims: ClaimsStore;
+  /** Leases while they live: accept, start, renew, progress, cancels. */
   readonly leases: LeasesStore;
+  /** How leases end: results, releases, reclaims, sweeps, timeouts. */
+  readonly outcomes: OutcomesStore;
   readonly logs: LogsStore;
   readonly autoscale: AutoscaleStore;
   readonly quotas: QuotasStore;
 
   constructor(
     readonly db: Db,
-    clock: Clock,
+    readonly clock: Clock,
     ids: IdSource,
   ) {
     const ctx = { db, clock, ids };
@@ -44,7 +51,9 @@ export class Store {
     this.schedules = new SchedulesStore(ctx, this.tasks, this.quotas);
     this.clusters = new ClustersStore(ctx, this.quotas);
     this.runners = new RunnersStore(ctx);
-    this.leases = new LeasesStore(ctx, this.tasks);
+    this.claims = new ClaimsStore(ctx, this.tasks);
+    this.leases = new LeasesStore(ctx);
+    this.outcomes = new OutcomesStore(ctx, this.tasks, this.leases);
     this.logs = new LogsStore(ctx);
     this.autoscale = new AutoscaleStore(ctx);
   }

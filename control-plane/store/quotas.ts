@@ -61,48 +61,8 @@ const QUEUED_SQL = `SELECT count(*)::int AS n FROM (
 /** Shares of a user's queued-tasks limit, each with its own counter row (migration 009's CHECK). */
 export const QUEUED_SHARDS = 16;
 
-/** Shard `s`'s share of `limit` (SQL or a number): the shares add up to the limit. */
-const shareSql = (limit: string, s: string) => `(${limit} / ${QUEUED_SHARDS} + CASE WHEN ${s} < ${limit} % ${QUEUED_SHARDS} THEN 1 ELSE 0 END)`;
+/** Shard `s`'s share of `limit`: the shares add up to the limit (queue-*.sql compute the same in SQL). */
 const share = (limit: number, s: number) => Math.floor(limit / QUEUED_SHARDS) + (s < limit % QUEUED_SHARDS ? 1 : 0);
-
-/**
- * SQL (a WITH list) that adds $n tasks to a counter of the user owning project $p, only
- * while it stays within that counter's share of their limit ($d: the default limit);
- * `reserved` has one row when it did. The counter is the connection's (its backend pid
- * modulo QUEUED_SHARDS): statements running at once are on different connections, so
- * they mostly lock different rows. The statement that inserts the tasks selects them only
- * if `reserved` has a row, so both happen or neither; with no row, the caller takes the slow
- * path (QuotasStore.admitQueued). Placeholders are given as SQL (e.g. `$1`).
- */
-export function reserveQueuedSql(p: string, n: string, d: string): string {
-  const s = `(pg_backend_pid() % ${QUEUED_SHARDS})`;
-  return `quota_limit AS (
-    SELECT pr.user_id, coalesce(l.queued_tasks, ${d}::int) AS max
-    FROM projects pr LEFT JOIN user_quotas l ON l.user_id = pr.user_id WHERE pr.id = ${p}
-  ),
-  reserved AS (
-    INSERT INTO user_queued AS u (user_id, shard, queued)
-    SELECT user_id, ${s}, ${n}::bigint FROM quota_limit WHERE ${n}::bigint <= ${shareSql('max', s)}
-    ON CONFLICT (user_id, shard) DO UPDATE SET queued = u.queued + excluded.queued
-      WHERE u.queued + excluded.queued <= (SELECT ${shareSql('max', s)} FROM quota_limit)
-    RETURNING 1
-  )`;
-}
-
-/**
- * SQL (a WITH list after one named `done`) that gives back one place per row of `done`, a
- * cancelled queued task of project $p, to the owner's fullest counter.
- */
-export function releaseQueuedSql(p: string): string {
-  return `freed AS (
-    UPDATE user_queued u SET queued = u.queued - (SELECT count(*) FROM done)
-    WHERE (u.user_id, u.shard) = (
-        SELECT q.user_id, q.shard FROM user_queued q JOIN projects pr ON pr.user_id = q.user_id
-        WHERE pr.id = ${p} ORDER BY q.queued DESC LIMIT 1)
-      AND u.queued >= (SELECT count(*) FROM done) AND EXISTS (SELECT 1 FROM done)
-    RETURNING 1
-  )`;
-}
 
 /** A user's quotas: the effective limits, those an operator set, and the exact usage. */
 export interface UserQuotas {

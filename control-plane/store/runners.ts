@@ -43,9 +43,9 @@ export class RunnersStore {
   constructor(private readonly c: StoreCtx) {}
 
   /**
-   * A runner opened a session: bumps its epoch (fencing everything its earlier sessions
-   * say) and records it as connected to `serverId`. Refused (undefined) when the runner id
-   * belongs to another cluster.
+   * A runner opened a session: bumps its epoch (recorded on the leases the session is
+   * granted or keeps) and records it as connected to `serverId`. Refused (undefined) when the
+   * runner id belongs to another cluster.
    */
   async connect(h: RunnerHello, sessionId: string, serverId: string): Promise<RunnerRow | undefined> {
     const now = this.c.clock.now();
@@ -73,7 +73,7 @@ export class RunnersStore {
   }
 
   /**
-   * Records a penalty (research/dispatch.md 4.6, M13) on the runner's row, where every
+   * Records a penalty (proto/README.md, 6.5 Penalties) on the runner's row, where every
    * session of the runner, on any replica, reads it at Hello.
    */
   async setPenalty(runnerId: string, penaltyMs: number, until: Date, reason: string): Promise<void> {

@@ -2,7 +2,9 @@ import type { StoreCtx, Page } from './ctx.ts';
 import { pageSql } from './ctx.ts';
 import type { Queryable } from './db.ts';
 import type { TaskStatus } from './codes.ts';
-import { releaseQueuedSql, reserveQueuedSql, type QuotasStore } from './quotas.ts';
+import type { QuotasStore } from './quotas.ts';
+import { run, statement } from './statements.ts';
+import { ConflictError } from '../errors.ts';
 
 export const FINAL_STATUSES: readonly TaskStatus[] = ['complete', 'error', 'cancelled', 'killed', 'timeout'];
 
@@ -72,28 +74,30 @@ const LIST_COLUMNS = `id, project_id, code_id, code_name, code_revision_id, code
   delay, label, msg, percent, schedule_id, original_task_id, retry_task_id, retry_count, created_at, updated_at,
   eligible_at, start_time, end_time, log_size, exit_code, attempt, runner_losses, runner_id, run_times`;
 
-export const INSERT_COLUMNS = [
-  'id', 'project_id', 'code_id', 'code_name', 'code_revision_id', 'code_rev', 'status', 'priority', 'cluster',
-  'timeout', 'delay', 'payload', 'label', 'schedule_id', 'scheduled_for', 'original_task_id', 'retry_count',
-  'retries_left', 'retries_delay', 'created_at', 'updated_at', 'eligible_at',
-] as const;
-
-/** SQL types of INSERT_COLUMNS, for values that no `INSERT ... VALUES` types (a SELECT of values or arrays). */
-const INSERT_TYPES: Record<(typeof INSERT_COLUMNS)[number], string> = {
-  id: 'text', project_id: 'text', code_id: 'text', code_name: 'text', code_revision_id: 'text', code_rev: 'integer',
-  status: 'text', priority: 'smallint', cluster: 'text', timeout: 'integer', delay: 'integer', payload: 'text', label: 'text',
-  schedule_id: 'text', scheduled_for: 'timestamptz', original_task_id: 'text', retry_count: 'integer', retries_left: 'integer',
-  retries_delay: 'integer', created_at: 'timestamptz', updated_at: 'timestamptz', eligible_at: 'timestamptz',
-};
-
-/** A new task's values for INSERT_COLUMNS, queued at `now`. */
-export function insertValues(t: NewTask, id: string, now: Date): unknown[] {
+/**
+ * A new task's values, queued at `now`, in the order the statement files take them
+ * (queue-one.sql, queue-many.sql, queue-and-grant.sql, insert-tasks.sql): id, project_id,
+ * code_id, code_name, code_revision_id, code_rev, status, priority, cluster, timeout,
+ * delay, payload, label, schedule_id, scheduled_for, original_task_id, retry_count,
+ * retries_left, retries_delay, created_at, updated_at, eligible_at.
+ */
+export function taskValues(t: NewTask, id: string, now: Date): unknown[] {
   return [
     id, t.projectId, t.codeId, t.codeName, t.revisionId, t.rev, 'queued', t.priority, t.cluster, t.timeout,
     t.delay, t.payload, t.label, t.scheduleId ?? null, t.scheduledFor ?? null, t.originalTaskId ?? null,
     t.retryCount ?? 0, t.retries, t.retriesDelay, now, now, new Date(now.getTime() + t.delay * 1000),
   ];
 }
+
+/** Values of many tasks as one array per column, for the statements that take arrays. */
+function columns(rows: unknown[][]): unknown[][] {
+  return rows[0]!.map((_, c) => rows.map((v) => v[c]));
+}
+
+const QUEUE_ONE = statement('queue-one');
+const QUEUE_MANY = statement('queue-many');
+const INSERT_TASKS = statement('insert-tasks');
+const CANCEL_QUEUED = statement('task-cancel-queued');
 
 /** The one project of a batch (a request queues into one project; its owner's quota applies). */
 function oneProject(tasks: NewTask[]): string {
@@ -122,16 +126,8 @@ export class TasksStore {
   async insert(q: Queryable, tasks: NewTask[]): Promise<string[]> {
     if (tasks.length === 0) return [];
     const now = this.c.clock.now();
-    const params: unknown[] = [];
-    const rows: string[] = [];
-    const ids: string[] = [];
-    for (const t of tasks) {
-      const id = this.c.ids();
-      ids.push(id);
-      const values = insertValues(t, id, now);
-      rows.push(`(${values.map((v) => `$${params.push(v)}`).join(', ')})`);
-    }
-    await q.query(`INSERT INTO tasks (${INSERT_COLUMNS.join(', ')}) VALUES ${rows.join(', ')}`, params);
+    const ids = tasks.map(() => this.c.ids());
+    await run(q, INSERT_TASKS, columns(tasks.map((t, i) => taskValues(t, ids[i]!, now))));
     return ids;
   }
 
@@ -146,25 +142,12 @@ export class TasksStore {
     const projectId = oneProject(tasks);
     const now = this.c.clock.now();
     const ids = tasks.map(() => this.c.ids());
-    const values = tasks.map((t, i) => insertValues(t, ids[i]!, now));
-    // Texts that never vary, so each is planned once per connection (planning a VALUES list
-    // of 1,000 rows was most of the statement's time): one task as one row of values (the
-    // common case: as cheap as a plain insert), a batch as one array per column.
-    const rows =
+    const values = tasks.map((t, i) => taskValues(t, ids[i]!, now));
+    const head = [projectId, tasks.length, this.quotas.defaults.queuedTasks];
+    const r =
       tasks.length === 1
-        ? { sql: `(VALUES (${INSERT_COLUMNS.map((c, i) => `$${i + 4}::${INSERT_TYPES[c]}`).join(', ')}))`, params: values[0]! }
-        : {
-            sql: `unnest(${INSERT_COLUMNS.map((c, i) => `$${i + 4}::${INSERT_TYPES[c]}[]`).join(', ')})`,
-            params: INSERT_COLUMNS.map((_, c) => values.map((v) => v[c])),
-          };
-    const r = await this.c.db.query(
-      `WITH ${reserveQueuedSql('$1', '$2', '$3')}
-       INSERT INTO tasks (${INSERT_COLUMNS.join(', ')})
-       SELECT * FROM ${rows.sql} v WHERE EXISTS (SELECT 1 FROM reserved)
-       RETURNING id`,
-      [projectId, tasks.length, this.quotas.defaults.queuedTasks, ...rows.params],
-      { prepare: true },
-    );
+        ? await run(this.c.db, QUEUE_ONE, [...head, ...values[0]!])
+        : await run(this.c.db, QUEUE_MANY, [...head, ...columns(values)]);
     return r.rows.length > 0 ? ids : this.queueCounted(tasks);
   }
 
@@ -226,26 +209,25 @@ export class TasksStore {
    * overwritten. Undefined when there is no such task.
    */
   async cancel(projectId: string, taskId: string): Promise<CancelOutcome | undefined> {
-    const now = this.c.clock.now();
-    // A cancelled queued task frees its place in the owner's queued-tasks quota at once.
-    const done = await this.c.db.query<Task>(
-      `WITH done AS (
-         UPDATE tasks SET status = 'cancelled', msg = 'Cancelled by user', end_time = $3, updated_at = $3
-         WHERE project_id = $1 AND id = $2 AND status = 'queued' RETURNING *
-       ),
-       ${releaseQueuedSql('$1')}
-       SELECT * FROM done`,
-      [projectId, taskId, now],
-    );
-    if (done.rows[0]) return { kind: 'cancelled', task: done.rows[0] };
-    const running = await this.c.db.query<Task>(
-      `UPDATE tasks SET cancel_requested_at = coalesce(cancel_requested_at, $3), updated_at = $3
-       WHERE project_id = $1 AND id = $2 AND status = 'running' RETURNING *`,
-      [projectId, taskId, now],
-    );
-    if (running.rows[0]) return { kind: 'cancelling', task: running.rows[0] };
-    const t = await this.get(projectId, taskId);
-    return t ? { kind: 'final', task: t } : undefined;
+    // A task offered to a runner (queued, with a lease) is like a running one: its runner
+    // is told, and the lease's end decides (a lease released unrun ends it `cancelled`).
+    // Between the two statements a lease may come or go: then both again.
+    for (let attempt = 1; ; attempt++) {
+      const now = this.c.clock.now();
+      // A cancelled queued task frees its place in the owner's queued-tasks quota at once.
+      const done = await run<Task>(this.c.db, CANCEL_QUEUED, [projectId, taskId, now]);
+      if (done.rows[0]) return { kind: 'cancelled', task: done.rows[0] };
+      const leased = await this.c.db.query<Task>(
+        `UPDATE tasks SET cancel_requested_at = coalesce(cancel_requested_at, $3), updated_at = $3
+         WHERE project_id = $1 AND id = $2 AND (status = 'running' OR (status = 'queued' AND lease_id IS NOT NULL)) RETURNING *`,
+        [projectId, taskId, now],
+      );
+      if (leased.rows[0]) return { kind: 'cancelling', task: leased.rows[0] };
+      const t = await this.get(projectId, taskId);
+      if (!t) return undefined;
+      if (t.status !== 'queued' && t.status !== 'running') return { kind: 'final', task: t };
+      if (attempt >= 3) throw new ConflictError('The task was offered and released again while it was being cancelled; cancel it again');
+    }
   }
 
   /** Sets percent and/or msg of a queued or running task; the task after, or undefined. */
@@ -306,22 +288,6 @@ export class TasksStore {
     // Thrown after the commit, which keeps the recount admitQueued may have made.
     if (out && 'refused' in out) throw out.refused;
     return out?.id;
-  }
-
-  /**
-   * Queued tasks of a cluster that may be handed out now: eligible (past their delay), not
-   * offered, code not paused; highest priority first, then oldest. A read-only view of the
-   * queue; what is actually handed out is decided by LeasesStore.claim (which adds ageing,
-   * round-robin and max_concurrency).
-   */
-  async eligible(cluster: string, limit: number): Promise<Task[]> {
-    const r = await this.c.db.query<Task>(
-      `SELECT t.* FROM tasks t JOIN codes c ON c.id = t.code_id
-       WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.cluster = $1 AND t.eligible_at <= $2 AND NOT c.paused
-       ORDER BY t.priority DESC, t.eligible_at, t.id LIMIT $3`,
-      [cluster, this.c.clock.now(), limit],
-    );
-    return r.rows;
   }
 
   /** Clusters with a queued task whose eligible time fell in (from, to] (delays that just passed). */

@@ -2,7 +2,7 @@ import type { Test } from 'tap';
 import { systemClock, type Clock } from '../../lib/clock.ts';
 import { silentLogger } from '../../lib/logger.ts';
 import { loadConfig } from '../../control-plane/config.ts';
-import { startControlPlane, type ControlPlane } from '../../control-plane/server.ts';
+import { startControlPlane, type ControlPlane } from '../../control-plane/start.ts';
 import type { Store } from '../../control-plane/store/index.ts';
 import { contractProblem } from './contract.ts';
 import { freshStore, type Engine } from './db.ts';

@@ -9,7 +9,7 @@ import { freePort } from './pg-instance.ts';
 import { runnerEnv, spawnRunner, until, type RunnerProcess } from './runner.ts';
 import { RUN_ID } from './services.ts';
 
-/** Short protocol timers for fault tests (research/dispatch.md 4.6, scaled down). */
+/** Short protocol timers for fault tests (proto/README.md, 5 Timers, scaled down). */
 export const FAST_TIMERS = {
   GANTRY_BEAT_INTERVAL_MS: '200',
   GANTRY_LEASE_TTL_MS: '2500',

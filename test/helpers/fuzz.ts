@@ -14,7 +14,7 @@
  *
  * Randomness comes from fast-check's `fc.gen()`, so a run is fixed by its seed and a failing
  * request is replayed with fast-check's seed and path. Shared by
- * test/integration/fuzz-api.test.ts (in-process, both engines) and bench/fuzz.ts (a real
+ * test/control-plane/integration/api.fuzz.test.ts (in-process, both engines) and bench/fuzz.ts (a real
  * `gantry start` child, 100,000 requests and more).
  */
 import { isUtf8 } from 'node:buffer';

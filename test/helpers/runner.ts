@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import type { Test } from 'tap';
 import { silentLogger } from '../../lib/logger.ts';
 import { loadRunnerConfig } from '../../runner/config.ts';
-import { startRunner, type Runner } from '../../runner/runner.ts';
+import { startRunner, type Runner } from '../../runner/start.ts';
 import type { TestApi } from './api.ts';
 import { tempDir } from './db.ts';
 import { RUN_ID } from './services.ts';

@@ -8,13 +8,10 @@ import {
   type ContainerPolicy,
 } from '../../../lib/container-policy.ts';
 import { isId } from '../../../lib/ids.ts';
-import { SecretDecryptError } from '../../../lib/secretbox.ts';
+import { IRONWORKER_VARIABLES, TEMPLATE_VARIABLES, UserDataError, checkTemplate } from '../../../cloud-config/render.ts';
 import { HttpError, badRequest, notFound } from '../../errors.ts';
 import {
-  ClusterConflictError,
-  ClusterInputError,
   MAX_USER_TAGS,
-  SecretsUnavailableError,
   type AwsSettings,
   type BlockDeviceMapping,
   type ClusterDetail,
@@ -42,7 +39,6 @@ const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 export const MEMORY_DEFAULT = 512 * MiB;
 export const DISK_DEFAULT = 10 * GiB;
-const TEMPLATE_VARS = ['.DockerAuth', '.DockerEmail', '.ClusterId', '.ClusterToken', '.RunnersVersion'];
 
 // Keys the API presents and clients may send back unchanged: read-only, ignored.
 const READ_ONLY_TOP = ['id', 'user_id', 'cpu_share', 'created_at', 'updated_at', 'machines', 'runners_available', 'runners_total'];
@@ -118,17 +114,29 @@ const RE = {
   tagKey: /^[^\x00-\x1f\x7f]{1,128}$/,
 };
 
-/** Only the five IronWorker variables, as `{{.Name}}` (spaces allowed inside the braces). */
+/** The variables user data may use, IronWorker's first (as its documentation lists them), then Gantry's. */
+const FILLED_IN = [...IRONWORKER_VARIABLES, ...TEMPLATE_VARIABLES.filter((v) => !IRONWORKER_VARIABLES.includes(v))]
+  .map((v) => `{{.${v}}}`)
+  .join(', ');
+
+/**
+ * A cluster's own user data must be a template that cloud-config renders at launch, so it is
+ * checked by that renderer: a bad one is a 400 now, not a failed launch on every tick.
+ */
 export function checkUserData(s: string, field: string): void {
-  const rest = s.replace(/\{\{([\s\S]*?)\}\}/g, (_m, inner: string) => {
-    if (!TEMPLATE_VARS.includes(inner.trim())) {
+  try {
+    checkTemplate(s);
+  } catch (err) {
+    if (!(err instanceof UserDataError)) throw err;
+    if (err.code === 'unsupported_action' && err.unclosed) throw badRequest(`${field}: a "{{" is not closed by "}}"`);
+    if (err.code === 'unknown_variable' || err.code === 'unsupported_action') {
+      const actions = err.actions.map((a) => (a.length > 64 ? `${a.slice(0, 60)}…` : a));
       throw badRequest(
-        `${field}: {{${inner.slice(0, 60)}}} is not supported; only ${TEMPLATE_VARS.map((v) => `{{${v}}}`).join(', ')} are filled in (Go template actions are not)`,
+        `${field}: ${actions.join(', ')} ${actions.length > 1 ? 'are' : 'is'} not supported; only ${FILLED_IN} are filled in (Go template actions are not)`,
       );
     }
-    return '';
-  });
-  if (rest.includes('{{')) throw badRequest(`${field}: a "{{" is not closed by "}}"`);
+    throw badRequest(`${field}: ${err.message}`);
+  }
 }
 
 function parseTags(v: unknown, field: string, allowNull: boolean): Record<string, string | null> | undefined {
@@ -471,24 +479,7 @@ export function presentCluster(c: ClusterDetail, access: 'owner' | 'shared', liv
   return out;
 }
 
-/** Store errors into HTTP ones, in this one place. */
-function translate(err: unknown): unknown {
-  if (err instanceof ClusterInputError) return badRequest(err.message);
-  if (err instanceof ClusterConflictError) return new HttpError(409, err.message, { code: 'conflict' });
-  if (err instanceof SecretsUnavailableError || err instanceof SecretDecryptError) {
-    return new HttpError(500, `Cluster secrets are unavailable on this server: ${err.message}`, { code: err.code, cause: err });
-  }
-  return err;
-}
-
 type Ctx = RouterContext<ApiState>;
-const handle = (fn: (ctx: Ctx) => Promise<void>) => async (ctx: Ctx) => {
-  try {
-    await fn(ctx);
-  } catch (err) {
-    throw translate(err);
-  }
-};
 
 export function clustersRouter(): Router<ApiState> {
   const r = new Router<ApiState>(ROUTER_OPTIONS);
@@ -507,12 +498,12 @@ export function clustersRouter(): Router<ApiState> {
     return s && { total: s.runners_total, available: s.runners_available, instances: s.instances };
   };
 
-  r.get('/clusters', requireUser, validated(ep('listClusters')), handle(async (ctx) => {
+  r.get('/clusters', requireUser, validated(ep('listClusters')), async (ctx) => {
     const list = await ctx.state.deps.store.clusters.listForUser(ctx.state.userId!, pagination(ctx.state.query!));
     ctx.body = { clusters: list.map(presentClusterSummary) };
-  }));
+  });
 
-  r.post('/clusters', requireUser, validated(ep('createCluster')), handle(async (ctx) => {
+  r.post('/clusters', requireUser, validated(ep('createCluster')), async (ctx) => {
     const { deps, userId } = ctx.state;
     const body = ctx.state.body!;
     const { patch, secrets, fields } = await parseClusterBody(deps, body, { update: false, ownerId: userId! });
@@ -533,14 +524,14 @@ export function clustersRouter(): Router<ApiState> {
     const { cluster, token } = await deps.store.clusters.createCluster(userId!, input);
     ctx.state.log.info({ clusterId: cluster.id, name: cluster.name, fields }, 'cluster created');
     ctx.body = { msg: 'Cluster created', id: cluster.id, token, cluster: presentCluster(cluster, 'owner', await live(deps, cluster.id)) };
-  }));
+  });
 
-  r.get('/clusters/:clusterId', requireUser, validated(ep('getCluster')), handle(async (ctx) => {
+  r.get('/clusters/:clusterId', requireUser, validated(ep('getCluster')), async (ctx) => {
     const { cluster, access } = await load(ctx);
     ctx.body = { cluster: presentCluster(cluster, access, await live(ctx.state.deps, cluster.id)) };
-  }));
+  });
 
-  r.get('/clusters/:clusterId/stats', requireUser, validated(ep('getClusterStats')), handle(async (ctx) => {
+  r.get('/clusters/:clusterId/stats', requireUser, validated(ep('getClusterStats')), async (ctx) => {
     const { cluster } = await load(ctx);
     const s = await ctx.state.deps.store.clusters.stats(cluster.id);
     if (!s) throw notFound('Cluster not found');
@@ -555,9 +546,9 @@ export function clustersRouter(): Router<ApiState> {
         instances: s.instances.map(presentInstance),
       },
     };
-  }));
+  });
 
-  r.put('/clusters/:clusterId', requireUser, validated(ep('updateCluster')), handle(async (ctx) => {
+  r.put('/clusters/:clusterId', requireUser, validated(ep('updateCluster')), async (ctx) => {
     const { deps, userId } = ctx.state;
     const body = ctx.state.body!;
     await load(ctx, 'update it');
@@ -566,18 +557,18 @@ export function clustersRouter(): Router<ApiState> {
     const cluster = await deps.store.clusters.update(ctx.params.clusterId!, { ...patch, secrets });
     ctx.state.log.info({ clusterId: cluster.id, fields }, 'cluster updated');
     ctx.body = { msg: 'Cluster updated', cluster: presentCluster(cluster, 'owner', await live(deps, cluster.id)) };
-  }));
+  });
 
-  r.delete('/clusters/:clusterId', requireUser, validated(ep('deleteCluster')), handle(async (ctx) => {
+  r.delete('/clusters/:clusterId', requireUser, validated(ep('deleteCluster')), async (ctx) => {
     const { cluster } = await load(ctx, 'delete it');
     const out = await ctx.state.deps.store.clusters.softDelete(cluster.id);
     if (!out) throw notFound('Cluster not found');
     ctx.state.log.info({ clusterId: cluster.id, instances: out.instancesMarked.length, tasksCancelled: out.tasksCancelled }, 'cluster deleted');
-    ctx.state.deps.onInstancesChanged?.();
+    ctx.state.deps.hub.instancesChanged();
     ctx.body = { msg: 'Cluster deleted', instances_terminating: out.instancesMarked, tasks_cancelled: out.tasksCancelled };
-  }));
+  });
 
-  r.post('/clusters/:clusterId/terminate', requireUser, validated(ep('terminateClusterInstances')), handle(async (ctx) => {
+  r.post('/clusters/:clusterId/terminate', requireUser, validated(ep('terminateClusterInstances')), async (ctx) => {
     const { deps } = ctx.state;
     const body = ctx.state.body!;
     const { cluster } = await load(ctx, 'terminate its instances');
@@ -592,25 +583,25 @@ export function clustersRouter(): Router<ApiState> {
       throw notFound(`No instance ${out.unknown.map((x) => JSON.stringify(x)).join(', ')} in this cluster; nothing was marked for termination`);
     }
     ctx.state.log.info({ clusterId: cluster.id, marked: out.marked, already: out.already }, 'instances marked KILL');
-    deps.onInstancesChanged?.();
+    deps.hub.instancesChanged();
     ctx.body = { msg: 'Instances scheduled for terminated', marked: out.marked, already: out.already };
-  }));
+  });
 
-  r.post('/clusters/:clusterId/credentials', requireUser, validated(ep('rotateClusterToken')), handle(async (ctx) => {
+  r.post('/clusters/:clusterId/credentials', requireUser, validated(ep('rotateClusterToken')), async (ctx) => {
     const { cluster } = await load(ctx, 'rotate its runner token');
     const token = await ctx.state.deps.store.clusters.rotateToken(cluster.id);
     if (!token) throw notFound('Cluster not found');
     ctx.state.log.info({ clusterId: cluster.id }, 'cluster runner token rotated');
     ctx.body = { msg: 'Runner token rotated: runners holding the old token are refused from now on', id: cluster.id, token };
-  }));
+  });
 
-  r.get('/clusters/:clusterId/credentials', requireUser, validated(ep('getClusterToken')), handle(async (ctx) => {
+  r.get('/clusters/:clusterId/credentials', requireUser, validated(ep('getClusterToken')), async (ctx) => {
     await load(ctx);
     throw new HttpError(405, 'Runner tokens are kept only as a hash and cannot be shown again; POST to this URL to rotate the token', {
       code: 'method_not_allowed',
       headers: { Allow: 'POST' },
     });
-  }));
+  });
 
   return r;
 }

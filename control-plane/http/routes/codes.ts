@@ -175,7 +175,7 @@ export function codesRouter(): Router<ApiState> {
       if (!(await ctx.state.deps.store.codes.setPaused(ctx.state.projectId!, code.id, paused))) {
         throw notFound('Code package not found');
       }
-      if (!paused) ctx.state.deps.onTasksQueued?.('*');
+      if (!paused) ctx.state.deps.hub.tasksReady('*');
       ctx.body = { msg };
     });
   }

@@ -161,15 +161,7 @@ export function tasksRouter(): Router<ApiState> {
     });
     const clusters = await authorizeClusters(deps, ctx.state.userId!, tasks.map((t, i) => ({ cluster: t.cluster, field: `tasks[${i}].cluster` })));
     for (const t of tasks) t.cluster = clusters.get(t.cluster)!;
-    // One task and an idle runner here: queued and offered with one commit.
-    const handed = tasks.length === 1 && deps.handOff ? await deps.handOff(tasks[0]!) : undefined;
-    if (handed) {
-      if (!handed.granted) deps.onTasksQueued?.(tasks[0]!.cluster);
-      ctx.body = { msg: 'Queued up', tasks: [{ id: handed.taskId }] };
-      return;
-    }
-    const ids = await deps.store.tasks.queue(tasks);
-    for (const c of new Set(tasks.map((t) => t.cluster))) deps.onTasksQueued?.(c);
+    const ids = await deps.hub.enqueue(tasks);
     ctx.body = { msg: 'Queued up', tasks: ids.map((id) => ({ id })) };
   });
 
@@ -181,8 +173,7 @@ export function tasksRouter(): Router<ApiState> {
     const opts = parseRunOptions(deps, q, '', code);
     opts.cluster = (await authorizeClusters(deps, ctx.state.userId!, [{ cluster: opts.cluster, field: 'cluster' }])).get(opts.cluster)!;
     const payload = webhookPayload(await readRaw(ctx, MAX_PAYLOAD));
-    const [id] = await deps.store.tasks.queue([newTask(projectId!, code, payload, opts)]);
-    deps.onTasksQueued?.(opts.cluster);
+    const [id] = await deps.hub.enqueue([newTask(projectId!, code, payload, opts)]);
     ctx.body = { id, msg: 'Queued up.' };
   });
 
@@ -212,7 +203,7 @@ export function tasksRouter(): Router<ApiState> {
       throw badRequest(`Task already finished with status ${out.task.status}; only queued or running tasks can be cancelled`);
     }
     ctx.state.log.info({ taskId: task.id, kind: out.kind }, 'task cancel');
-    if (out.kind === 'cancelling' && out.task.runner_id) ctx.state.deps.onCancelRequested?.(out.task.runner_id);
+    if (out.kind === 'cancelling' && out.task.runner_id) ctx.state.deps.hub.cancelRequested(out.task.runner_id);
     ctx.body = { msg: out.kind === 'cancelled' ? 'Cancelled' : 'Cancellation requested' };
   });
 
@@ -235,7 +226,7 @@ export function tasksRouter(): Router<ApiState> {
     await authorizeClusters(deps, ctx.state.userId!, [{ cluster: task.cluster, field: 'cluster' }]);
     const id = await deps.store.tasks.retry(ctx.state.projectId!, task.id, delay);
     if (!id) throw badRequest(`Task is ${task.status}; only finished tasks can be retried`);
-    deps.onTasksQueued?.(task.cluster);
+    deps.hub.tasksReady(task.cluster);
     ctx.body = { msg: 'Queued up', tasks: [{ id }] };
   });
 

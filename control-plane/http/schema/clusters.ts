@@ -4,6 +4,7 @@ import { MAX_USER_TAGS } from '../../store/clusters.ts';
 import { AuthQuery, Batch, CLUSTER_NAME_PATTERN, PagingQuery } from './common.ts';
 import { endpoint } from './endpoint.ts';
 import { Bool, DateTime, Dict, ErrorBody, Id, ID_PATTERN, Int, List, Obj, OneOf, Reply, Str } from './kit.ts';
+import { TEMPLATE_VARIABLES, USER_DATA_MAX_BYTES } from '../../../cloud-config/render.ts';
 
 /**
  * The Clusters section under /2/clusters. Cluster bodies refuse unknown fields (a typo in an
@@ -14,7 +15,7 @@ import { Bool, DateTime, Dict, ErrorBody, Id, ID_PATTERN, Int, List, Obj, OneOf,
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 /** EC2's limit on user data, before base64. */
-export const MAX_USER_DATA = 16384;
+export const MAX_USER_DATA = USER_DATA_MAX_BYTES;
 
 const ro = (s: TSchema) => ({ ...s, readOnly: true }) as TSchema;
 const RO = () => ro(Type.Unsafe({}));
@@ -86,7 +87,7 @@ const Aws = Obj(
       ),
       { max: 16, nullable: true, describe: 'an array of block device mappings' },
     ),
-    user_data: Str(MAX_USER_DATA, { nullable: true, description: 'user data for new instances ({{.DockerAuth}}, {{.DockerEmail}}, {{.ClusterId}}, {{.ClusterToken}}, {{.RunnersVersion}} are filled in); default: the Flatcar cloud-config that starts the runner' }),
+    user_data: Str(MAX_USER_DATA, { nullable: true, description: `user data for new instances (${TEMPLATE_VARIABLES.map((v) => `{{.${v}}}`).join(', ')} are filled in); default: the Flatcar cloud-config that starts the runner` }),
     eips: Strings(256, '^(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)(\\.(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)){3}$', 'Elastic IP addresses (IPv4)'),
     access_key_id_set: RO(),
     secret_access_key_set: RO(),

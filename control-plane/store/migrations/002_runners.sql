@@ -1,7 +1,7 @@
--- Runners, clusters and leases for the runner protocol (research/dispatch.md 4.4, 4.5).
+-- Runners, clusters and leases for the runner protocol (proto/README.md, 4 Lease lifecycle).
 
 -- A cluster is a pool of runners; tasks name it. Runners authenticate with its id and a
--- token kept only as a SHA-256 hash. (The Clusters API adds autoscaling fields later.)
+-- token kept only as a SHA-256 hash. (Migration 004 adds the Clusters API's fields.)
 CREATE TABLE clusters (
   id          text PRIMARY KEY,
   name        text NOT NULL UNIQUE,
@@ -12,8 +12,8 @@ CREATE TABLE clusters (
   updated_at  timestamptz NOT NULL
 );
 
--- One row per runner (stable runner_id); session_epoch grows with every new session and
--- fences everything an older session says.
+-- One row per runner (stable runner_id); session_epoch grows with every new session, and
+-- each lease records the epoch of the session it was granted to or kept by.
 CREATE TABLE runners (
   id               text PRIMARY KEY,
   cluster_id       text NOT NULL REFERENCES clusters(id),

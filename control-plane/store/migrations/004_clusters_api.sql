@@ -1,4 +1,4 @@
--- The Clusters API (issue 5): every field of the IronWorker reference, secrets sealed at rest
+-- The Clusters API: every field of the IronWorker reference, secrets sealed at rest
 -- (lib/secretbox.ts: AES-256-GCM, text "g1.<key id>.<nonce>.<tag>.<ciphertext>", bound to
 -- the cluster id and field name), soft delete, sharing, and the tables the autoscaler's
 -- leader loop keeps its instances and state in.
@@ -15,7 +15,8 @@ ALTER TABLE clusters
   -- subnet_ids, availability_zones, security_groups, security_group_ids,
   -- iam_instance_profile, block_device_mappings, eips
   ADD COLUMN aws                      jsonb,
-  -- autoscale.aws.user_data exactly as given (never re-serialized: research/autoscale.md 3.8)
+  -- autoscale.aws.user_data exactly as given (never re-serialized: a YAML round-trip can change
+  -- what coreos-cloudinit reads, e.g. `permissions: 0644` written back as 420)
   ADD COLUMN user_data                text,
   ADD COLUMN disable                  boolean NOT NULL DEFAULT false,
   ADD COLUMN runners_min              integer NOT NULL DEFAULT 0 CHECK (runners_min >= 0),

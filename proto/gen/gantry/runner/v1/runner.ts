@@ -25,7 +25,7 @@ export const protobufPackage = "gantry.runner.v1";
 export const protobufFileName = "gantry/runner/v1/runner.proto";
 
 /**
- * The runner protocol: research/dispatch.md section 4. Runners dial out to the control
+ * The runner protocol, described in proto/README.md. Runners dial out to the control
  * plane and hold one control stream (Connect) and one log stream (Logs) per process.
  * Authentication: gRPC metadata `x-gantry-cluster-id` and `authorization: Bearer <cluster token>`.
  * All times are milliseconds since the Unix epoch; all timers come from the server (Settings).
@@ -631,7 +631,7 @@ export interface ServerFrame {
 
 export interface Welcome {
   sessionId: string;
-  /** monotonic per runner_id; fences everything of older sessions */
+  /** raised at every Hello of this runner_id; recorded on the session's leases */
   sessionEpoch: number;
   serverId: string;
   serverTime: number;
@@ -646,7 +646,7 @@ export interface Welcome {
   resendCompletion: string[];
 }
 
-/** Every timer, told by the server (research/dispatch.md 4.6). */
+/** The protocol timers, sent by the server in Welcome (proto/README.md, 5 Timers). */
 export interface Settings {
   beatIntervalMs: number;
   sessionDeadAfterMs: number;

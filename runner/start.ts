@@ -1,0 +1,78 @@
+import { Releases, startWith, type ProgramState } from '../lib/lifecycle.ts';
+import type { Logger } from '../lib/logger.ts';
+import { RunnerAgent, loadRunnerId, type AgentFaults } from './agent.ts';
+import type { RunnerConfig } from './config.ts';
+import { DockerExecutor } from './executor/docker.ts';
+import { NoopExecutor } from './executor/noop.ts';
+import type { Executor } from './executor/types.ts';
+import { startHealthServer } from './health.ts';
+import { RunnerMetrics } from './metrics.ts';
+import { StatsSampler } from './stats.ts';
+
+export interface Runner {
+  readonly agent: RunnerAgent;
+  /** The local health/metrics port (undefined when off). */
+  readonly healthPort: number | undefined;
+  /** `running` until a drain or stop; `stopped` once everything is released (`failed` if a release failed). */
+  readonly state: ProgramState;
+  /** Drain (finish running tasks, or hand them back), then stop. */
+  drain(mode: 'finish' | 'hand_back'): Promise<void>;
+  /** Leaves the control plane and releases everything, by `deadline` (ms since the epoch) if given. */
+  stop(deadline?: number): Promise<void>;
+}
+
+/**
+ * Starts a runner agent with its executor and health endpoint; separate from main.ts so
+ * tests compose it. The health endpoint starts first and is released last, so a probe
+ * sees the runner until it is gone.
+ */
+export async function startRunner(config: RunnerConfig, log: Logger, faults: AgentFaults = config.faults.dropLogFrameEvery ? config.faults : {}): Promise<Runner> {
+  return startWith(async (releases: Releases) => {
+    const runnerId = loadRunnerId(config.workDir);
+    const metrics = new RunnerMetrics();
+    const executor: Executor =
+      config.executor === 'noop'
+        ? new NoopExecutor()
+        : new DockerExecutor({
+            runnerId,
+            workDir: config.workDir,
+            networkMode: config.networkMode,
+            labels: config.containerLabels,
+            log: log.child({ component: 'docker' }),
+            pullFailureTtlMs: config.pullFailureTtlMs,
+            onPull: (result) => metrics.imagePulls.inc({ result }),
+          });
+    const slots = config.slots > 0 ? config.slots : Math.max(1, Math.floor((await StatsSampler.totalMemoryMb()) / config.taskMemoryMb));
+    const agent = new RunnerAgent(config, slots, executor, log, metrics, faults);
+    const health = config.healthPort >= 0 ? await startHealthServer(agent, metrics, config.healthHost, config.healthPort) : undefined;
+    if (health) releases.add('health server', () => health.close());
+    await agent.start();
+    releases.add('agent', () => agent.stop());
+    log.info({ runnerId, slots, executor: executor.kind, controlPlane: config.controlPlane, healthPort: health?.port }, 'runner started');
+    let state: ProgramState = 'running';
+    let stopping: Promise<void> | undefined;
+    const stop = (deadline?: number) =>
+      (stopping ??= releases.releaseAll(deadline).then(
+        () => {
+          state = 'stopped';
+        },
+        (err: unknown) => {
+          state = 'failed';
+          throw err;
+        },
+      ));
+    return {
+      agent,
+      healthPort: health?.port,
+      get state() {
+        return state;
+      },
+      async drain(mode) {
+        state = 'draining';
+        await agent.drain(mode);
+        await stop();
+      },
+      stop,
+    };
+  });
+}

@@ -1,0 +1,29 @@
+import t from 'tap';
+import { loadConfig, redactedConfig } from '../../../control-plane/config.ts';
+import { ConfigError } from '../../../lib/errors.ts';
+
+t.test('defaults', async (t) => {
+  const c = loadConfig({});
+  t.equal(c.databaseUrl, undefined, 'no DATABASE_URL means PGlite');
+  t.equal(c.port, 8080);
+  t.equal(c.maxTimeout, 3600);
+  t.ok(Object.isFrozen(c), 'config is frozen');
+});
+
+t.test('bad values name the variable', async (t) => {
+  t.throws(() => loadConfig({ GANTRY_PORT: 'abc' }), { message: /GANTRY_PORT/ });
+  t.throws(() => loadConfig({ GANTRY_PORT: '70000' }), ConfigError);
+  t.throws(() => loadConfig({ DATABASE_URL: 'mysql://x' }), { message: /DATABASE_URL/ });
+  t.throws(() => loadConfig({ LOG_LEVEL: 'loud' }), { message: /LOG_LEVEL/ });
+  t.throws(() => loadConfig({ GANTRY_CLUSTER_MAX_TIMEOUTS: 'long:5' }), { message: /GANTRY_CLUSTER_MAX_TIMEOUTS/ });
+});
+
+t.test('cluster timeout ceilings', async (t) => {
+  t.same(loadConfig({ GANTRY_CLUSTER_MAX_TIMEOUTS: 'long=86400, etl=43200' }).clusterMaxTimeouts, { long: 86400, etl: 43200 });
+});
+
+t.test('the logged config never shows the database password', async (t) => {
+  const r = JSON.stringify(redactedConfig(loadConfig({ DATABASE_URL: 'postgres://u:s3cret@db:5432/g' })));
+  t.notMatch(r, /s3cret/);
+  t.match(r, /postgres:\/\/u:\*\*\*@db:5432\/g/);
+});
