@@ -42,7 +42,7 @@ t.test('a good package: counted from the central directory, unpacked with its mo
 });
 
 t.test('entry names must be relative paths inside the package', async (t) => {
-  const bad = ['../../x', 'a/../../x', 'a/..', '/etc/passwd', '//srv/x', 'C:/windows/x', 'c:x', '..\\..\\x', 'a\\..\\..\\x', 'a\0b', '', '.'];
+  const bad = ['../x', 'a/../../x', 'a/..', '/etc/passwd', '//srv/x', 'C:/windows/x', 'c:x', '..\\..\\x', 'a\\..\\..\\x', 'a\0b', '', '.'];
   for (const name of bad) {
     t.throws(() => checkEntryName(name), { message: `entry ${JSON.stringify(name)} is not a relative path inside the package` }, `checkEntryName refuses ${JSON.stringify(name)}`);
   }
@@ -50,7 +50,7 @@ t.test('entry names must be relative paths inside the package', async (t) => {
   t.equal(checkEntryName('..a/b..'), '..a/b..', 'dots inside a name are not ..');
   t.equal(checkEntryName('a\\b'), 'a/b', 'a backslash is a separator');
 
-  for (const name of ['../../x', '/abs/x', 'C:/x', 'ok/../../x', '..\\evil', 'nul\0byte']) {
+  for (const name of ['../x', '/abs/x', 'C:/x', 'ok/../../x', '..\\evil', 'nul\0byte']) {
     const zip = makeZip([{ name: 'fine.txt', data: Buffer.from('ok') }, { name, data: Buffer.from('pwned') }]);
     const want = { name: 'ZipRejectedError', message: `entry ${JSON.stringify(name)} is not a relative path inside the package` };
     await t.rejects(inspectZip(zip, DEFAULT_ZIP_LIMITS), want, `inspectZip refuses ${JSON.stringify(name)}`);

@@ -130,7 +130,7 @@ t.test('zip packages that are bombs, liars or climb out: the task\'s fault, noth
   await upload('many', makeZip(Array.from({ length: 60 }, (_, i) => ({ name: `f${i}.txt`, data: Buffer.from(String(i)) }))));
   await upload('good', good, './run.sh');
   // A package stored before uploads were checked (straight into the store: the API refuses it).
-  const escape = makeZip([{ name: 'fine.txt', data: Buffer.from('fine') }, { name: '../../escaped.txt', data: Buffer.from('pwned') }]);
+  const escape = makeZip([{ name: 'fine.txt', data: Buffer.from('fine') }, { name: '../escaped.txt', data: Buffer.from('pwned') }]);
   await api.store.codes.upload(api.user.projectId, 'escape', { image: TEST_IMAGE, command: 'ls' }, { data: escape, fileName: 'escape.zip', checksum: md5(escape) });
 
   const ids = Object.fromEntries(await Promise.all(['bomb', 'liar', 'many', 'escape', 'good'].map(async (c) => [c, (await queueTasks(api, c))[0]!] as const)));
