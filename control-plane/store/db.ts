@@ -121,10 +121,15 @@ export function openPostgres(o: PgOptions): Db {
     idleTimeoutMillis: 30000,
     keepAlive: true,
     types: pgTypes,
-    // Statements kept prepared (QueryOptions.prepare, only those written to plan well without
-    // their parameters' values) are planned once per connection, not at every run: planning
-    // was most of a claim's time. Other statements are unnamed and planned each time as usual.
-    options: '-c plan_cache_mode=force_generic_plan',
+    // Statements kept prepared (QueryOptions.name: the statement files of store/sql/, written
+    // to plan well without their parameters' values) are planned once per connection, not at
+    // every run: planning was most of a claim's time. Other statements are unnamed and
+    // planned each time as usual.
+    // A transaction whose client went silent (this process partitioned from the database,
+    // or frozen) would keep its row locks until the server noticed the dead connection,
+    // minutes later, and every other replica's writes to those rows would wait: the server
+    // ends such a transaction once it has been idle as long as a query may take.
+    options: `-c plan_cache_mode=force_generic_plan -c idle_in_transaction_session_timeout=${Math.max(1000, o.queryTimeoutMs)}`,
   });
   // An idle client whose server went away emits here; without a listener the process dies.
   pool.on('error', (err) => o.log.warn({ err: err.message }, 'idle database connection lost'));
