@@ -172,6 +172,8 @@ export class Dispatcher<T extends OfferTarget = OfferTarget> {
    */
   async register(t: T): Promise<void> {
     const held = t.instanceId ? (await this.store.autoscale.held([t.instanceId])).has(t.instanceId) : false;
+    // Closed while its instance was read: it was unregistered already and must not come back.
+    if (t.state === 'closed') return;
     const id = t.runner!.id;
     const old = this.runners.get(id);
     if (old && old.target !== t) old.target.close('superseded by a newer session of the same runner', true);

@@ -77,7 +77,7 @@ export class RunnerHub<T extends OfferTarget = OfferTarget> {
   /** A running task's cancel was requested: its runner hears at once, wherever its stream is. */
   cancelRequested(runnerId: string): void {
     const s = this.dispatcher.session(runnerId);
-    if (!s) {
+    if (!s || s.state === 'closed') {
       this.coord.publish({ type: 'cancel', runnerId });
       return;
     }
