@@ -197,7 +197,8 @@ t.test('etcd stopped for 30 s and restarted: leader work stops, then exactly one
   t.same(wonDuring, [], 'no leadership was won during the outage');
   t.same(cs.map((x) => x.leaderships.length), won, 'no one led during the outage');
   await etcd.start();
-  await until('one leader after etcd returns', async () => (() => cs.every((x) => x.c.status().healthy) && leaders(cs).length === 1)(), 30_000);
+  // Followers learn the new leader from a watch a moment after it wins: wait until all name it.
+  await until('one leader after etcd returns, named by all', async () => cs.every((x) => x.c.status().healthy) && leaders(cs).length === 1 && new Set(cs.map((x) => x.c.status().leader)).size === 1, 30_000);
   // And it stays one: watch for a while.
   for (let i = 0; i < 20; i++) {
     t.equal(leaders(cs).length, 1, 'exactly one leader');
