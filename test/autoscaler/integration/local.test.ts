@@ -117,7 +117,7 @@ t.test('a burst scales the default cluster out and back in; terminate drains a b
   t.ok(peak >= 3, `scaled out to ${peak} instances`);
 
   // After the idle window the extra instances go KILL, then TERMINATE; runners_min keeps one.
-  await until('scaled back in to one instance', async () => (await active()).length === 1, 60_000, 200).catch((err: unknown) => {
+  await until('scaled back in to one instance', async () => (await active()).length === 1, 120_000, 200).catch((err: unknown) => {
     // Say whether the control plane is still there, and what it last said.
     t.comment(`gantry ${g.proc.exitCode === null && g.proc.signalCode === null ? 'still running' : `exited (${g.proc.exitCode ?? g.proc.signalCode})`}; its last output:\n${g.output().slice(-4000)}`);
     throw err;
