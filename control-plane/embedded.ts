@@ -29,8 +29,7 @@ export interface Embedded {
  */
 export async function startEmbedded(config: ControlPlaneConfig, log: Logger, clock?: Clock): Promise<Embedded> {
   return startWith(async (releases) => {
-    const waitMs = config.dbStartWaitSeconds === 0 ? Number.MAX_SAFE_INTEGER : config.dbStartWaitSeconds * 1000;
-    const store = await openStore(config, log.child({ component: 'store' }), clock ?? systemClock, newId, waitMs);
+    const store = await openStore(config, log.child({ component: 'store' }), clock ?? systemClock, newId);
     releases.add('store', () => store.close());
     store.clusters.useSecrets(
       loadSecretBox({ keys: config.secretKeys, dataDir: config.dataDir, shared: Boolean(config.databaseUrl), warn: (m, f) => log.warn(f, m) }),

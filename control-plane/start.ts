@@ -68,8 +68,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
   checkTuning(config.autoscaleTuning);
   return startWith(async (releases) => {
     const ids = o.ids ?? newId;
-    const waitMs = config.dbStartWaitSeconds === 0 ? Number.MAX_SAFE_INTEGER : config.dbStartWaitSeconds * 1000;
-    const store = o.store ?? (await openStore(config, log.child({ component: 'store' }), clock, ids, waitMs));
+    const store = o.store ?? (await openStore(config, log.child({ component: 'store' }), clock, ids));
     if (!o.store) releases.add('store', () => store.close());
     // The quotas this process enforces are its configuration's, whoever opened the store.
     store.quotas.useDefaults(config.quotas, config.quotaRetryAfterS);

@@ -89,6 +89,16 @@ export class Dispatcher<T extends OfferTarget = OfferTarget> {
   }
 
   /**
+   * Frees the concurrency slots of ended leases (the slot reconciler is the backstop). When
+   * any was held, limited work may be claimable on every replica: woken here, told to the others.
+   */
+  async freeSlots(leaseIds: readonly string[]): Promise<void> {
+    if (leaseIds.length === 0 || (await this.coord.release([...leaseIds])) === 0) return;
+    this.slotsFreed();
+    this.coord.publish({ type: 'ready', cluster: '*' });
+  }
+
+  /**
    * Re-reads which of this replica's runners sit on KILL instances (they get no new work).
    * Called when another replica says instances changed, and every second as a backstop.
    */
@@ -153,10 +163,7 @@ export class Dispatcher<T extends OfferTarget = OfferTarget> {
       else this.blockedProjects.set(o.projectId, until);
       this.metrics?.slotRefusals.inc();
       // The lease goes back; a slot it did take is freed with it, for any replica's claims.
-      if (await this.store.outcomes.release(o.leaseId, o.attempt, runnerId, 'no_slot') && (await this.coord.release([o.leaseId])) > 0) {
-        this.slotsFreed();
-        this.coord.publish({ type: 'ready', cluster: '*' });
-      }
+      if (await this.store.outcomes.release(o.leaseId, o.attempt, runnerId, 'no_slot')) await this.freeSlots([o.leaseId]);
     }
     return out;
   }

@@ -59,19 +59,7 @@ export class RunnerHub<T extends OfferTarget = OfferTarget> {
 
   /** Leases ended: their concurrency slots are freed at once (the slot reconciler is the backstop). */
   leasesEnded(leaseIds: readonly string[]): void {
-    if (leaseIds.length === 0) return;
-    void this.coord.release([...leaseIds]).then(
-      (freed) => {
-        if (freed > 0) this.slotsFreed();
-      },
-      (err) => this.log.warn({ err: (err as Error).message }, 'could not free concurrency slots'),
-    );
-  }
-
-  /** Concurrency slots were freed: limited work may be claimable on every replica. */
-  slotsFreed(): void {
-    this.dispatcher.slotsFreed();
-    this.coord.publish({ type: 'ready', cluster: '*' });
+    void this.dispatcher.freeSlots(leaseIds).catch((err) => this.log.warn({ err: (err as Error).message }, 'could not free concurrency slots'));
   }
 
   /** A running task's cancel was requested: its runner hears at once, wherever its stream is. */

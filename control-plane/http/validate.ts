@@ -1,41 +1,15 @@
 import { badRequest } from '../errors.ts';
 
 /**
- * Field validators for request bodies and queries. Every failure is a 400 whose message
- * names the field (as the client wrote it, e.g. `tasks[2].priority`) and the limit.
+ * Readers of request values the endpoint's schema has already checked (schema/endpoint.ts):
+ * what remains is turning them into the program's terms, and what a schema cannot say
+ * (a calendar day that exists). A failure is a 400 whose message names the field.
  */
 export type Obj = Record<string, unknown>;
-
-export function optInt(o: Obj, key: string, field: string, min: number, max: number): number | undefined {
-  const v = o[key];
-  if (v === undefined || v === null) return undefined;
-  const n = typeof v === 'string' && /^-?\d+$/.test(v.trim()) ? Number(v) : v;
-  if (typeof n !== 'number' || !Number.isInteger(n)) {
-    throw badRequest(`${field} must be an integer from ${min} to ${max}`);
-  }
-  if (n < min || n > max) throw badRequest(`${field} must be an integer from ${min} to ${max}, got ${n}`);
-  return n;
-}
-
-export function optString(o: Obj, key: string, field: string, maxBytes: number): string | undefined {
-  const v = o[key];
-  if (v === undefined || v === null) return undefined;
-  if (typeof v !== 'string') throw badRequest(`${field} must be a string`);
-  const bytes = Buffer.byteLength(v, 'utf8');
-  if (bytes > maxBytes) throw badRequest(`${field} must be at most ${maxBytes} bytes, got ${bytes}`);
-  return v;
-}
-
-export function reqString(o: Obj, key: string, field: string, maxBytes: number): string {
-  const v = optString(o, key, field, maxBytes);
-  if (v === undefined || v === '') throw badRequest(`${field} is required`);
-  return v;
-}
 
 /** 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z. */
 const MIN_TIME = -62135596800000;
 const MAX_TIME = 253402300799999;
-/** A time given as RFC 3339 text or as seconds since the epoch. */
 /**
  * Whether an RFC 3339 text names a day and time that exist: JavaScript reads 2026-02-30 as
  * March 2 and 24:00 as the next day, where the sender almost surely made a mistake.
@@ -66,21 +40,9 @@ export function optTime(o: Obj, key: string, field: string): Date | undefined {
   return d;
 }
 
-export const CLUSTER_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
-
-export function optCluster(o: Obj, key: string, field: string): string | undefined {
-  const v = optString(o, key, field, 64);
-  if (v === undefined || v === '') return undefined;
-  if (!CLUSTER_NAME.test(v)) throw badRequest(`${field} must be 1 to 64 letters, digits, '.', '_' or '-'`);
-  return v;
-}
-
 /** Query parameter `page` (0–100, default 0) and `per_page` (1–100, default 30). */
 export function pagination(query: Obj): { page: number; perPage: number } {
-  return {
-    page: optInt(query, 'page', 'page', 0, 100) ?? 0,
-    perPage: optInt(query, 'per_page', 'per_page', 1, 100) ?? 30,
-  };
+  return { page: (query.page as number | undefined) ?? 0, perPage: (query.per_page as number | undefined) ?? 30 };
 }
 
 /** A status filter given as `1` or `true` (IronWorker clients send either). */

@@ -384,10 +384,8 @@ export class ClustersStore {
    * cluster, schedules name it or runners are connected: they all hold the old name.
    */
   async update(id: string, p: ClusterPatch): Promise<ClusterDetail> {
+    // AWS keys can be replaced, never cleared: ClusterSecretsInput has no null for them.
     const sealed = p.secrets ? this.#sealInput(id, p.secrets) : {};
-    if (sealed.aws_access_key_id_enc === null || sealed.aws_secret_access_key_enc === null) {
-      throw new ClusterInputError('autoscale.aws.access_key_id and secret_access_key cannot be removed; give new values to replace them');
-    }
     return this.c.db.tx(async (q) => {
       const row = (await q.query<DetailRow>(`SELECT ${DETAIL_COLS} FROM clusters WHERE id = $1 AND deleted_at IS NULL FOR UPDATE`, [id])).rows[0];
       if (!row) throw new ClusterConflictError('The cluster was deleted');

@@ -69,21 +69,18 @@ export interface OpenStoreOptions {
   pgPoolMax: number;
   pgConnectTimeoutMs: number;
   pgQueryTimeoutMs: number;
+  /**
+   * How long an unreachable PostgreSQL is retried, with backoff, before `openStore` gives up
+   * (a replica started before its database comes up waits rather than crash-looping);
+   * 0 waits forever, absent does not wait.
+   */
+  dbStartWaitSeconds?: number;
 }
 
-/**
- * Opens PostgreSQL (DATABASE_URL) or PGlite (dataDir) and brings the schema up to date.
- * With `waitMs`, an unreachable PostgreSQL is retried with backoff for that long (a
- * replica started before its database comes up waits rather than crash-looping).
- */
-export async function openStore(
-  o: OpenStoreOptions,
-  log: Logger,
-  clock: Clock,
-  ids: IdSource,
-  waitMs = 0,
-): Promise<Store> {
-  const deadline = Date.now() + waitMs;
+/** Opens PostgreSQL (DATABASE_URL) or PGlite (dataDir) and brings the schema up to date. */
+export async function openStore(o: OpenStoreOptions, log: Logger, clock: Clock, ids: IdSource): Promise<Store> {
+  const wait = o.dbStartWaitSeconds;
+  const deadline = wait === undefined ? Date.now() : wait === 0 ? Infinity : Date.now() + wait * 1000;
   for (let delay = 250; ; delay = Math.min(delay * 2, 5000)) {
     try {
       return await openOnce(o, log, clock, ids);

@@ -1,6 +1,5 @@
 import Router, { type RouterContext } from '@koa/router';
 import {
-  CONTAINER_LIMITS,
   DOCKER_DEFAULT_CAPS,
   isValidUser,
   normaliseCap,
@@ -11,7 +10,6 @@ import { isId } from '../../../lib/ids.ts';
 import { IRONWORKER_VARIABLES, TEMPLATE_VARIABLES, UserDataError, checkTemplate } from '../../../cloud-config/render.ts';
 import { HttpError, badRequest, notFound } from '../../errors.ts';
 import {
-  MAX_USER_TAGS,
   type AwsSettings,
   type BlockDeviceMapping,
   type ClusterDetail,
@@ -23,9 +21,10 @@ import {
 import { requireUser } from '../auth.ts';
 import { ep } from '../schema/index.ts';
 import { validated } from '../schema/endpoint.ts';
-import { MAX_USER_DATA } from '../schema/clusters.ts';
+import type { ClusterInput } from '../schema/clusters.ts';
 import { ROUTER_OPTIONS, type ApiDeps, type ApiState } from '../state.ts';
-import { CLUSTER_NAME, optInt, optString, pagination, type Obj } from '../validate.ts';
+import { pagination } from '../validate.ts';
+import { putOwn } from '../../../lib/record.ts';
 import { clean, type Json } from '../present.ts';
 
 /**
@@ -40,79 +39,17 @@ const GiB = 1024 * MiB;
 export const MEMORY_DEFAULT = 512 * MiB;
 export const DISK_DEFAULT = 10 * GiB;
 
-// Keys the API presents and clients may send back unchanged: read-only, ignored.
-const READ_ONLY_TOP = ['id', 'user_id', 'cpu_share', 'created_at', 'updated_at', 'machines', 'runners_available', 'runners_total'];
-const READ_ONLY_AUTOSCALE = ['provider', 'docker_auth_set', 'docker_email_set'];
-const READ_ONLY_AWS = ['access_key_id_set', 'secret_access_key_set'];
-const AUTOSCALE_KEYS = ['aws', 'disable', 'runners_min', 'runners_max', 'runners_per_instance', 'docker_auth', 'docker_email'];
-const AWS_KEYS = [
-  'region', 'access_key_id', 'secret_access_key', 'instance_type', 'image_id', 'tags', 'key_name', 'subnet_ids',
-  'availability_zones', 'security_groups', 'security_group_ids', 'iam_instance_profile', 'block_device_mappings', 'user_data', 'eips',
-];
+type AwsInput = NonNullable<NonNullable<ClusterInput['autoscale']>['aws']>;
+type ContainerInput = NonNullable<ClusterInput['container']>;
 
-function onlyKeys(o: Obj, allowed: string[], readOnly: string[], where: string): void {
-  for (const k of Object.keys(o)) {
-    if (!allowed.includes(k) && !readOnly.includes(k)) {
-      throw badRequest(`${where}${k} is not a cluster field (known: ${allowed.join(', ')})`);
-    }
-  }
+/** '' reads as absent, as in the reference's sample. */
+const given = <T>(v: T | null | undefined | ''): v is T => v !== undefined && v !== null && v !== '';
+
+/** A list without '' entries and duplicates, or undefined when absent. */
+function listOf(v: (string | null)[] | null | undefined): string[] | undefined {
+  if (!v) return undefined;
+  return [...new Set(v.filter(given))];
 }
-
-function obj(v: unknown, field: string): Obj {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw badRequest(`${field} must be an object`);
-  return v as Obj;
-}
-
-function optBool(o: Obj, key: string, field: string): boolean | undefined {
-  const v = o[key];
-  if (v === undefined || v === null) return undefined;
-  if (typeof v !== 'boolean') throw badRequest(`${field} must be true or false`);
-  return v;
-}
-
-/** A string matching `re` (described by `what`); '' reads as absent, as in the reference's sample. */
-function optPattern(o: Obj, key: string, field: string, maxBytes: number, re: RegExp, what: string): string | undefined {
-  const v = optString(o, key, field, maxBytes);
-  if (v === undefined || v === '') return undefined;
-  if (!re.test(v)) throw badRequest(`${field} must be ${what}, got ${JSON.stringify(v.slice(0, 80))}`);
-  return v;
-}
-
-function optList(o: Obj, key: string, field: string, max: number, re: RegExp, what: string): string[] | undefined {
-  const v = o[key];
-  if (v === undefined || v === null) return undefined;
-  if (!Array.isArray(v)) throw badRequest(`${field} must be an array of ${what}`);
-  const out: string[] = [];
-  v.forEach((x, i) => {
-    const s = optPattern({ x }, 'x', `${field}[${i}]`, 256, re, what);
-    if (s !== undefined && !out.includes(s)) out.push(s);
-  });
-  if (out.length > max) throw badRequest(`${field} must hold at most ${max} entries, got ${out.length}`);
-  return out;
-}
-
-const PRINTABLE = /^[\x21-\x7e]+$/;
-const RE = {
-  region: /^[a-z]{2}(-[a-z]+)+-\d{1,2}$/,
-  accessKeyId: /^[A-Z0-9]{16,128}$/,
-  instanceType: /^[a-z][a-z0-9-]*\.[a-z0-9-]+$/,
-  imageId: /^ami-[0-9a-f]{8,17}$/,
-  subnet: /^subnet-[0-9a-f]{8,17}$/,
-  zone: /^[a-z]{2}-[a-z0-9-]+[a-z]$/,
-  sgId: /^sg-[0-9a-f]{8,17}$/,
-  sgName: /^[\x20-\x7e]{1,255}$/,
-  keyName: /^[\x20-\x7e]{1,255}$/,
-  profileName: /^[\w+=,.@-]{1,128}$/,
-  profileArn: /^arn:aws[\w-]*:iam::\d{12}:instance-profile\/[\w+=,.@/-]{1,1024}$/,
-  ipv4: /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/,
-  device: /^(\/dev\/)?[a-z][a-z0-9]{1,15}$/,
-  virtualName: /^ephemeral\d{1,2}$/,
-  snapshot: /^snap-[0-9a-f]{8,17}$/,
-  volumeType: /^(standard|gp2|gp3|io1|io2|st1|sc1)$/,
-  email: /^[^\s"'\\<>@]{1,64}@[^\s"'\\<>@]{1,189}$/,
-  base64: /^[A-Za-z0-9+/]+={0,2}$/,
-  tagKey: /^[^\x00-\x1f\x7f]{1,128}$/,
-};
 
 /** The variables user data may use, IronWorker's first (as its documentation lists them), then Gantry's. */
 const FILLED_IN = [...IRONWORKER_VARIABLES, ...TEMPLATE_VARIABLES.filter((v) => !IRONWORKER_VARIABLES.includes(v))]
@@ -139,65 +76,41 @@ export function checkUserData(s: string, field: string): void {
   }
 }
 
-function parseTags(v: unknown, field: string, allowNull: boolean): Record<string, string | null> | undefined {
-  if (v === undefined || v === null) return undefined;
-  const o = obj(v, field);
+/** Tags to set (on update, null removes one); reserved keys are refused. */
+function tagsOf(v: AwsInput['tags'], field: string, update: boolean): Record<string, string | null> | undefined {
+  if (!v) return undefined;
   const out: Record<string, string | null> = {};
-  const keys = Object.keys(o);
-  if (keys.length > MAX_USER_TAGS) throw badRequest(`${field} must hold at most ${MAX_USER_TAGS} tags, got ${keys.length}`);
-  for (const k of keys) {
-    if (!RE.tagKey.test(k)) throw badRequest(`${field}: a tag key must be 1 to 128 characters without control characters`);
+  for (const [k, val] of Object.entries(v)) {
     if (/^(aws|gantry):/i.test(k)) throw badRequest(`${field}.${k}: keys starting with aws: or gantry: are reserved`);
-    const val = o[k];
-    if (val === null && allowNull) out[k] = null;
-    else if (typeof val !== 'string' || val.length > 256 || /[\x00-\x1f\x7f]/.test(val)) {
-      throw badRequest(`${field}.${k} must be a string of at most 256 characters without control characters${allowNull ? ' (or null to remove it)' : ''}`);
-    } else out[k] = val;
+    if (val === null && !update) throw badRequest(`${field}.${k} must be a string of at most 256 characters without control characters`);
+    putOwn(out, k, val);
   }
   return out;
 }
 
-function parseProfile(v: unknown, field: string): { name?: string; arn?: string } | undefined {
-  if (v === undefined || v === null) return undefined;
-  const o = obj(v, field);
-  onlyKeys(o, ['name', 'arn'], [], `${field}.`);
-  const name = optPattern(o, 'name', `${field}.name`, 128, RE.profileName, 'an instance profile name');
-  const arn = optPattern(o, 'arn', `${field}.arn`, 2048, RE.profileArn, 'an instance profile ARN (arn:aws:iam::<account>:instance-profile/<name>)');
-  if (name && arn) throw badRequest(`${field}: give name or arn, not both`);
-  return name ? { name } : arn ? { arn } : undefined;
+function profileOf(v: AwsInput['iam_instance_profile'], field: string): { name?: string; arn?: string } | undefined {
+  if (!v) return undefined;
+  if (given(v.name) && given(v.arn)) throw badRequest(`${field}: give name or arn, not both`);
+  return given(v.name) ? { name: v.name } : given(v.arn) ? { arn: v.arn } : undefined;
 }
 
-function parseMappings(v: unknown, field: string): BlockDeviceMapping[] | undefined {
-  if (v === undefined || v === null) return undefined;
-  if (!Array.isArray(v)) throw badRequest(`${field} must be an array of block device mappings`);
-  if (v.length > 16) throw badRequest(`${field} must hold at most 16 mappings, got ${v.length}`);
+/** Mappings as EC2 takes them: absent, '' and zero settings left out. */
+function mappingsOf(v: AwsInput['block_device_mappings'], field: string): BlockDeviceMapping[] | undefined {
+  if (!v) return undefined;
   return v.map((x, i) => {
-    const f = `${field}[${i}]`;
-    const o = obj(x, f);
-    onlyKeys(o, ['device_name', 'no_device', 'virtual_name', 'ebs'], [], `${f}.`);
-    const device = optPattern(o, 'device_name', `${f}.device_name`, 32, RE.device, 'a device name like /dev/sdh or xvdh');
-    if (!device) throw badRequest(`${f}.device_name is required`);
-    const m: BlockDeviceMapping = { device_name: device };
-    const noDevice = optString(o, 'no_device', `${f}.no_device`, 32);
-    if (noDevice !== undefined && noDevice !== '') m.no_device = noDevice;
-    const vn = optPattern(o, 'virtual_name', `${f}.virtual_name`, 16, RE.virtualName, 'ephemeral0 to ephemeral99');
-    if (vn) m.virtual_name = vn;
-    if (o.ebs !== undefined && o.ebs !== null) {
-      const e = obj(o.ebs, `${f}.ebs`);
-      onlyKeys(e, ['snapshot_id', 'iops', 'encrypted', 'delete_on_termination', 'volume_size', 'volume_type'], [], `${f}.ebs.`);
+    if (!given(x.device_name)) throw badRequest(`${field}[${i}].device_name is required`);
+    const m: BlockDeviceMapping = { device_name: x.device_name };
+    if (given(x.no_device)) m.no_device = x.no_device;
+    if (given(x.virtual_name)) m.virtual_name = x.virtual_name;
+    const e = x.ebs;
+    if (e) {
       const ebs: NonNullable<BlockDeviceMapping['ebs']> = {};
-      const snap = optPattern(e, 'snapshot_id', `${f}.ebs.snapshot_id`, 32, RE.snapshot, 'a snapshot id (snap-…)');
-      if (snap) ebs.snapshot_id = snap;
-      const iops = optInt(e, 'iops', `${f}.ebs.iops`, 0, 256000);
-      if (iops) ebs.iops = iops;
-      const size = optInt(e, 'volume_size', `${f}.ebs.volume_size`, 0, 65536);
-      if (size) ebs.volume_size = size;
-      const type = optPattern(e, 'volume_type', `${f}.ebs.volume_type`, 16, RE.volumeType, 'one of standard, gp2, gp3, io1, io2, st1, sc1');
-      if (type) ebs.volume_type = type;
-      const enc = optBool(e, 'encrypted', `${f}.ebs.encrypted`);
-      if (enc !== undefined) ebs.encrypted = enc;
-      const del = optBool(e, 'delete_on_termination', `${f}.ebs.delete_on_termination`);
-      if (del !== undefined) ebs.delete_on_termination = del;
+      if (given(e.snapshot_id)) ebs.snapshot_id = e.snapshot_id;
+      if (e.iops) ebs.iops = e.iops;
+      if (e.volume_size) ebs.volume_size = e.volume_size;
+      if (given(e.volume_type)) ebs.volume_type = e.volume_type;
+      if (typeof e.encrypted === 'boolean') ebs.encrypted = e.encrypted;
+      if (typeof e.delete_on_termination === 'boolean') ebs.delete_on_termination = e.delete_on_termination;
       if (Object.keys(ebs).length > 0) m.ebs = ebs;
     }
     return m;
@@ -212,106 +125,81 @@ interface ParsedAws {
   secretAccessKey?: string;
 }
 
-/** `autoscale.aws`: every field typed and bounded; on update, null removes optional fields. */
-function parseAws(o: Obj, f: string, update: boolean): ParsedAws {
-  onlyKeys(o, AWS_KEYS, READ_ONLY_AWS, `${f}.`);
+const REQUIRED_AWS = ['region', 'instance_type'] as const;
+const PLAIN_AWS = ['region', 'instance_type', 'image_id', 'key_name'] as const;
+const LIST_AWS = ['subnet_ids', 'availability_zones', 'security_groups', 'security_group_ids', 'eips'] as const;
+
+/** `autoscale.aws`, already typed and bounded by the schema; on update, null removes optional fields. */
+function awsOf(o: AwsInput, f: string, update: boolean): ParsedAws {
   const s: NonNullable<ClusterPatch['aws']> = {};
-  const put = <K extends keyof AwsSettings>(k: K, v: AwsSettings[K] | undefined, required = false) => {
+  const put = <K extends keyof AwsSettings>(k: K, v: AwsSettings[K] | undefined) => {
     if (v !== undefined) s[k] = v as never;
     else if (update && o[k] === null) {
-      if (required) throw badRequest(`${f}.${k} cannot be removed`);
+      if ((REQUIRED_AWS as readonly string[]).includes(k)) throw badRequest(`${f}.${k} cannot be removed`);
       s[k] = null as never;
     }
   };
-  put('region', optPattern(o, 'region', `${f}.region`, 32, RE.region, 'an AWS region like us-east-1'), true);
-  put('instance_type', optPattern(o, 'instance_type', `${f}.instance_type`, 64, RE.instanceType, 'an EC2 instance type like c5.xlarge'), true);
-  put('image_id', optPattern(o, 'image_id', `${f}.image_id`, 32, RE.imageId, 'an AMI id (ami-…)'));
-  put('key_name', optPattern(o, 'key_name', `${f}.key_name`, 255, RE.keyName, 'a key pair name of printable ASCII'));
-  put('subnet_ids', optList(o, 'subnet_ids', `${f}.subnet_ids`, 64, RE.subnet, 'subnet ids (subnet-…)'));
-  put('availability_zones', optList(o, 'availability_zones', `${f}.availability_zones`, 32, RE.zone, 'availability zones like us-east-1a'));
-  put('security_groups', optList(o, 'security_groups', `${f}.security_groups`, 16, RE.sgName, 'security group names'));
-  put('security_group_ids', optList(o, 'security_group_ids', `${f}.security_group_ids`, 16, RE.sgId, 'security group ids (sg-…)'));
-  put('eips', optList(o, 'eips', `${f}.eips`, 256, RE.ipv4, 'Elastic IP addresses (IPv4)'));
-  put('iam_instance_profile', parseProfile(o.iam_instance_profile, `${f}.iam_instance_profile`));
-  put('block_device_mappings', parseMappings(o.block_device_mappings, `${f}.block_device_mappings`));
-  const tags = parseTags(o.tags, `${f}.tags`, update);
+  for (const k of PLAIN_AWS) put(k, given(o[k]) ? o[k] : undefined);
+  for (const k of LIST_AWS) put(k, listOf(o[k]));
+  put('iam_instance_profile', profileOf(o.iam_instance_profile, `${f}.iam_instance_profile`));
+  put('block_device_mappings', mappingsOf(o.block_device_mappings, `${f}.block_device_mappings`));
+  const tags = tagsOf(o.tags, `${f}.tags`, update);
   if (tags) s.tags = tags;
   const out: ParsedAws = { settings: s };
-  if ('user_data' in o) {
-    const ud = optString(o, 'user_data', `${f}.user_data`, MAX_USER_DATA);
-    if (ud) checkUserData(ud, `${f}.user_data`);
-    if (ud) out.userData = ud;
-    else if (update) out.userData = null;
-  }
-  const key = optString(o, 'access_key_id', `${f}.access_key_id`, 128);
-  if (key !== undefined && key !== '') {
-    if (!RE.accessKeyId.test(key)) throw badRequest(`${f}.access_key_id must be an AWS access key id (16 to 128 capital letters and digits)`);
-    out.accessKeyId = key;
-  }
-  const secret = optString(o, 'secret_access_key', `${f}.secret_access_key`, 256);
-  if (secret !== undefined && secret !== '') {
-    if (!PRINTABLE.test(secret)) throw badRequest(`${f}.secret_access_key must be printable ASCII without spaces`);
-    out.secretAccessKey = secret;
-  }
+  if (given(o.user_data)) {
+    checkUserData(o.user_data, `${f}.user_data`);
+    out.userData = o.user_data;
+  } else if (update && 'user_data' in o) out.userData = null;
+  if (given(o.access_key_id)) out.accessKeyId = o.access_key_id;
+  if (given(o.secret_access_key)) out.secretAccessKey = o.secret_access_key;
   if (update && (o.access_key_id === null || o.secret_access_key === null)) {
     throw badRequest(`${f}.access_key_id and secret_access_key cannot be removed; give new values to replace them`);
   }
   return out;
 }
 
-const CONTAINER_KEYS = ['cap_add', 'pids_limit', 'read_only_rootfs', 'tmp_size', 'user', 'nofile'];
 const ALLOWED_CAPS = `${DOCKER_DEFAULT_CAPS.join(', ')} (Docker's default set; with or without CAP_, any case)`;
 
 /**
- * `container`: the task containers' policy, each setting typed and bounded. Only the
- * settings given change (cap_add as a whole list); `user` null or "" is the image's own user.
+ * `container`: the task containers' policy. Only the settings given change (cap_add as a
+ * whole list); `user` null or "" is the image's own user.
  */
-function parseContainer(o: Obj, f: string): Partial<ContainerPolicy> {
-  onlyKeys(o, CONTAINER_KEYS, [], `${f}.`);
+function containerOf(o: ContainerInput, f: string): Partial<ContainerPolicy> {
   const out: Partial<ContainerPolicy> = {};
-  if (o.cap_add !== undefined && o.cap_add !== null) {
-    if (!Array.isArray(o.cap_add)) throw badRequest(`${f}.cap_add must be an array of capability names from ${ALLOWED_CAPS}`);
-    if (o.cap_add.length > 64) throw badRequest(`${f}.cap_add must hold at most 64 entries, got ${o.cap_add.length}`);
+  if (o.cap_add) {
     out.capAdd = sortCaps(
-      o.cap_add.map((c: unknown, i) => {
-        const n = typeof c === 'string' ? normaliseCap(c) : undefined;
-        if (!n) throw badRequest(`${f}.cap_add[${i}]: ${JSON.stringify(c)?.slice(0, 40)} cannot be added; allowed: ${ALLOWED_CAPS}`);
+      o.cap_add.map((c, i) => {
+        const n = normaliseCap(c);
+        if (!n) throw badRequest(`${f}.cap_add[${i}]: ${JSON.stringify(c).slice(0, 40)} cannot be added; allowed: ${ALLOWED_CAPS}`);
         return n;
       }),
     );
   }
-  const L = CONTAINER_LIMITS;
-  const pids = optInt(o, 'pids_limit', `${f}.pids_limit`, L.pidsLimit.min, L.pidsLimit.max);
-  if (pids !== undefined) out.pidsLimit = pids;
-  const ro = optBool(o, 'read_only_rootfs', `${f}.read_only_rootfs`);
-  if (ro !== undefined) out.readOnlyRootfs = ro;
-  const tmp = optInt(o, 'tmp_size', `${f}.tmp_size`, L.tmpSizeMb.min * MiB, L.tmpSizeMb.max * MiB);
-  if (tmp !== undefined) {
-    if (tmp % MiB !== 0) throw badRequest(`${f}.tmp_size is in bytes and must be a whole number of MiB (a multiple of ${MiB}), got ${tmp}`);
-    out.tmpSizeMb = tmp / MiB;
-  }
-  const nofile = optInt(o, 'nofile', `${f}.nofile`, L.nofile.min, L.nofile.max);
-  if (nofile !== undefined) out.nofile = nofile;
+  if (typeof o.pids_limit === 'number') out.pidsLimit = o.pids_limit;
+  if (typeof o.read_only_rootfs === 'boolean') out.readOnlyRootfs = o.read_only_rootfs;
+  if (typeof o.tmp_size === 'number') out.tmpSizeMb = o.tmp_size / MiB;
+  if (typeof o.nofile === 'number') out.nofile = o.nofile;
   if ('user' in o) {
-    const user = optString(o, 'user', `${f}.user`, 65);
-    if (user === undefined || user === '') out.user = null;
-    else if (!isValidUser(user)) {
+    if (!given(o.user)) out.user = null;
+    else if (!isValidUser(o.user)) {
       throw badRequest(
-        `${f}.user must be uid, uid:gid, name or name:group (ids up to 2147483647, names of up to 32 letters, digits, "_", "." or "-"; e.g. "1000:1000" or "nobody"), or null for the image's own user; got ${JSON.stringify(user.slice(0, 80))}`,
+        `${f}.user must be uid, uid:gid, name or name:group (ids up to 2147483647, names of up to 32 letters, digits, "_", "." or "-"; e.g. "1000:1000" or "nobody"), or null for the image's own user; got ${JSON.stringify(o.user.slice(0, 80))}`,
       );
-    } else out.user = user;
+    } else out.user = o.user;
   }
   return out;
 }
+
+type Common = Pick<ClusterInput, 'disable' | 'runners_min' | 'runners_max' | 'runners_per_instance' | 'docker_auth' | 'docker_email'>;
 
 /**
  * A field of `autoscale` that clients also send at the top level (disable, runners_*,
  * docker_*): either place is read, not both.
  */
-function autoscaleField(body: Obj, as: Obj | undefined, key: string): { o: Obj; field: string } {
+function autoscaleField<K extends keyof Common>(body: ClusterInput, as: Common | undefined, key: K): { v: Common[K]; has: boolean; field: string } {
   const inAs = as !== undefined && key in as;
   if (inAs && key in body) throw badRequest(`give ${key} in autoscale or at the top level, not both`);
-  return inAs ? { o: as!, field: `autoscale.${key}` } : { o: body, field: key };
+  return inAs ? { v: as![key], has: true, field: `autoscale.${key}` } : { v: body[key], has: key in body, field: key };
 }
 
 export interface ParsedCluster {
@@ -321,80 +209,70 @@ export interface ParsedCluster {
   fields: string[];
 }
 
-/** Parses a create or update body. Nothing is read from the store here except users in shared_to. */
-export async function parseClusterBody(deps: ApiDeps, body: Obj, o: { update: boolean; ownerId: string }): Promise<ParsedCluster> {
-  onlyKeys(body, ['name', 'memory', 'disk', 'disk_space', 'shared_to', 'autoscale', 'container', ...AUTOSCALE_KEYS.filter((k) => k !== 'aws')], READ_ONLY_TOP, '');
+/**
+ * Turns a create or update body into the store's terms. The schema has already checked
+ * every field's type and bounds; what is checked here is what it cannot say: rules between
+ * fields, names the operator reserved, users in shared_to (read from the store), user data
+ * (by cloud-config's renderer) and Docker credentials that must decode.
+ */
+export async function parseClusterBody(deps: ApiDeps, body: ClusterInput, o: { update: boolean; ownerId: string }): Promise<ParsedCluster> {
   const patch: ClusterPatch = {};
   const secrets: ClusterSecretsInput = {};
-  const name = optString(body, 'name', 'name', 64);
-  if (name !== undefined || !o.update) {
-    if (!name) throw badRequest('name is required: 1 to 64 letters, digits, ".", "_" or "-"');
-    if (!CLUSTER_NAME.test(name)) throw badRequest(`name must be 1 to 64 letters, digits, ".", "_" or "-", got ${JSON.stringify(name)}`);
+  if (given(body.name)) {
+    const name = body.name;
     if (name === 'default' || deps.config.clusterMaxTimeouts[name] !== undefined) {
       throw badRequest(`name ${JSON.stringify(name)} is reserved for a cluster the operator runs`);
     }
     if (isId(name)) throw badRequest('name must not look like a cluster id (24 hex characters): tasks may name a cluster by id');
     patch.name = name;
-  }
-  const memory = optInt(body, 'memory', 'memory', 16 * MiB, 1024 * GiB);
-  if (memory !== undefined) {
-    if (memory % MiB !== 0) throw badRequest(`memory is in bytes and must be a whole number of MiB (a multiple of ${MiB}), got ${memory}`);
-    patch.memoryMb = memory / MiB;
-  }
+  } else if (!o.update) throw badRequest('name is required: 1 to 64 letters, digits, ".", "_" or "-"');
+  if (typeof body.memory === 'number') patch.memoryMb = body.memory / MiB;
   if ('disk' in body && 'disk_space' in body) throw badRequest('give disk or disk_space, not both');
-  const diskKey = 'disk_space' in body ? 'disk_space' : 'disk';
-  const disk = optInt(body, diskKey, diskKey, GiB, 64 * 1024 * GiB);
-  if (disk !== undefined) patch.diskBytes = disk;
-  if (body.shared_to !== undefined && body.shared_to !== null) {
-    const ids = optList(body, 'shared_to', 'shared_to', 100, /^[0-9a-f]{24}$/, 'user ids');
-    for (const [i, id] of (ids ?? []).entries()) {
+  const disk = body.disk_space ?? body.disk;
+  if (typeof disk === 'number') patch.diskBytes = disk;
+  if (body.shared_to) {
+    const ids = listOf(body.shared_to)!;
+    for (const [i, id] of ids.entries()) {
       if (id === o.ownerId) throw badRequest(`shared_to[${i}] is the owner of the cluster`);
       if (!(await deps.store.accounts.findUser(id))) throw badRequest(`shared_to[${i}]: no user with id ${id}`);
     }
-    patch.sharedTo = ids ?? [];
+    patch.sharedTo = ids;
   } else if (body.shared_to === null && o.update) {
     patch.sharedTo = [];
   }
-  if (body.container !== undefined && body.container !== null) {
-    const container = parseContainer(obj(body.container, 'container'), 'container');
+  if (body.container) {
+    const container = containerOf(body.container, 'container');
     if (Object.keys(container).length > 0) patch.container = container;
   }
-  const as = body.autoscale === undefined || body.autoscale === null ? undefined : obj(body.autoscale, 'autoscale');
-  if (as) onlyKeys(as, AUTOSCALE_KEYS, READ_ONLY_AUTOSCALE, 'autoscale.');
+  const as = body.autoscale ?? undefined;
   if (as?.aws !== undefined) {
     if (as.aws === null) throw badRequest('autoscale.aws cannot be removed; delete the cluster, or set autoscale.disable to stop autoscaling');
-    const aws = parseAws(obj(as.aws, 'autoscale.aws'), 'autoscale.aws', o.update);
+    const aws = awsOf(as.aws, 'autoscale.aws', o.update);
     patch.aws = aws.settings;
     if (aws.userData !== undefined) patch.userData = aws.userData;
     if (aws.accessKeyId) secrets.awsAccessKeyId = aws.accessKeyId;
     if (aws.secretAccessKey) secrets.awsSecretAccessKey = aws.secretAccessKey;
   }
-  const f = (k: string) => autoscaleField(body, as, k);
-  const dis = f('disable');
-  const disable = optBool(dis.o, 'disable', dis.field);
-  if (disable !== undefined) patch.disable = disable;
-  for (const [key, max, prop] of [
-    ['runners_min', 100000, 'runnersMin'],
-    ['runners_max', 100000, 'runnersMax'],
-    ['runners_per_instance', 1024, 'runnersPerInstance'],
+  const disable = autoscaleField(body, as, 'disable').v;
+  if (typeof disable === 'boolean') patch.disable = disable;
+  for (const [key, prop] of [
+    ['runners_min', 'runnersMin'],
+    ['runners_max', 'runnersMax'],
+    ['runners_per_instance', 'runnersPerInstance'],
   ] as const) {
-    const x = f(key);
-    const n = optInt(x.o, key, x.field, 0, max);
-    if (n !== undefined) patch[prop] = n;
+    const n = autoscaleField(body, as, key).v;
+    if (typeof n === 'number') patch[prop] = n;
   }
-  const da = f('docker_auth');
-  const auth = optString(da.o, 'docker_auth', da.field, 4096);
-  if (auth) {
-    const decoded = RE.base64.test(auth) ? Buffer.from(auth, 'base64').toString('utf8') : '';
-    if (!decoded.includes(':')) throw badRequest(`${da.field} must be base64 of username:password (as in a Docker config's "auth")`);
-    secrets.dockerAuth = auth;
-  } else if (o.update && (auth === '' || da.o.docker_auth === null)) secrets.dockerAuth = null;
-  const de = f('docker_email');
-  const email = optString(de.o, 'docker_email', de.field, 254);
-  if (email) {
-    if (!RE.email.test(email)) throw badRequest(`${de.field} must be an email address without spaces or quotes`);
-    secrets.dockerEmail = email;
-  } else if (o.update && (email === '' || de.o.docker_email === null)) secrets.dockerEmail = null;
+  const auth = autoscaleField(body, as, 'docker_auth');
+  if (given(auth.v)) {
+    if (!Buffer.from(auth.v, 'base64').toString('utf8').includes(':')) {
+      throw badRequest(`${auth.field} must be base64 of username:password (as in a Docker config's "auth")`);
+    }
+    secrets.dockerAuth = auth.v;
+  } else if (o.update && auth.has) secrets.dockerAuth = null;
+  const email = autoscaleField(body, as, 'docker_email');
+  if (given(email.v)) secrets.dockerEmail = email.v;
+  else if (o.update && email.has) secrets.dockerEmail = null;
   const fields = [...Object.keys(patch), ...Object.keys(secrets)];
   return { patch, secrets, fields };
 }
@@ -505,7 +383,7 @@ export function clustersRouter(): Router<ApiState> {
 
   r.post('/clusters', requireUser, validated(ep('createCluster')), async (ctx) => {
     const { deps, userId } = ctx.state;
-    const body = ctx.state.body!;
+    const body = ctx.state.body as ClusterInput;
     const { patch, secrets, fields } = await parseClusterBody(deps, body, { update: false, ownerId: userId! });
     const input: NewCluster = {
       name: patch.name!,
@@ -550,7 +428,7 @@ export function clustersRouter(): Router<ApiState> {
 
   r.put('/clusters/:clusterId', requireUser, validated(ep('updateCluster')), async (ctx) => {
     const { deps, userId } = ctx.state;
-    const body = ctx.state.body!;
+    const body = ctx.state.body as ClusterInput;
     await load(ctx, 'update it');
     const { patch, secrets, fields } = await parseClusterBody(deps, body, { update: true, ownerId: userId! });
     if (fields.length === 0) throw badRequest('Nothing to update: give at least one cluster field');
@@ -572,13 +450,8 @@ export function clustersRouter(): Router<ApiState> {
     const { deps } = ctx.state;
     const body = ctx.state.body!;
     const { cluster } = await load(ctx, 'terminate its instances');
-    const ids = body.instance_ids;
-    if (!Array.isArray(ids) || ids.length === 0) throw badRequest('instance_ids is required: an array of 1 to 1000 instance ids');
-    if (ids.length > 1000) throw badRequest(`instance_ids must hold at most 1000 ids, got ${ids.length}`);
-    ids.forEach((x, i) => {
-      if (typeof x !== 'string' || !/^[\x21-\x7e]{1,128}$/.test(x)) throw badRequest(`instance_ids[${i}] must be an instance id (1 to 128 printable characters)`);
-    });
-    const out = await deps.store.clusters.markKill(cluster.id, ids as string[]);
+    const ids = (body as { instance_ids: string[] }).instance_ids;
+    const out = await deps.store.clusters.markKill(cluster.id, ids);
     if (out.unknown.length > 0) {
       throw notFound(`No instance ${out.unknown.map((x) => JSON.stringify(x)).join(', ')} in this cluster; nothing was marked for termination`);
     }

@@ -7,55 +7,45 @@ import type { CodeSettings } from '../../store/codes.ts';
 import { requireProject } from '../auth.ts';
 import { readUploadForm } from '../body.ts';
 import { ep } from '../schema/index.ts';
-import { CodeData } from '../schema/codes.ts';
+import { CodeData, type CodeInput } from '../schema/codes.ts';
 import { validated } from '../schema/endpoint.ts';
 import { check } from '../schema/validator.ts';
 import { presentCode, presentRevision } from '../present.ts';
 import { ROUTER_OPTIONS, type ApiState } from '../state.ts';
-import { optInt, optString, optTime, pagination, reqString, type Obj } from '../validate.ts';
+import { optTime, pagination } from '../validate.ts';
 import { putOwn } from '../../../lib/record.ts';
 
 /** Environment names Gantry sets itself; a code's env_vars may not replace them. */
 export const RESERVED_ENV = ['PAYLOAD_FILE', 'CONFIG_FILE', 'TASK_ID', 'PROJECT_ID', 'CODE_NAME'];
 
-// Docker's reference grammar: [registry[:port]/]path[:tag][@digest]
-const IMAGE_REF =
-  /^(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*(?::[0-9]+)?\/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$/;
-const CODE_NAME = /^[^\x00-\x1f\x7f]{1,255}$/;
-const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,254}$/;
 
-/** Validates the `data` part of an upload into revision settings. */
-export function parseCodeData(d: Obj): { name: string; settings: CodeSettings } {
-  const name = reqString(d, 'name', 'name', 255);
-  if (!CODE_NAME.test(name) || name.trim() !== name) {
-    throw badRequest('name must be 1 to 255 characters without control characters or surrounding spaces');
-  }
-  const image = optString(d, 'image', 'image', 255);
+/**
+ * The `data` part of an upload as revision settings. The schema (CodeData) has typed and
+ * bounded each field; what is checked here is what it cannot say: a name without
+ * surrounding spaces, an image that is required unless empty means absent, variables
+ * Gantry sets itself, and the variables' total size.
+ */
+export function parseCodeData(d: CodeInput): { name: string; settings: CodeSettings } {
+  const name = d.name!;
+  if (name.trim() !== name) throw badRequest('name must be 1 to 255 characters without control characters or surrounding spaces');
+  const image = d.image;
   if (!image) {
     throw badRequest('image is required: the Docker image the code runs in (stacks are deprecated and not supported)');
   }
-  if (!IMAGE_REF.test(image)) throw badRequest(`image must be a Docker image reference like "busybox" or "iron/node:4", got ${JSON.stringify(image)}`);
   const settings: CodeSettings = { image };
-  if ('command' in d) settings.command = optString(d, 'command', 'command', 8192) ?? null;
-  if ('config' in d) settings.config = optString(d, 'config', 'config', 65536) ?? null;
-  if ('stack' in d) settings.stack = optString(d, 'stack', 'stack', 64) ?? null;
-  if ('max_concurrency' in d) {
-    const mc = optInt(d, 'max_concurrency', 'max_concurrency', -1, 100000);
-    // 0, -1 or null: no limit, as when omitted on IronWorker
-    settings.max_concurrency = mc === undefined || mc <= 0 ? null : mc;
-  }
-  if ('retries' in d) settings.retries = optInt(d, 'retries', 'retries', 0, 10) ?? 0;
-  if ('retries_delay' in d) settings.retries_delay = optInt(d, 'retries_delay', 'retries_delay', 0, 604800) ?? 0;
-  const prio = 'default_priority' in d ? 'default_priority' : 'priority' in d ? 'priority' : undefined;
-  if (prio) settings.default_priority = optInt(d, prio, prio, 0, 2) ?? 0;
-  if ('env_vars' in d && d.env_vars !== null) {
-    const ev = d.env_vars;
-    if (typeof ev !== 'object' || Array.isArray(ev)) throw badRequest('env_vars must be an object of string values');
+  if ('command' in d) settings.command = d.command ?? null;
+  if ('config' in d) settings.config = d.config ?? null;
+  if ('stack' in d) settings.stack = d.stack ?? null;
+  // 0, -1 or null: no limit, as when omitted on IronWorker
+  if ('max_concurrency' in d) settings.max_concurrency = !d.max_concurrency || d.max_concurrency <= 0 ? null : d.max_concurrency;
+  if ('retries' in d) settings.retries = d.retries ?? 0;
+  if ('retries_delay' in d) settings.retries_delay = d.retries_delay ?? 0;
+  const prio = 'default_priority' in d ? d.default_priority : 'priority' in d ? d.priority : undefined;
+  if (prio !== undefined) settings.default_priority = prio ?? 0;
+  if (d.env_vars) {
     const out: Record<string, string> = {};
-    for (const [k, v] of Object.entries(ev as Obj)) {
-      if (!ENV_NAME.test(k)) throw badRequest(`env_vars: ${JSON.stringify(k)} is not a valid variable name (letters, digits, _; not starting with a digit)`);
+    for (const [k, v] of Object.entries(d.env_vars)) {
       if (RESERVED_ENV.includes(k)) throw badRequest(`env_vars: ${k} is set by Gantry and cannot be overridden`);
-      if (typeof v !== 'string') throw badRequest(`env_vars.${k} must be a string`);
       putOwn(out, k, v);
     }
     const size = Buffer.byteLength(JSON.stringify(out));
@@ -111,7 +101,7 @@ export function codesRouter(): Router<ApiState> {
   r.post('/projects/:projectId/codes', requireProject, validated(ep('uploadCode')), async (ctx) => {
     const { config, store } = ctx.state.deps;
     const form = await readUploadForm(ctx, config.maxUploadBytes);
-    const { name, settings } = parseCodeData(check(CodeData, form.data));
+    const { name, settings } = parseCodeData(check<CodeInput>(CodeData, form.data));
     let archive;
     if (form.file && form.file.data.length > 0) {
       await checkZip(form.file.data, config.zipLimits);
@@ -138,7 +128,7 @@ export function codesRouter(): Router<ApiState> {
 
   r.get('/projects/:projectId/codes/:codeId/download', requireProject, validated(ep('downloadCode')), async (ctx) => {
     const code = await loadCode(ctx);
-    const rev = optInt(ctx.state.query!, 'revision', 'revision', 1, 2 ** 31 - 1) ?? code.rev;
+    const rev = (ctx.state.query!.revision as number | undefined) ?? code.rev;
     const revision = await ctx.state.deps.store.codes.revision(code.id, rev);
     if (!revision) throw notFound(`Revision ${rev} of code package ${code.name} not found (latest is ${code.rev})`);
     const zip = await ctx.state.deps.store.codes.archive(revision.id);

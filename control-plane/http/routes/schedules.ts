@@ -7,8 +7,9 @@ import { ep } from '../schema/index.ts';
 import { validated } from '../schema/endpoint.ts';
 import { presentSchedule } from '../present.ts';
 import { ROUTER_OPTIONS, type ApiState } from '../state.ts';
-import { optInt, optString, optTime, pagination, type Obj } from '../validate.ts';
-import { authorizeClusters, parsePayload, parseRunOptions, resolveCodes } from './tasks.ts';
+import { MAX_RUN_EVERY, type ScheduleInput } from '../schema/schedules.ts';
+import { optTime, pagination } from '../validate.ts';
+import { authorizeClusters, parseRunOptions, resolveCodes } from './tasks.ts';
 
 
 export function schedulesRouter(): Router<ApiState> {
@@ -30,28 +31,33 @@ export function schedulesRouter(): Router<ApiState> {
     const { deps, projectId } = ctx.state;
     const body = ctx.state.body!;
     // The schema (CreateSchedulesBody) holds 1 to MAX_SCHEDULES objects, each with a code_name.
-    const items = (body.schedules as Obj[]).map((o, i) => ({ o, prefix: `schedules[${i}].`, name: o.code_name as string }));
+    const items = (body.schedules as ScheduleInput[]).map((o, i) => ({ o, prefix: `schedules[${i}].`, name: o.code_name! }));
     const codes = await resolveCodes(deps, projectId!, items.map((x) => ({ name: x.name, field: `${x.prefix}code_name` })));
     const now = deps.clock.now();
     const schedules: NewSchedule[] = items.map(({ o, prefix, name }) => {
       const run = parseRunOptions(deps, { ...o, label: undefined }, prefix, codes.get(name)!);
+      // The schema bounds run_every; its floor is an operator setting (IronWorker refuses
+      // below a minute; only tests lower it, GANTRY_MIN_RUN_EVERY_S).
+      const runEvery = o.run_every ?? null;
+      if (runEvery !== null && runEvery < deps.config.minRunEveryS) {
+        throw badRequest(`${prefix}run_every must be an integer from ${deps.config.minRunEveryS} to ${MAX_RUN_EVERY}, got ${runEvery}`);
+      }
       const startAt = optTime(o, 'start_at', `${prefix}start_at`) ?? now;
       const endAt = optTime(o, 'end_at', `${prefix}end_at`) ?? null;
       if (endAt && endAt <= startAt) throw badRequest(`${prefix}end_at must be after start_at`);
-      const label = optString(o, 'name', `${prefix}name`, 255) ?? optString(o, 'label', `${prefix}label`, 255) ?? null;
+      const label = o.name ?? o.label ?? null;
       return {
         codeName: name,
         name: label,
-        payload: parsePayload(o, `${prefix}payload`),
+        payload: o.payload ?? '',
         priority: run.priority,
         timeout: run.timeout,
         cluster: run.cluster,
         taskDelay: run.delay,
         startAt,
         endAt,
-        // IronWorker refuses run_every below a minute; only tests lower the floor (GANTRY_MIN_RUN_EVERY_S).
-        runEvery: optInt(o, 'run_every', `${prefix}run_every`, deps.config.minRunEveryS, 10 * 365 * 86400) ?? null,
-        runTimes: optInt(o, 'run_times', `${prefix}run_times`, 1, 2 ** 31 - 1) ?? null,
+        runEvery,
+        runTimes: o.run_times ?? null,
       };
     });
     const clusters = await authorizeClusters(deps, ctx.state.userId!, schedules.map((s, i) => ({ cluster: s.cluster, field: `schedules[${i}].cluster` })));

@@ -8,11 +8,11 @@ import { requireProject } from '../auth.ts';
 import { readRaw } from '../body.ts';
 import { ep } from '../schema/index.ts';
 import { validated } from '../schema/endpoint.ts';
-import { MAX_DELAY, MAX_PAYLOAD } from '../schema/tasks.ts';
+import { MAX_PAYLOAD, type RunInput, type TaskInput } from '../schema/tasks.ts';
 import { textProblem } from '../../../lib/text.ts';
 import { presentTask } from '../present.ts';
 import { ROUTER_OPTIONS, type ApiDeps, type ApiState } from '../state.ts';
-import { flag, optCluster, optInt, optString, optTime, pagination, reqString, type Obj } from '../validate.ts';
+import { flag, optTime, pagination } from '../validate.ts';
 
 
 /** The timeout ceiling of a cluster: higher for configured long-running clusters. */
@@ -20,16 +20,23 @@ export function maxTimeoutFor(deps: ApiDeps, cluster: string): number {
   return deps.config.clusterMaxTimeouts[cluster] ?? deps.config.maxTimeout;
 }
 
-/** Options shared by queued tasks, webhooks and schedules, validated against their limits. */
-export function parseRunOptions(deps: ApiDeps, o: Obj, prefix: string, code: Code) {
-  const cluster = optCluster(o, 'cluster', `${prefix}cluster`) ?? 'default';
+/**
+ * Options shared by queued tasks, webhooks and schedules, with their defaults. The schema
+ * (RunOptions) has bounded each; what it cannot know is the cluster's timeout ceiling, an
+ * operator setting.
+ */
+export function parseRunOptions(deps: ApiDeps, o: RunInput, prefix: string, code: Code) {
+  const cluster = o.cluster || 'default';
   const ceiling = maxTimeoutFor(deps, cluster);
+  if (typeof o.timeout === 'number' && o.timeout > ceiling) {
+    throw badRequest(`${prefix}timeout must be an integer from 1 to ${ceiling}, got ${o.timeout}`);
+  }
   return {
     cluster,
-    priority: optInt(o, 'priority', `${prefix}priority`, 0, 2) ?? code.default_priority,
-    timeout: optInt(o, 'timeout', `${prefix}timeout`, 1, ceiling) ?? Math.min(deps.config.maxTimeout, ceiling),
-    delay: optInt(o, 'delay', `${prefix}delay`, 0, MAX_DELAY) ?? 0,
-    label: optString(o, 'label', `${prefix}label`, 255) ?? null,
+    priority: o.priority ?? code.default_priority,
+    timeout: o.timeout ?? Math.min(deps.config.maxTimeout, ceiling),
+    delay: o.delay ?? 0,
+    label: o.label ?? null,
   };
 }
 
@@ -63,15 +70,6 @@ export async function authorizeClusters(deps: ApiDeps, userId: string, refs: { c
     out.set(cluster, t.kind === 'ok' ? t.name : cluster);
   }
   return out;
-}
-
-/** The payload: a string of at most 64 KB (objects are refused: clients JSON-encode them). */
-export function parsePayload(o: Obj, field: string): string {
-  const v = o.payload;
-  if (v !== undefined && v !== null && typeof v !== 'string') {
-    throw badRequest(`${field} must be a string (JSON-encode structured payloads)`);
-  }
-  return optString(o, 'payload', field, MAX_PAYLOAD) ?? '';
 }
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
@@ -131,7 +129,7 @@ export function tasksRouter(): Router<ApiState> {
   r.get('/projects/:projectId/tasks', requireProject, validated(ep('listTasks')), async (ctx) => {
     const q = ctx.state.query!;
     const statuses = TASK_STATUSES.filter((s) => flag(q, s)) as TaskStatus[];
-    const codeName = optString(q, 'code_name', 'code_name', 255);
+    const codeName = q.code_name as string | undefined;
     const tasks = await ctx.state.deps.store.tasks.list(
       ctx.state.projectId!,
       {
@@ -149,7 +147,7 @@ export function tasksRouter(): Router<ApiState> {
     const { deps, projectId } = ctx.state;
     const body = ctx.state.body!;
     // The schema (QueueTasksBody) holds 1 to MAX_BATCH objects, each with a code_name.
-    const items = (body.tasks as Obj[]).map((o, i) => ({ o, prefix: `tasks[${i}].`, name: o.code_name as string }));
+    const items = (body.tasks as TaskInput[]).map((o, i) => ({ o, prefix: `tasks[${i}].`, name: o.code_name! }));
     const codes = await resolveCodes(
       deps,
       projectId!,
@@ -157,7 +155,7 @@ export function tasksRouter(): Router<ApiState> {
     );
     const tasks = items.map(({ o, prefix, name }) => {
       const code = codes.get(name)!;
-      return newTask(projectId!, code, parsePayload(o, `${prefix}payload`), parseRunOptions(deps, o, prefix, code));
+      return newTask(projectId!, code, o.payload ?? '', parseRunOptions(deps, o, prefix, code));
     });
     const clusters = await authorizeClusters(deps, ctx.state.userId!, tasks.map((t, i) => ({ cluster: t.cluster, field: `tasks[${i}].cluster` })));
     for (const t of tasks) t.cluster = clusters.get(t.cluster)!;
@@ -167,8 +165,8 @@ export function tasksRouter(): Router<ApiState> {
 
   r.post('/projects/:projectId/tasks/webhook', requireProject, validated(ep('queueTaskWebhook')), async (ctx) => {
     const { deps, projectId } = ctx.state;
-    const q = ctx.state.query!;
-    const name = reqString(q, 'code_name', 'code_name', 255);
+    const q = ctx.state.query as RunInput & { code_name: string };
+    const name = q.code_name;
     const code = (await resolveCodes(deps, projectId!, [{ name, field: 'code_name' }])).get(name)!;
     const opts = parseRunOptions(deps, q, '', code);
     opts.cluster = (await authorizeClusters(deps, ctx.state.userId!, [{ cluster: opts.cluster, field: 'cluster' }])).get(opts.cluster)!;
@@ -208,9 +206,9 @@ export function tasksRouter(): Router<ApiState> {
   });
 
   r.post('/projects/:projectId/tasks/:taskId/progress', requireProject, validated(ep('setTaskProgress')), async (ctx) => {
-    const body = ctx.state.body!;
-    const percent = optInt(body, 'percent', 'percent', 0, 100);
-    const msg = optString(body, 'msg', 'msg', 4096);
+    const body = ctx.state.body as { percent?: number | null; msg?: string | null };
+    const percent = body.percent ?? undefined;
+    const msg = body.msg ?? undefined;
     if (percent === undefined && msg === undefined) throw badRequest('percent (0 to 100) or msg is required');
     const task = await loadTask(ctx);
     const updated = await ctx.state.deps.store.tasks.setProgress(ctx.state.projectId!, task.id, percent, msg);
@@ -220,8 +218,7 @@ export function tasksRouter(): Router<ApiState> {
 
   r.post('/projects/:projectId/tasks/:taskId/retry', requireProject, validated(ep('retryTask')), async (ctx) => {
     const { deps } = ctx.state;
-    const body = ctx.state.body!;
-    const delay = optInt(body, 'delay', 'delay', 0, MAX_DELAY) ?? 0;
+    const delay = (ctx.state.body as { delay?: number | null }).delay ?? 0;
     const task = await loadTask(ctx);
     await authorizeClusters(deps, ctx.state.userId!, [{ cluster: task.cluster, field: 'cluster' }]);
     const id = await deps.store.tasks.retry(ctx.state.projectId!, task.id, delay);

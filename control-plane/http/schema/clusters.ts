@@ -1,4 +1,4 @@
-import { Type, type TSchema } from '@sinclair/typebox';
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { CONTAINER_LIMITS, DOCKER_DEFAULT_CAPS } from '../../../lib/container-policy.ts';
 import { MAX_USER_TAGS } from '../../store/clusters.ts';
 import { AuthQuery, Batch, CLUSTER_NAME_PATTERN, PagingQuery } from './common.ts';
@@ -16,6 +16,9 @@ const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 /** EC2's limit on user data, before base64. */
 export const MAX_USER_DATA = USER_DATA_MAX_BYTES;
+
+/** Byte sizes the store keeps in MiB. */
+const WHOLE_MIB = { multipleOf: MiB, message: { multipleOf: `{field} is in bytes and must be a whole number of MiB (a multiple of ${MiB}), got {value}` } };
 
 const ro = (s: TSchema) => ({ ...s, readOnly: true }) as TSchema;
 const RO = () => ro(Type.Unsafe({}));
@@ -100,8 +103,19 @@ const AutoscaleCommon = {
   runners_min: Int(0, 100000, { nullable: true }),
   runners_max: Int(0, 100000, { nullable: true }),
   runners_per_instance: Int(0, 1024, { nullable: true }),
-  docker_auth: Str(4096, { nullable: true, description: 'base64 of username:password for the image registry (write-only: replies say docker_auth_set)' }),
-  docker_email: Str(254, { nullable: true, description: 'write-only: replies say docker_email_set' }),
+  // Neither message repeats the value: both are write-only secrets.
+  docker_auth: Str(4096, {
+    nullable: true,
+    pattern: '^$|^[A-Za-z0-9+/]+={0,2}$',
+    message: { pattern: `{field} must be base64 of username:password (as in a Docker config's "auth")` },
+    description: 'base64 of username:password for the image registry (write-only: replies say docker_auth_set)',
+  }),
+  docker_email: Str(254, {
+    nullable: true,
+    pattern: `^$|^[^\\s"'\\\\<>@]{1,64}@[^\\s"'\\\\<>@]{1,189}$`,
+    message: { pattern: '{field} must be an email address without spaces or quotes' },
+    description: 'write-only: replies say docker_email_set',
+  }),
 };
 
 const Container = Obj(
@@ -114,7 +128,7 @@ const Container = Obj(
     }),
     pids_limit: Int(CONTAINER_LIMITS.pidsLimit.min, CONTAINER_LIMITS.pidsLimit.max, { nullable: true, description: 'most processes and threads at once (default 1024)' }),
     read_only_rootfs: Bool({ nullable: true, description: 'read-only root filesystem with a writable tmpfs /tmp (default false)' }),
-    tmp_size: Int(CONTAINER_LIMITS.tmpSizeMb.min * MiB, CONTAINER_LIMITS.tmpSizeMb.max * MiB, { nullable: true, description: 'bytes of the /tmp tmpfs when the root filesystem is read-only, a whole number of MiB (default 64 MiB)' }),
+    tmp_size: Int(CONTAINER_LIMITS.tmpSizeMb.min * MiB, CONTAINER_LIMITS.tmpSizeMb.max * MiB, { nullable: true, ...WHOLE_MIB, description: 'bytes of the /tmp tmpfs when the root filesystem is read-only, a whole number of MiB (default 64 MiB)' }),
     user: Str(65, { nullable: true, description: "uid, uid:gid, name or name:group; null: the image's own user" }),
     nofile: Int(CONTAINER_LIMITS.nofile.min, CONTAINER_LIMITS.nofile.max, { nullable: true, description: 'open files per process, soft and hard (default 4096)' }),
   },
@@ -125,7 +139,7 @@ const Container = Obj(
 export const ClusterBody = Obj(
   {
     name: Str(64, { nullable: true, pattern: CLUSTER_NAME_PATTERN, describe: '1 to 64 letters, digits, ".", "_" or "-"' }),
-    memory: Int(16 * MiB, 1024 * GiB, { nullable: true, description: 'bytes of memory per task, a whole number of MiB (default 512 MiB)' }),
+    memory: Int(16 * MiB, 1024 * GiB, { nullable: true, ...WHOLE_MIB, description: 'bytes of memory per task, a whole number of MiB (default 512 MiB)' }),
     disk: Int(GiB, 64 * 1024 * GiB, { nullable: true, description: 'bytes of disk per instance (default 10 GiB)' }),
     disk_space: Int(GiB, 64 * 1024 * GiB, { nullable: true, description: 'the same as disk' }),
     shared_to: List(Str(24, { pattern: ID_PATTERN, describe: 'user ids' }), { max: 100, nullable: true, describe: 'an array of user ids', description: 'users who may queue tasks onto the cluster' }),
@@ -146,6 +160,8 @@ export const ClusterBody = Obj(
   },
   { additional: false, what: 'cluster' },
 );
+/** A cluster body as it reaches the handler: every field typed and bounded by the schema. */
+export type ClusterInput = Static<typeof ClusterBody>;
 
 const Instance = Reply(
   {

@@ -1,4 +1,4 @@
-import { Type } from '@sinclair/typebox';
+import { Type, type Static } from '@sinclair/typebox';
 import { TASK_STATUSES } from '../../store/codes.ts';
 import { AuthQuery, OAuthQuery, PagingQuery, ProjectParams } from './common.ts';
 import { endpoint } from './endpoint.ts';
@@ -39,6 +39,8 @@ export const CodeData = Obj(
   },
   { required: ['name'], what: 'code' },
 );
+/** The `data` part as it reaches the handler, typed and bounded by the schema. */
+export type CodeInput = Static<typeof CodeData>;
 
 const CodeProps = {
     id: Id(),

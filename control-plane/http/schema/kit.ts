@@ -35,11 +35,12 @@ type Nullable<T, N extends boolean | undefined> = N extends true ? T | null : T;
  * An integer from `min` to `max`. Digit strings are read as integers (IronWorker clients
  * send either; query parameters are always strings).
  */
-export function Int<N extends boolean | undefined = undefined>(min: number, max: number, o: Hints & { nullable?: N; default?: number } = {}) {
+export function Int<N extends boolean | undefined = undefined>(min: number, max: number, o: Hints & { nullable?: N; default?: number; multipleOf?: number } = {}) {
   return Type.Unsafe<Nullable<number, N>>({
     type: o.nullable ? ['integer', 'null'] : 'integer',
     minimum: min,
     maximum: max,
+    ...(o.multipleOf !== undefined ? { multipleOf: o.multipleOf } : {}),
     ...(o.default !== undefined ? { default: o.default } : {}),
     'x-describe': `an integer from ${min} to ${max}`,
     ...hints(o),

@@ -1,10 +1,11 @@
-import { Type } from '@sinclair/typebox';
+import { Type, type Static } from '@sinclair/typebox';
 import { AuthQuery, Batch, PagingQuery, ProjectParams } from './common.ts';
 import { endpoint } from './endpoint.ts';
 import { DateTime, ErrorBody, Id, Int, MsgBody, Obj, OneOf, Reply, Str, Time } from './kit.ts';
 import { RunOptions } from './tasks.ts';
 
 export const MAX_SCHEDULES = 100;
+export const MAX_RUN_EVERY = 10 * 365 * 86400;
 
 export const NewSchedule = Obj(
   {
@@ -13,11 +14,13 @@ export const NewSchedule = Obj(
     label: Str(255, { nullable: true }),
     start_at: Time({ description: 'the first run (default: now)' }),
     end_at: Time({ description: 'no run after this time' }),
-    run_every: Int(1, 10 * 365 * 86400, { nullable: true, description: 'seconds between runs (at least 60); omitted: run once' }),
+    run_every: Int(1, MAX_RUN_EVERY, { nullable: true, description: 'seconds between runs (at least 60); omitted: run once' }),
     run_times: Int(1, 2 ** 31 - 1, { nullable: true, description: 'the most runs' }),
   },
   { required: ['code_name'] },
 );
+/** A schedule to create as it reaches the handler, typed and bounded by the schema. */
+export type ScheduleInput = Static<typeof NewSchedule>;
 
 export const CreateSchedulesBody = Obj(
   {

@@ -1,4 +1,4 @@
-import { Type } from '@sinclair/typebox';
+import { Type, type Static } from '@sinclair/typebox';
 import { TASK_STATUSES } from '../../store/codes.ts';
 import { AuthQuery, Batch, ClusterRef, Flag, OAuthQuery, Paging, ProjectParams } from './common.ts';
 import { endpoint } from './endpoint.ts';
@@ -27,6 +27,10 @@ export const RunOptions = {
 const { payload: _payload, ...WEBHOOK_OPTIONS } = RunOptions;
 
 export const NewTask = Obj({ ...RunOptions, label: Str(255, { nullable: true, description: 'a label of your own' }) }, { required: ['code_name'] });
+/** A task to queue as it reaches the handler, typed and bounded by the schema. */
+export type TaskInput = Static<typeof NewTask>;
+/** The run options a handler reads (a schedule's or a webhook's as well as a task's). */
+export type RunInput = Omit<TaskInput, 'code_name' | 'payload'>;
 
 export const QueueTasksBody = Obj(
   {
