@@ -32,6 +32,9 @@ import { StatsSampler } from './stats.ts';
 export const AGENT_VERSION = '0.1.0';
 export const PROTOCOL_VERSION = 1;
 
+/** Memory of one task until the control plane names the cluster's (and for offers that name none). */
+const DEFAULT_TASK_MEMORY_MB = 512;
+
 const OUTCOME: Record<ExecResult['outcome'], Outcome> = {
   succeeded: Outcome.OUTCOME_SUCCEEDED,
   failed: Outcome.OUTCOME_FAILED,
@@ -96,6 +99,8 @@ export interface AgentFaults {
 export class RunnerAgent {
   state: AgentState = 'starting';
   readonly runnerId: string;
+  /** Tasks this runner runs at once. */
+  slots: number;
   readonly bootId = randomUUID();
   private readonly ledger = new Map<string, LedgerEntry>();
   private readonly shipper: LogShipper;
@@ -120,15 +125,24 @@ export class RunnerAgent {
   private stopping: Promise<void> | undefined;
   private resolveDrained: (() => void) | undefined;
 
+  /** Memory of one task: configured, else the cluster's as the last Welcome said. */
+  private taskMemoryMb: number;
+
+  /**
+   * `slots.rederive`, when the slots were derived and no task memory is configured: the
+   * slots for the cluster's memory per task, applied when a Welcome names it.
+   */
   constructor(
     private readonly config: RunnerConfig,
-    readonly slots: number,
+    private readonly slotPlan: { slots: number; rederive?: (taskMemoryMb: number) => number },
     private readonly executor: Executor,
     private readonly log: Logger,
     private readonly metrics: RunnerMetrics,
     private readonly faults: AgentFaults = {},
   ) {
     this.runnerId = loadRunnerId(config.workDir);
+    this.slots = slotPlan.slots;
+    this.taskMemoryMb = config.taskMemoryMb ?? DEFAULT_TASK_MEMORY_MB;
     const creds = config.tls
       ? grpc.credentials.createSsl(config.tlsCaFile ? fs.readFileSync(config.tlsCaFile) : null)
       : grpc.credentials.createInsecure();
@@ -243,7 +257,7 @@ export class RunnerAgent {
         agentVersion: AGENT_VERSION,
         dockerVersion: this.executor.kind,
         hostname: os.hostname(),
-        capacity: { slots: this.slots, memoryMb: this.slots * this.config.taskMemoryMb },
+        capacity: { slots: this.slots, memoryMb: this.slots * this.taskMemoryMb },
         inFlight: [...this.ledger.values()].map((e) => this.leaseState(e)),
         labels: {},
         instanceId: this.config.instanceId,
@@ -328,6 +342,15 @@ export class RunnerAgent {
     });
   }
 
+  /** The cluster's memory per task, from a Welcome; derived slots follow it (the next Credit and Beat say so). */
+  private learnTaskMemory(mb: number): void {
+    this.taskMemoryMb = mb;
+    const slots = this.slotPlan.rederive?.(mb);
+    if (slots === undefined || slots === this.slots) return;
+    this.log.info({ slots, was: this.slots, taskMemoryMb: mb }, "slots derived again for the cluster's memory per task");
+    this.slots = slots;
+  }
+
   private onFrame(f: ServerFrame): void {
     const fr = f.frame;
     if (!fr) return;
@@ -337,6 +360,7 @@ export class RunnerAgent {
         const w = fr.value;
         this.settings = w.settings;
         this.connected = true;
+        if (w.settings?.taskMemoryMb && this.config.taskMemoryMb === undefined) this.learnTaskMemory(w.settings.taskMemoryMb);
         this.attempt = 0;
         if (w.settings) this.shipper.setFlushInterval(w.settings.logFlushIntervalMs);
         for (const id of w.revoke) this.revoke(id);
@@ -362,6 +386,7 @@ export class RunnerAgent {
       }
       case 'settings':
         this.settings = fr.value;
+        if (fr.value.taskMemoryMb && this.config.taskMemoryMb === undefined) this.learnTaskMemory(fr.value.taskMemoryMb);
         return;
       case 'offer':
         return this.onOffer(fr.value);
@@ -549,7 +574,7 @@ export class RunnerAgent {
           payload: o.payload,
           config: code.config,
           timeoutS: o.timeoutS,
-          memoryMb: o.memoryMb || this.config.taskMemoryMb,
+          memoryMb: o.memoryMb || this.taskMemoryMb,
           ...(codeDir ? { codeDir } : {}),
           ...(o.dockerAuth ? { dockerAuth: o.dockerAuth } : {}),
           ...(o.container ? { container: o.container } : {}),

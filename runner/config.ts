@@ -16,10 +16,15 @@ export interface RunnerConfig {
   readonly controlPlane: string;
   readonly clusterId: string;
   readonly clusterToken: string;
-  /** Concurrent tasks; 0 derives it from host memory ÷ taskMemoryMb. */
+  /** Concurrent tasks; 0 derives them from the host's CPUs and memory (runner/slots.ts). */
   readonly slots: number;
-  /** Memory of one task, for deriving slots (the cluster's per-task memory). */
-  readonly taskMemoryMb: number;
+  /** Slots per CPU when slots are derived. */
+  readonly slotsPerCpu: number;
+  /**
+   * Memory of one task, when set: for deriving slots and for offers that name none.
+   * Unset, the cluster's memory per task is used, as the control plane sends it.
+   */
+  readonly taskMemoryMb: number | undefined;
   readonly workDir: string;
   readonly networkMode: 'none' | 'host' | 'bridge';
   readonly executor: 'docker' | 'noop';
@@ -77,7 +82,8 @@ export function loadRunnerConfig(env: Record<string, string | undefined>): Runne
     clusterId: need('GANTRY_CLUSTER_ID'),
     clusterToken: need('GANTRY_CLUSTER_TOKEN'),
     slots: e.int('GANTRY_RUNNER_SLOTS', 0, { min: 0, max: 1024 }),
-    taskMemoryMb: e.int('GANTRY_RUNNER_TASK_MEMORY_MB', 512, { min: 16 }),
+    slotsPerCpu: e.int('GANTRY_RUNNER_SLOTS_PER_CPU', 1, { min: 1, max: 64 }),
+    taskMemoryMb: e.str('GANTRY_RUNNER_TASK_MEMORY_MB') ? e.int('GANTRY_RUNNER_TASK_MEMORY_MB', 512, { min: 16 }) : undefined,
     workDir: path.resolve(e.str('GANTRY_RUNNER_WORK_DIR', './data/runner')),
     networkMode: e.oneOf('GANTRY_RUNNER_NETWORK', 'none', ['none', 'host', 'bridge'] as const),
     executor: e.oneOf('GANTRY_RUNNER_EXECUTOR', 'docker', ['docker', 'noop'] as const),

@@ -1,3 +1,4 @@
+import os from 'node:os';
 import { Releases, startWith, type ProgramState } from '../lib/lifecycle.ts';
 import type { Logger } from '../lib/logger.ts';
 import { RunnerAgent, loadRunnerId, type AgentFaults } from './agent.ts';
@@ -7,6 +8,7 @@ import { NoopExecutor } from './executor/noop.ts';
 import type { Executor } from './executor/types.ts';
 import { startHealthServer } from './health.ts';
 import { RunnerMetrics } from './metrics.ts';
+import { deriveSlots } from './slots.ts';
 import { StatsSampler } from './stats.ts';
 
 export interface Runner {
@@ -42,8 +44,8 @@ export async function startRunner(config: RunnerConfig, log: Logger, faults: Age
             pullFailureTtlMs: config.pullFailureTtlMs,
             onPull: (result) => metrics.imagePulls.inc({ result }),
           });
-    const slots = config.slots > 0 ? config.slots : Math.max(1, Math.floor((await StatsSampler.totalMemoryMb()) / config.taskMemoryMb));
-    const agent = new RunnerAgent(config, slots, executor, log, metrics, faults);
+    const agent = new RunnerAgent(config, await slotPlan(config), executor, log, metrics, faults);
+    const slots = agent.slots;
     const health = config.healthPort >= 0 ? await startHealthServer(agent, metrics, config.healthHost, config.healthPort) : undefined;
     if (health) releases.add('health server', () => health.close());
     await agent.start();
@@ -75,4 +77,16 @@ export async function startRunner(config: RunnerConfig, log: Logger, faults: Age
       stop,
     };
   });
+}
+
+/**
+ * The configured slots, or slots derived from the host's CPUs and memory; derived ones are
+ * derived again when the control plane names the cluster's memory per task, unless the
+ * task memory is configured.
+ */
+async function slotPlan(config: RunnerConfig): Promise<{ slots: number; rederive?: (taskMemoryMb: number) => number }> {
+  if (config.slots > 0) return { slots: config.slots };
+  const basis = { cpus: os.availableParallelism(), memoryMb: await StatsSampler.totalMemoryMb(), slotsPerCpu: config.slotsPerCpu };
+  const slots = (taskMemoryMb: number) => deriveSlots({ ...basis, taskMemoryMb }).slots;
+  return config.taskMemoryMb !== undefined ? { slots: slots(config.taskMemoryMb) } : { slots: slots(512), rederive: slots };
 }

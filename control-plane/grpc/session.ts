@@ -144,6 +144,7 @@ export class RunnerSession implements OfferTarget {
       cancelGraceMs: t.cancelGraceMs,
       reconnectBaseMs: t.reconnectBaseMs,
       reconnectCapMs: t.reconnectCapMs,
+      taskMemoryMb: this.memoryMb,
     };
   }
 

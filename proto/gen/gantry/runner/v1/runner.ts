@@ -657,6 +657,8 @@ export interface Settings {
   cancelGraceMs: number;
   reconnectBaseMs: number;
   reconnectCapMs: number;
+  /** the cluster's memory per task: a runner deriving its slots divides by it */
+  taskMemoryMb: number;
 }
 
 export interface Offer {
@@ -3845,6 +3847,7 @@ function createBaseSettings(): Settings {
     cancelGraceMs: 0,
     reconnectBaseMs: 0,
     reconnectCapMs: 0,
+    taskMemoryMb: 0,
   };
 }
 
@@ -3876,6 +3879,9 @@ export const Settings: MessageFns<Settings> = {
     }
     if (message.reconnectCapMs !== 0) {
       writer.uint32(72).uint32(message.reconnectCapMs);
+    }
+    if (message.taskMemoryMb !== 0) {
+      writer.uint32(80).uint32(message.taskMemoryMb);
     }
     return writer;
   },
@@ -3965,6 +3971,14 @@ export const Settings: MessageFns<Settings> = {
             message.reconnectCapMs = reader.uint32();
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.taskMemoryMb = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4024,6 +4038,11 @@ export const Settings: MessageFns<Settings> = {
         : isSet(object.reconnect_cap_ms)
         ? globalThis.Number(object.reconnect_cap_ms)
         : 0,
+      taskMemoryMb: isSet(object.taskMemoryMb)
+        ? globalThis.Number(object.taskMemoryMb)
+        : isSet(object.task_memory_mb)
+        ? globalThis.Number(object.task_memory_mb)
+        : 0,
     };
   },
 
@@ -4056,6 +4075,9 @@ export const Settings: MessageFns<Settings> = {
     if (message.reconnectCapMs !== 0) {
       obj.reconnectCapMs = Math.round(message.reconnectCapMs);
     }
+    if (message.taskMemoryMb !== 0) {
+      obj.taskMemoryMb = Math.round(message.taskMemoryMb);
+    }
     return obj;
   },
 
@@ -4073,6 +4095,7 @@ export const Settings: MessageFns<Settings> = {
     message.cancelGraceMs = object.cancelGraceMs ?? 0;
     message.reconnectBaseMs = object.reconnectBaseMs ?? 0;
     message.reconnectCapMs = object.reconnectCapMs ?? 0;
+    message.taskMemoryMb = object.taskMemoryMb ?? 0;
     return message;
   },
 };
