@@ -37,7 +37,8 @@ export const endpoint = <E extends Endpoint>(e: E): E => e;
 
 /**
  * Validates the query string and, for JSON endpoints, reads and validates the body; the
- * results are `ctx.state.query` and `ctx.state.body`. Runs after authentication.
+ * results are `ctx.state.query` and `ctx.state.body`. Runs after authentication. A request
+ * without a body validates `{}` (so an endpoint whose fields are all optional needs none).
  *
  * An endpoint that takes no body still reads (and ignores) one that is sent, within the
  * JSON limit, before its handler runs: a request whose body never arrives whole is then
@@ -48,7 +49,9 @@ export function validated(ep: Endpoint): Middleware<ApiState> {
     ctx.state.query = ep.query ? check(ep.query, { ...ctx.query }) : {};
     if (ep.body?.kind === 'json') {
       const limit = ep.body.maxBytes?.(ctx.state.deps.config) ?? ctx.state.deps.config.maxJsonBody;
-      ctx.state.body = check(ep.body.schema, await readJsonObject(ctx, limit));
+      // No body at all reads as {} (a POST to retry, like one to cancel, needs none); a body
+      // that is sent must say it is JSON.
+      ctx.state.body = check(ep.body.schema, sendsBody(ctx.req.headers) ? await readJsonObject(ctx, limit) : {});
     } else if (!ep.body && sendsBody(ctx.req.headers)) {
       await readRaw(ctx, ctx.state.deps.config.maxJsonBody);
     }

@@ -652,6 +652,12 @@ for (const engine of ENGINES) {
       t.match(r2, { original_task_id: retry1, retry_count: 2, delay: 60, payload: '{"again":true}', status: 'queued' });
       t.equal(new Date(r2.eligible_at).getTime(), clock.now().getTime() + 60_000);
       t.equal((await row(api, retry1)).retry_task_id, retry2);
+
+      // without a body at all, as cancel takes it: no delay
+      await setStatus(api, retry2, 'error');
+      r = await u.project('POST', `/tasks/${retry2}/retry`);
+      t.equal(r.status, 200, `a retry without a body is queued: ${r.text}`);
+      t.match(await row(api, r.body.tasks[0].id), { original_task_id: retry2, retry_count: 3, delay: 0, status: 'queued' });
       isError(t, await u.project('POST', '/tasks/0123456789abcdef01234567/retry', { json: {} }), 404, /Task not found/);
     });
 
