@@ -47,6 +47,12 @@ export interface ContainerPolicy {
   user: string | null;
   /** Open files per process, soft and hard limit alike (RLIMIT_NOFILE). */
   nofile: number;
+  /**
+   * The network the container joins: `bridge` (the engine's default bridge, as `docker run`
+   * gives: outbound network), `none` (loopback only), `host` (the host's own network: no
+   * isolation), or the name of a network made on the runner's engine (`docker network create`).
+   */
+  network: string;
 }
 
 /**
@@ -60,6 +66,7 @@ export interface ContainerPolicyInput {
   tmpSizeMb?: number;
   user?: string | null;
   nofile?: number;
+  network?: string;
 }
 
 /** The policy of a cluster that sets nothing, and of an offer that carries no policy. */
@@ -70,7 +77,20 @@ export const CONTAINER_DEFAULTS: Readonly<ContainerPolicy> = Object.freeze({
   tmpSizeMb: 64,
   user: null,
   nofile: 4096,
+  network: 'bridge',
 });
+
+/**
+ * A network as a cluster or a runner may name it: none, bridge, host, or a user-made
+ * network's name (Docker's rule: a letter or digit, then letters, digits, `_`, `.`, `-`).
+ * `container:<id>` (another container's namespace) is never accepted.
+ */
+export const NETWORK_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$';
+const NETWORK_RE = new RegExp(NETWORK_PATTERN);
+
+export function isValidNetwork(s: string): boolean {
+  return NETWORK_RE.test(s);
+}
 
 /**
  * Inclusive bounds. pids: fewer than 16 cannot run a shell pipeline next to the init
@@ -138,6 +158,11 @@ export function resolveContainerPolicy(p: ContainerPolicyInput | undefined): {
     if (isValidUser(p.user)) user = p.user;
     else error = `the container user ${JSON.stringify(p.user.slice(0, 80))} is not uid[:gid] or name[:group]`;
   }
+  let network = d.network;
+  if (typeof p.network === 'string' && p.network !== '') {
+    if (isValidNetwork(p.network)) network = p.network;
+    else error ??= `the container network ${JSON.stringify(p.network.slice(0, 80))} is not none, bridge, host or a network's name`;
+  }
   return {
     policy: {
       capAdd: sortCaps(caps),
@@ -146,6 +171,7 @@ export function resolveContainerPolicy(p: ContainerPolicyInput | undefined): {
       tmpSizeMb: num(p.tmpSizeMb, d.tmpSizeMb, CONTAINER_LIMITS.tmpSizeMb),
       user,
       nofile: num(p.nofile, d.nofile, CONTAINER_LIMITS.nofile),
+      network,
     },
     ignored,
     ...(error ? { error } : {}),

@@ -3,6 +3,7 @@ import { EnvReader } from '../lib/env.ts';
 import { ConfigError } from '../lib/errors.ts';
 import { DEFAULT_ZIP_LIMITS, type ZipLimits } from '../lib/zip.ts';
 import { putOwn } from '../lib/record.ts';
+import { isValidNetwork } from '../lib/container-policy.ts';
 
 /** The runner agent's configuration: read once from the environment, then frozen. */
 export interface RunnerConfig {
@@ -26,7 +27,11 @@ export interface RunnerConfig {
    */
   readonly taskMemoryMb: number | undefined;
   readonly workDir: string;
-  readonly networkMode: 'none' | 'host' | 'bridge';
+  /**
+   * The network every task container joins, whatever its cluster says (GANTRY_RUNNER_NETWORK:
+   * none, bridge, host or a network's name); unset, each task joins its cluster's.
+   */
+  readonly networkOverride: string | undefined;
   readonly executor: 'docker' | 'noop';
   /** Local HTTP port for /healthz and /metrics (0: any free port; -1: off). */
   readonly healthPort: number;
@@ -49,6 +54,13 @@ export interface RunnerConfig {
   readonly zipLimits: Readonly<ZipLimits>;
   /** Fault injection for tests (GANTRY_RUNNER_FAULT_DROP_LOG_EVERY: drop every Nth log frame; 0 never). */
   readonly faults: Readonly<{ dropLogFrameEvery: number }>;
+}
+
+function network(v: string | undefined): string | undefined {
+  if (v !== undefined && !isValidNetwork(v)) {
+    throw new ConfigError(`GANTRY_RUNNER_NETWORK must be none, bridge, host or a Docker network's name (letters, digits, "_", "." or "-"), got ${JSON.stringify(v)}`);
+  }
+  return v;
 }
 
 export function loadRunnerConfig(env: Record<string, string | undefined>): RunnerConfig {
@@ -85,7 +97,7 @@ export function loadRunnerConfig(env: Record<string, string | undefined>): Runne
     slotsPerCpu: e.int('GANTRY_RUNNER_SLOTS_PER_CPU', 1, { min: 1, max: 64 }),
     taskMemoryMb: e.str('GANTRY_RUNNER_TASK_MEMORY_MB') ? e.int('GANTRY_RUNNER_TASK_MEMORY_MB', 512, { min: 16 }) : undefined,
     workDir: path.resolve(e.str('GANTRY_RUNNER_WORK_DIR', './data/runner')),
-    networkMode: e.oneOf('GANTRY_RUNNER_NETWORK', 'none', ['none', 'host', 'bridge'] as const),
+    networkOverride: network(e.str('GANTRY_RUNNER_NETWORK')),
     executor: e.oneOf('GANTRY_RUNNER_EXECUTOR', 'docker', ['docker', 'noop'] as const),
     healthPort: e.int('GANTRY_RUNNER_HEALTH_PORT', 9190, { min: -1, max: 65535 }),
     healthHost: e.str('GANTRY_RUNNER_HEALTH_HOST', '127.0.0.1'),

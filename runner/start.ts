@@ -38,7 +38,7 @@ export async function startRunner(config: RunnerConfig, log: Logger, faults: Age
         : new DockerExecutor({
             runnerId,
             workDir: config.workDir,
-            networkMode: config.networkMode,
+            ...(config.networkOverride ? { networkOverride: config.networkOverride } : {}),
             labels: config.containerLabels,
             log: log.child({ component: 'docker' }),
             pullFailureTtlMs: config.pullFailureTtlMs,

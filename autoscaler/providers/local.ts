@@ -116,6 +116,9 @@ const INHERITED_ENV = [
   'PATH', 'HOME', 'USER', 'LOGNAME', 'TMPDIR', 'TZ', 'LANG', 'LC_ALL', 'LC_CTYPE',
   'DOCKER_HOST', 'DOCKER_TLS_VERIFY', 'DOCKER_CERT_PATH', 'DOCKER_CONFIG',
   'NODE_EXTRA_CA_CERTS', 'SSL_CERT_FILE', 'SSL_CERT_DIR',
+  // The operator's network override for every task container (a runner setting, over the
+  // cluster's container.network): local runners get the control plane's.
+  'GANTRY_RUNNER_NETWORK',
 ];
 
 type RecordState = 'pending' | 'running' | 'shutting-down' | 'terminated';

@@ -677,5 +677,6 @@ function wirePolicy(p: Readonly<ContainerPolicy>) {
     tmpSizeMb: p.tmpSizeMb,
     user: p.user ?? '',
     nofile: p.nofile,
+    network: p.network,
   };
 }

@@ -156,7 +156,7 @@ const BASE_COLS = 'id, name, user_id, memory_mb, created_at, updated_at';
 /** The container policy's columns (migration 010), in ContainerRow's names. */
 const CONTAINER_COLS = `container_cap_add AS c_cap_add, container_pids_limit AS c_pids_limit,
   container_read_only_rootfs AS c_read_only_rootfs, container_tmp_size_mb AS c_tmp_size_mb, container_user AS c_user,
-  container_nofile AS c_nofile`;
+  container_nofile AS c_nofile, container_network AS c_network`;
 const DETAIL_COLS = `${BASE_COLS}, disk_bytes, shared_to, provider, aws, user_data, disable, runners_min, runners_max,
   runners_per_instance, deleted_at, aws_access_key_id_enc IS NOT NULL AS s_key, aws_secret_access_key_enc IS NOT NULL AS s_secret,
   docker_auth_enc IS NOT NULL AS s_auth, docker_email_enc IS NOT NULL AS s_email, ${CONTAINER_COLS}`;
@@ -178,6 +178,7 @@ interface ContainerRow {
   c_tmp_size_mb: number;
   c_user: string | null;
   c_nofile: number;
+  c_network: string;
 }
 type DetailRow = Omit<ClusterDetail, 'secrets' | 'container'> & ContainerRow & { s_key: boolean; s_secret: boolean; s_auth: boolean; s_email: boolean };
 
@@ -189,17 +190,18 @@ function toContainer(r: ContainerRow): ContainerPolicy {
     tmpSizeMb: Number(r.c_tmp_size_mb),
     user: r.c_user,
     nofile: Number(r.c_nofile),
+    network: r.c_network,
   };
 }
 
 function toDetail(r: DetailRow): ClusterDetail {
-  const { s_key, s_secret, s_auth, s_email, c_cap_add, c_pids_limit, c_read_only_rootfs, c_tmp_size_mb, c_user, c_nofile, ...rest } = r;
+  const { s_key, s_secret, s_auth, s_email, c_cap_add, c_pids_limit, c_read_only_rootfs, c_tmp_size_mb, c_user, c_nofile, c_network, ...rest } = r;
   return {
     ...rest,
     disk_bytes: Number(rest.disk_bytes),
     shared_to: rest.shared_to ?? [],
     secrets: { aws_access_key_id: s_key, aws_secret_access_key: s_secret, docker_auth: s_auth, docker_email: s_email },
-    container: toContainer({ c_cap_add, c_pids_limit, c_read_only_rootfs, c_tmp_size_mb, c_user, c_nofile }),
+    container: toContainer({ c_cap_add, c_pids_limit, c_read_only_rootfs, c_tmp_size_mb, c_user, c_nofile, c_network }),
   };
 }
 
@@ -211,6 +213,7 @@ function containerSets(p: Partial<ContainerPolicy>, set: (col: string, v: unknow
   if (p.tmpSizeMb !== undefined) set('container_tmp_size_mb', p.tmpSizeMb);
   if (p.user !== undefined) set('container_user', p.user);
   if (p.nofile !== undefined) set('container_nofile', p.nofile);
+  if (p.network !== undefined) set('container_network', p.network);
 }
 
 const context = (clusterId: string, field: string) => `cluster/${clusterId}/${field}`;

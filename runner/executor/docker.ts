@@ -23,7 +23,8 @@ export interface DockerExecutorOptions {
   runnerId: string;
   /** Host directory for per-task files; must be visible to the engine (same host). */
   workDir: string;
-  networkMode: 'none' | 'host' | 'bridge';
+  /** The network of every container, instead of each cluster's (container.network). */
+  networkOverride?: string;
   /** Between SIGTERM and SIGKILL when a task times out. Default 10000. */
   killGraceMs?: number;
   /** Extra labels on every container (e.g. a test run id). */
@@ -83,7 +84,7 @@ interface Ctx {
   docker: Dockerode;
   runnerId: string;
   workDir: string;
-  networkMode: string;
+  networkOverride: string | undefined;
   killGraceMs: number;
   labels: Record<string, string>;
   log: Logger;
@@ -111,7 +112,7 @@ export class DockerExecutor implements Executor {
       docker: opts.docker ?? new Dockerode(),
       runnerId: opts.runnerId,
       workDir: path.resolve(opts.workDir),
-      networkMode: opts.networkMode,
+      networkOverride: opts.networkOverride,
       killGraceMs: opts.killGraceMs ?? 10_000,
       labels: { ...(opts.labels ?? {}) },
       log: opts.log,
@@ -374,6 +375,7 @@ class DockerExecution implements Execution {
       this.#container = container;
     } catch (err) {
       if (isBadReference(err)) return this.#early('task_fault', badReference(spec.image, err), t0);
+      if (this.#missingNetwork(err)) return this.#early('failed', this.#missingNetwork(err)!, t0);
       return this.#early('runner_error', failure(`could not create container for image ${spec.image}`, err, docker), t0);
     }
     const createMs = Date.now() - createStart;
@@ -413,6 +415,7 @@ class DockerExecution implements Execution {
       destroy(stream);
       await this.#forceRemove();
       if (this.#stopped()) return this.#stoppedEarly(t0);
+      if (this.#missingNetwork(err)) return this.#early('failed', this.#missingNetwork(err)!, t0);
       // The cluster's container.user names a user or group the image does not have.
       if (this.#policy.user && /unable to find (user|group)/i.test(describe(err))) {
         return this.#early('task_fault', `the container could not start as the cluster's container.user ${this.#policy.user}: ${describe(err)}`, t0, 127);
@@ -497,7 +500,7 @@ class DockerExecution implements Execution {
       AttachStderr: true,
       HostConfig: {
         Binds: binds,
-        NetworkMode: this.#ctx.networkMode,
+        NetworkMode: this.#network(),
         Memory: memory,
         MemorySwap: memory, // equal to Memory: no swap on top
         Privileged: false,
@@ -518,6 +521,22 @@ class DockerExecution implements Execution {
         AutoRemove: false, // removed by us once its output is drained
       },
     };
+  }
+
+  /**
+   * A network the container should join that this runner's engine does not have (the engine
+   * says so at create or at start): the operator's setting, neither the task's fault nor the
+   * runner's.
+   */
+  #missingNetwork(err: unknown): string | undefined {
+    const network = this.#network();
+    if (!describe(err).includes(`network ${network} not found`)) return undefined;
+    return `not run: the container network ${JSON.stringify(network)} does not exist on this runner's Docker engine (create it there with docker network create, or change the cluster's container.network)`;
+  }
+
+  /** The runner's override (GANTRY_RUNNER_NETWORK), else the cluster's container.network. */
+  #network(): string {
+    return this.#ctx.networkOverride ?? this.#policy.network;
   }
 
   async #writeFiles(dir: string): Promise<void> {

@@ -1,5 +1,6 @@
 import Router, { type RouterContext } from '@koa/router';
 import {
+  CONTAINER_DEFAULTS,
   DOCKER_DEFAULT_CAPS,
   isValidUser,
   normaliseCap,
@@ -179,6 +180,7 @@ function containerOf(o: ContainerInput, f: string): Partial<ContainerPolicy> {
   if (typeof o.read_only_rootfs === 'boolean') out.readOnlyRootfs = o.read_only_rootfs;
   if (typeof o.tmp_size === 'number') out.tmpSizeMb = o.tmp_size / MiB;
   if (typeof o.nofile === 'number') out.nofile = o.nofile;
+  if ('network' in o) out.network = given(o.network) ? o.network : CONTAINER_DEFAULTS.network;
   if ('user' in o) {
     if (!given(o.user)) out.user = null;
     else if (!isValidUser(o.user)) {
@@ -318,6 +320,7 @@ export function presentContainer(p: ContainerPolicy): Json {
     tmp_size: p.tmpSizeMb * MiB,
     user: p.user,
     nofile: p.nofile,
+    network: p.network,
   };
 }
 

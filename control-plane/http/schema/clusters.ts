@@ -1,5 +1,5 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
-import { CONTAINER_LIMITS, DOCKER_DEFAULT_CAPS } from '../../../lib/container-policy.ts';
+import { CONTAINER_LIMITS, DOCKER_DEFAULT_CAPS, NETWORK_PATTERN } from '../../../lib/container-policy.ts';
 import { MAX_USER_TAGS } from '../../store/clusters.ts';
 import { AuthQuery, Batch, CLUSTER_NAME_PATTERN, PagingQuery } from './common.ts';
 import { endpoint } from './endpoint.ts';
@@ -131,6 +131,13 @@ const Container = Obj(
     tmp_size: Int(CONTAINER_LIMITS.tmpSizeMb.min * MiB, CONTAINER_LIMITS.tmpSizeMb.max * MiB, { nullable: true, ...WHOLE_MIB, description: 'bytes of the /tmp tmpfs when the root filesystem is read-only, a whole number of MiB (default 64 MiB)' }),
     user: Str(65, { nullable: true, description: "uid, uid:gid, name or name:group; null: the image's own user" }),
     nofile: Int(CONTAINER_LIMITS.nofile.min, CONTAINER_LIMITS.nofile.max, { nullable: true, description: 'open files per process, soft and hard (default 4096)' }),
+    network: Str(128, {
+      nullable: true,
+      pattern: `^$|${NETWORK_PATTERN}`,
+      describe: "none, bridge, host or a Docker network's name (letters, digits, \"_\", \".\" or \"-\")",
+      description:
+        "the network task containers join: bridge (default: the engine's default bridge, outbound network as with docker run), none (loopback only), host (the host's network: no isolation, tasks reach the runner's and the host's services), or a network made on the runners' engines; null or \"\": bridge. A runner's GANTRY_RUNNER_NETWORK overrides it",
+    }),
   },
   { additional: false, what: 'container', nullable: true, description: "what the cluster's task containers may do" },
 );
@@ -223,6 +230,7 @@ const ContainerOut = Type.Object(
     tmp_size: Type.Integer(),
     user: Type.Union([Type.String(), Type.Null()]),
     nofile: Type.Integer(),
+    network: Type.String(),
   },
   { additionalProperties: false },
 );

@@ -173,7 +173,7 @@ for (const engine of ENGINES) {
         runners_total: 0,
         runners_available: 0,
         machines: [],
-        container: { cap_add: [], pids_limit: 1024, read_only_rootfs: false, tmp_size: 64 * MiB, user: null, nofile: 4096 },
+        container: { cap_add: [], pids_limit: 1024, read_only_rootfs: false, tmp_size: 64 * MiB, user: null, nofile: 4096, network: 'bridge' },
         shared_to: [],
         autoscale: { disable: false, runners_min: 0, runners_max: 0, runners_per_instance: 0, docker_auth_set: false, docker_email_set: false },
       };

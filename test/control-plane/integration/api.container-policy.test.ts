@@ -14,7 +14,7 @@ import { isError } from '../../helpers/assert.ts';
 import { ENGINES, freshPgDatabase, tempDir } from '../../helpers/db.ts';
 
 const MiB = 1024 * 1024;
-const DEFAULTS = { cap_add: [], pids_limit: 1024, read_only_rootfs: false, tmp_size: 64 * MiB, user: null, nofile: 4096 };
+const DEFAULTS = { cap_add: [], pids_limit: 1024, read_only_rootfs: false, tmp_size: 64 * MiB, user: null, nofile: 4096, network: 'bridge' };
 const ALLOWED =
   'AUDIT_WRITE, CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, MKNOD, NET_BIND_SERVICE, NET_RAW, SETFCAP, SETGID, SETPCAP, SETUID, SYS_CHROOT';
 
@@ -52,10 +52,11 @@ for (const engine of ENGINES) {
           tmp_size: 16 * MiB,
           user: '1000:1000',
           nofile: '1024',
+          network: 'none',
         },
       });
       t.equal(r.status, 200, r.text);
-      const shown = { cap_add: ['CHOWN', 'KILL', 'NET_RAW'], pids_limit: 64, read_only_rootfs: true, tmp_size: 16 * MiB, user: '1000:1000', nofile: 1024 };
+      const shown = { cap_add: ['CHOWN', 'KILL', 'NET_RAW'], pids_limit: 64, read_only_rootfs: true, tmp_size: 16 * MiB, user: '1000:1000', nofile: 1024, network: 'none' };
       t.same(r.body.cluster.container, shown);
       t.same((await o.get(`/clusters/${r.body.id}`)).body.cluster.container, shown);
       t.match(await rawRow(r.body.id), {
@@ -65,9 +66,10 @@ for (const engine of ENGINES) {
         container_tmp_size_mb: 16,
         container_user: '1000:1000',
         container_nofile: 1024,
+        container_network: 'none',
       }, 'stored normalised');
       t.same(await api.store.clusters.containerPolicy(r.body.id), {
-        capAdd: ['CHOWN', 'KILL', 'NET_RAW'], pidsLimit: 64, readOnlyRootfs: true, tmpSizeMb: 16, user: '1000:1000', nofile: 1024,
+        capAdd: ['CHOWN', 'KILL', 'NET_RAW'], pidsLimit: 64, readOnlyRootfs: true, tmpSizeMb: 16, user: '1000:1000', nofile: 1024, network: 'none',
       });
       const partial = await o.post('/clusters', { name: 'partial', container: { user: 'nobody' } });
       t.same(partial.body.cluster.container, { ...DEFAULTS, user: 'nobody' }, 'what is not given is the default');
@@ -91,6 +93,13 @@ for (const engine of ENGINES) {
       t.equal((await get()).container.user, 'app:staff');
       await o.put(`/clusters/${id}`, { container: { user: '' } });
       t.equal((await get()).container.user, null, '"" is the image\'s user too');
+      await o.put(`/clusters/${id}`, { container: { network: 'host' } });
+      t.equal((await get()).container.network, 'host');
+      t.match(await rawRow(id), { container_network: 'host' });
+      await o.put(`/clusters/${id}`, { container: { network: 'gantry_jobs.1' } });
+      t.equal((await api.store.clusters.containerPolicy(id))!.network, 'gantry_jobs.1', 'a named network reaches what runners are sent');
+      await o.put(`/clusters/${id}`, { container: { network: null } });
+      t.equal((await get()).container.network, 'bridge', 'null: the default bridge again');
       isError(t, await o.put(`/clusters/${id}`, { container: {} }), 400, /^Nothing to update/);
       // What GET shows can be sent back as is.
       const shown = await get();
@@ -107,7 +116,7 @@ for (const engine of ENGINES) {
         [[], /^container must be an object/],
         ['strict', /^container must be an object/],
         // The request schema (http/schema) may answer before the route's own parser: either wording names the field and the limit.
-        [{ colour: 1 }, /^container\.colour is not a (cluster|container) field \(known: cap_add, pids_limit, read_only_rootfs, tmp_size, user, nofile\)/],
+        [{ colour: 1 }, /^container\.colour is not a (cluster|container) field \(known: cap_add, pids_limit, read_only_rootfs, tmp_size, user, nofile, network\)/],
         [{ cap_add: 'CHOWN' }, new RegExp(`^container\\.cap_add must be an array of capability names from ${ALLOWED}`)],
         [{ cap_add: ['SYS_ADMIN'] }, new RegExp(`^container\\.cap_add\\[0\\]: "SYS_ADMIN" cannot be added; allowed: ${ALLOWED} \\(Docker's default set`)],
         [{ cap_add: ['CHOWN', 'cap_sys_module'] }, /^container\.cap_add\[1\]: "cap_sys_module" cannot be added; allowed: AUDIT_WRITE/],
@@ -133,6 +142,10 @@ for (const engine of ENGINES) {
         [{ user: 'a'.repeat(33) }, /^container\.user must be uid/],
         [{ user: 'a'.repeat(66) }, /^container\.user must be at most 65 (bytes|characters), got 66$/],
         [{ pids_limit: 64, user: 'bad user' }, /^container\.user must be uid/],
+        [{ network: 'container:abc123' }, /^container\.network must be none, bridge, host or a Docker network's name .*got "container:abc123"$/],
+        [{ network: '-net' }, /^container\.network must be none, bridge, host/],
+        [{ network: 'a'.repeat(129) }, /^container\.network must be at most 128 (bytes|characters), got 129$/],
+        [{ network: 5 }, /^container\.network must be a string$/],
       ];
       for (const [container, msg] of cases) {
         const what = JSON.stringify(container).slice(0, 60);
@@ -201,6 +214,14 @@ for (const engine of ENGINES) {
       container_tmp_size_mb: 64,
       container_user: null,
       container_nofile: 4096,
+      // Tasks of a cluster that existed before 011 ran without network: it keeps that.
+      container_network: 'none',
     });
+    await db.query(
+      `INSERT INTO clusters (id, name, user_id, token_hash, memory_mb, created_at, updated_at) VALUES ('0123456789abcdef01234568', 'later', NULL, 'h2', 512, $1, $1)`,
+      [now],
+    );
+    t.match((await db.query<Record<string, unknown>>("SELECT container_network FROM clusters WHERE name = 'later'")).rows[0], { container_network: 'bridge' }, 'a cluster made since gets the bridge');
+    await t.rejects(db.query("UPDATE clusters SET container_network = 'container:x'"), 'the database refuses another container\'s namespace');
   });
 }

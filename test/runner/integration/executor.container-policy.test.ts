@@ -35,14 +35,14 @@ const PROBE = [
 ].join('; ');
 
 /** A fresh executor, work dir and run id for one test; teardown removes its containers. */
-async function setup(t: Test) {
+async function setup(t: Test, o: { networkOverride?: string } = { networkOverride: 'none' }) {
   const id = `${RUN_ID}-cp-${++seq}`;
   const workDir = await mkdtemp(path.join(os.tmpdir(), 'gantry-policy-'));
   const executor = new DockerExecutor({
     docker,
     runnerId: `test-runner-${id}`,
     workDir,
-    networkMode: 'none',
+    ...(o.networkOverride ? { networkOverride: o.networkOverride } : {}),
     killGraceMs: 1000,
     labels: { [TEST_LABEL]: id },
     log: silentLogger(),
@@ -242,3 +242,50 @@ t.test('values outside the bounds are clamped by the runner', async (t) => {
   t.equal(seen.pids, '16', 'pids at least 16');
   t.equal(seen.nofile, '64/64', 'nofile at least 64');
 });
+
+/** The interfaces a container sees and the IPv4 addresses on them, from inside. */
+const NET_PROBE = `for i in /sys/class/net/*; do echo "if=$(basename $i)"; done; ip -4 -o addr | awk '{print "addr=" $4}'`;
+const seenNet = (stdout: string) => ({
+  ifs: [...stdout.matchAll(/^if=(.+)$/gm)].map((m) => m[1]!).sort(),
+  addrs: [...stdout.matchAll(/^addr=(.+)$/gm)].map((m) => m[1]!),
+});
+
+t.test("network: the cluster's none, host or a named network; the runner's override wins; a missing network is said", async (t) => {
+  const ctx = await setup(t, {});
+  const none = await ctx.run({ container: { network: 'none' }, command: NET_PROBE });
+  t.equal(none.res.outcome, 'succeeded', none.res.msg);
+  t.same(seenNet(none.stdout).ifs, ['lo'], 'none: loopback only');
+  t.equal(none.info!.HostConfig.NetworkMode, 'none');
+
+  const host = await ctx.run({ container: { network: 'host' }, command: NET_PROBE });
+  t.equal(host.res.outcome, 'succeeded', host.res.msg);
+  t.same(seenNet(host.stdout).ifs, (await readdir('/sys/class/net')).sort(), "host: the host's own interfaces");
+  t.equal(host.info!.HostConfig.NetworkMode, 'host');
+
+  // A network of the operator's, made on this engine (its bridge is a Linux bridge of its own).
+  const name = `gantry-test-${ctx.id}`;
+  const net = await docker.createNetwork({ Name: name, Driver: 'bridge', Labels: { [TEST_LABEL]: ctx.id } });
+  t.teardown(() => net.remove().catch(() => undefined));
+  const subnet = String((await net.inspect()).IPAM?.Config?.[0]?.Subnet);
+  const named = await ctx.run({ container: { network: name }, command: NET_PROBE });
+  t.equal(named.res.outcome, 'succeeded', named.res.msg);
+  const seen = seenNet(named.stdout);
+  t.same(seen.ifs, ['eth0', 'lo'], 'an interface on the named network');
+  const prefix = subnet.split('.').slice(0, 2).join('.');
+  t.ok(seen.addrs.some((a) => a.startsWith(`${prefix}.`)), `an address in ${subnet}: ${seen.addrs.join(', ')}`);
+  t.equal(named.info!.HostConfig.NetworkMode, name);
+
+  const missing = await ctx.run({ container: { network: `${name}-gone` }, command: NET_PROBE });
+  t.equal(missing.res.outcome, 'failed', 'the operator\'s setting: neither the task\'s fault nor the runner\'s');
+  t.match(missing.res.msg, new RegExp(`container network "${name}-gone" does not exist on this runner's Docker engine`));
+
+  const bad = await ctx.run({ container: { network: 'container:abc' }, command: NET_PROBE });
+  t.equal(bad.res.outcome, 'failed', "another container's namespace is never joined");
+  t.match(bad.res.msg, /not run: the container network "container:abc" is not none, bridge, host or a network's name/);
+
+  const overridden = await setup(t, { networkOverride: 'none' });
+  const o = await overridden.run({ container: { network: 'host' }, command: NET_PROBE });
+  t.equal(o.res.outcome, 'succeeded', o.res.msg);
+  t.same(seenNet(o.stdout).ifs, ['lo'], "the runner's GANTRY_RUNNER_NETWORK wins over the cluster's host");
+});
+

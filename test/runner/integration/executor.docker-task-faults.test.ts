@@ -30,7 +30,7 @@ async function setup(t: Test, o: { pullFailureTtlMs?: number } = {}) {
     docker,
     runnerId: `test-runner-${id}`,
     workDir,
-    networkMode: 'none',
+    networkOverride: 'none',
     labels: { [TEST_LABEL]: id },
     log: silentLogger(),
     onPull: (r) => pulls.push(r),

@@ -27,7 +27,7 @@ async function setup(t: Test, opts: { killGraceMs?: number } = {}) {
     docker,
     runnerId,
     workDir,
-    networkMode: 'none',
+    networkOverride: 'none',
     killGraceMs: opts.killGraceMs ?? 2000,
     labels: { [TEST_LABEL]: id },
     log: silentLogger(),
@@ -397,7 +397,7 @@ t.test('an unreachable engine: ping names the socket', async (t) => {
     docker: new Dockerode({ socketPath: '/nonexistent/docker.sock' }),
     runnerId: 'nobody',
     workDir,
-    networkMode: 'bridge',
+    networkOverride: 'bridge',
     log: silentLogger(),
   });
   await t.rejects(executor.ping(), DockerUnavailableError);

@@ -702,6 +702,8 @@ export interface ContainerPolicy {
   user: string;
   /** RLIMIT_NOFILE, soft and hard */
   nofile: number;
+  /** none, bridge, host or a Docker network's name; empty: bridge */
+  network: string;
 }
 
 export interface CodeSpec {
@@ -4490,7 +4492,7 @@ export const Offer: MessageFns<Offer> = {
 };
 
 function createBaseContainerPolicy(): ContainerPolicy {
-  return { capAdd: [], pidsLimit: 0, readOnlyRootfs: false, tmpSizeMb: 0, user: "", nofile: 0 };
+  return { capAdd: [], pidsLimit: 0, readOnlyRootfs: false, tmpSizeMb: 0, user: "", nofile: 0, network: "" };
 }
 
 export const ContainerPolicy: MessageFns<ContainerPolicy> = {
@@ -4512,6 +4514,9 @@ export const ContainerPolicy: MessageFns<ContainerPolicy> = {
     }
     if (message.nofile !== 0) {
       writer.uint32(48).uint32(message.nofile);
+    }
+    if (message.network !== "") {
+      writer.uint32(58).string(message.network);
     }
     return writer;
   },
@@ -4577,6 +4582,14 @@ export const ContainerPolicy: MessageFns<ContainerPolicy> = {
             message.nofile = reader.uint32();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.network = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4613,6 +4626,7 @@ export const ContainerPolicy: MessageFns<ContainerPolicy> = {
         : 0,
       user: isSet(object.user) ? globalThis.String(object.user) : "",
       nofile: isSet(object.nofile) ? globalThis.Number(object.nofile) : 0,
+      network: isSet(object.network) ? globalThis.String(object.network) : "",
     };
   },
 
@@ -4636,6 +4650,9 @@ export const ContainerPolicy: MessageFns<ContainerPolicy> = {
     if (message.nofile !== 0) {
       obj.nofile = Math.round(message.nofile);
     }
+    if (message.network !== "") {
+      obj.network = message.network;
+    }
     return obj;
   },
 
@@ -4650,6 +4667,7 @@ export const ContainerPolicy: MessageFns<ContainerPolicy> = {
     message.tmpSizeMb = object.tmpSizeMb ?? 0;
     message.user = object.user ?? "";
     message.nofile = object.nofile ?? 0;
+    message.network = object.network ?? "";
     return message;
   },
 };
