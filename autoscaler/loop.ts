@@ -71,7 +71,7 @@ export function autoscalerLoop(o: LoopOptions): Loop {
   async function tickCluster(c: ScaledCluster, fleet: FleetStore, resumed: boolean, signal: AbortSignal): Promise<void> {
     const provider = await providers.get(c);
     const clog = log.child({ clusterId: c.id, provider: c.provider });
-    if (c.deleted_at) {
+    if (c.deletedAt) {
       // A deleted cluster's instances are terminated now, running tasks or not (the
       // reference: deleting an autoscaled cluster terminates its instances).
       const ids = (await fleet.recorded(c.id)).map((i) => i.instanceId);
@@ -97,9 +97,9 @@ export function autoscalerLoop(o: LoopOptions): Loop {
     const cfg = autoscaleConfig(
       {
         clusterId: c.id,
-        runnersPerInstance: c.runners_per_instance > 0 ? c.runners_per_instance : providers.runnersPerInstance(c),
-        runnersMin: c.runners_min,
-        runnersMax: c.runners_max,
+        runnersPerInstance: c.runnersPerInstance > 0 ? c.runnersPerInstance : providers.runnersPerInstance(c),
+        runnersMin: c.runnersMin,
+        runnersMax: c.runnersMax,
         eips: Array.isArray(eips) ? eips : [],
         disable: c.disable,
       },
@@ -220,7 +220,7 @@ export function autoscalerLoop(o: LoopOptions): Loop {
         if (signal.aborted) return;
         const now = clock.now().getTime();
         let f = failing.get(c.id);
-        if (f && f.updatedAt !== c.updated_at.getTime()) {
+        if (f && f.updatedAt !== c.updatedAt.getTime()) {
           failing.delete(c.id);
           f = undefined;
         }
@@ -242,7 +242,7 @@ export function autoscalerLoop(o: LoopOptions): Loop {
           const delay = Math.min(backoff.maxMs, backoff.baseMs * 2 ** (attempts - 1));
           // A throttled call says when the cloud takes calls again; never sooner than that.
           const until = Math.max(now + delay, err instanceof ThrottledError ? err.retryAt : 0);
-          failing.set(c.id, { attempts, until, since: f?.since ?? now, updatedAt: c.updated_at.getTime() });
+          failing.set(c.id, { attempts, until, since: f?.since ?? now, updatedAt: c.updatedAt.getTime() });
           log.error(
             { clusterId: c.id, provider: c.provider, code: err.cloudCode, err: err.message, attempts, retryInMs: until - now },
             'autoscaler: the cluster\'s provider calls fail; backing off',

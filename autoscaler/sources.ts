@@ -68,7 +68,7 @@ export class Providers implements ProviderSource {
   async get(c: ScaledCluster): Promise<Provider> {
     if (c.provider === 'local') return this.localProvider();
     const cached = this.ec2.get(c.id);
-    if (cached && cached.at === c.updated_at.getTime()) return cached.p;
+    if (cached && cached.at === c.updatedAt.getTime()) return cached.p;
     await cached?.p.close();
     const creds = await this.o.secrets.awsCredentials(c.id);
     if (!creds) throw new ProviderError('MissingCredentials', `cluster ${c.id} has no AWS credentials: set autoscale.aws.access_key_id and secret_access_key`);
@@ -80,7 +80,7 @@ export class Providers implements ProviderSource {
         ...(this.o.clock ? { clock: this.o.clock } : {}),
       },
     );
-    this.ec2.set(c.id, { at: c.updated_at.getTime(), p });
+    this.ec2.set(c.id, { at: c.updatedAt.getTime(), p });
     return p;
   }
 
@@ -106,7 +106,7 @@ export class Providers implements ProviderSource {
   runnersPerInstance(c: ScaledCluster): number {
     if (c.provider === 'local') return this.o.settings.localRunnerSlots;
     const type = typeof c.aws?.instance_type === 'string' ? c.aws.instance_type : '';
-    return ec2RunnersPerInstance(type, c.memory_mb);
+    return ec2RunnersPerInstance(type, c.memoryMb);
   }
 
   async userData(c: ScaledCluster): Promise<string> {
@@ -115,7 +115,7 @@ export class Providers implements ProviderSource {
     const token = await secrets.runnerToken(c.id);
     if (!token) throw new ProviderError('MissingRunnerToken', `cluster ${c.id} has no sealed runner token: rotate it (POST /2/clusters/${c.id}/credentials)`);
     const registry = await secrets.runnerSecrets(c.id);
-    return clusterUserData(c.user_data, {
+    return clusterUserData(c.userData, {
       clusterId: c.id,
       clusterToken: token,
       runnersVersion: settings.runnersVersion,
@@ -124,8 +124,8 @@ export class Providers implements ProviderSource {
       controlPlaneTls: Boolean(settings.grpcTlsCert),
       ...(registry.dockerAuth ? { dockerAuth: registry.dockerAuth } : {}),
       ...(registry.dockerEmail ? { dockerEmail: registry.dockerEmail } : {}),
-      runnersPerInstance: c.runners_per_instance,
-      memory: c.memory_mb,
+      runnersPerInstance: c.runnersPerInstance,
+      memory: c.memoryMb,
     });
   }
 

@@ -61,17 +61,17 @@ export interface ScaledCluster {
   id: string;
   name: string;
   provider: 'ec2' | 'local';
-  memory_mb: number;
-  runners_min: number;
-  runners_max: number;
-  runners_per_instance: number;
+  memoryMb: number;
+  runnersMin: number;
+  runnersMax: number;
+  runnersPerInstance: number;
   disable: boolean;
   aws: AwsSettings | null;
   /** The cluster's own user data template (cloud-config/render.ts); null: the default. */
-  user_data: string | null;
-  deleted_at: Date | null;
+  userData: string | null;
+  deletedAt: Date | null;
   /** Changes with every settings change: providers and back-offs are rebuilt when it does. */
-  updated_at: Date;
+  updatedAt: Date;
 }
 
 /** One row of `cluster_instances` as the policy needs it. */

@@ -110,7 +110,7 @@ export async function runAdmin(store: Store, argv: string[]): Promise<string> {
       const u = values.user ? await userOf(values.user) : undefined;
       return (
         (await store.accounts.listProjects(u?.id))
-          .map((p) => `${p.id} ${p.name} owner=${p.user_id}${p.max_running ? ` max_running=${p.max_running}` : ''}`)
+          .map((p) => `${p.id} ${p.name} owner=${p.userId}${p.maxRunning ? ` max_running=${p.maxRunning}` : ''}`)
           .join('\n') || '(no projects)'
       );
     }
@@ -140,7 +140,7 @@ export async function runAdmin(store: Store, argv: string[]): Promise<string> {
       const memory = values.memory === undefined ? 512 : Number(values.memory);
       if (!Number.isInteger(memory) || memory < 16 || memory > 1048576) throw new UsageError('--memory must be a whole number of MB from 16 to 1048576');
       const { cluster, token } = await store.clusters.create(name, { memoryMb: memory });
-      return `cluster ${cluster.id} ${cluster.name} memory=${cluster.memory_mb}MB\nrunner token ${token}\n(shown only now: Gantry keeps only its hash)`;
+      return `cluster ${cluster.id} ${cluster.name} memory=${cluster.memoryMb}MB\nrunner token ${token}\n(shown only now: Gantry keeps only its hash)`;
     }
     case 'cluster token': {
       const c = await store.clusters.byName(need('name'));
@@ -148,7 +148,7 @@ export async function runAdmin(store: Store, argv: string[]): Promise<string> {
       return `cluster ${c.id} ${c.name}\nrunner token ${await store.clusters.rotateToken(c.id)}\n(the old token no longer works)`;
     }
     case 'cluster list':
-      return (await store.clusters.list()).map((c) => `${c.id} ${c.name} memory=${c.memory_mb}MB`).join('\n') || '(no clusters)';
+      return (await store.clusters.list()).map((c) => `${c.id} ${c.name} memory=${c.memoryMb}MB`).join('\n') || '(no clusters)';
     case 'cluster reencrypt': {
       // Rotation: put the new key first in GANTRY_SECRET_KEYS (old ones after it), run this,
       // then drop the old keys. Values that cannot be opened are listed; keep the old keys then.

@@ -99,7 +99,7 @@ export async function startGateway(d: Deps): Promise<Gateway> {
       const who = authenticate(store, call.metadata).then(async (a) => {
         if ('error' in a) return undefined;
         const r = await store.runners.get(runnerId);
-        return r && r.cluster_id === a.clusterId ? r.id : undefined;
+        return r && r.clusterId === a.clusterId ? r.id : undefined;
       });
       who
         .then((id) => {

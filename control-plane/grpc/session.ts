@@ -510,7 +510,7 @@ export class RunnerSession implements OfferTarget {
     if (!h.runnerId || h.runnerId.length > 128) return this.close('Hello needs a runner_id of at most 128 characters', true);
     const cluster = await store.clusters.byId(this.clusterId);
     if (!cluster) return this.close('unknown cluster', true);
-    this.memoryMb = cluster.memory_mb;
+    this.memoryMb = cluster.memoryMb;
     try {
       this.dockerAuth = (await store.clusters.runnerSecrets(this.clusterId)).dockerAuth ?? '';
     } catch (err) {
@@ -539,12 +539,12 @@ export class RunnerSession implements OfferTarget {
       config.serverId,
     );
     if (!row) return this.close(`runner id ${h.runnerId} belongs to another cluster`, true);
-    this.runner = { id: row.id, epoch: Number(row.session_epoch), cluster: cluster.name };
+    this.runner = { id: row.id, epoch: Number(row.sessionEpoch), cluster: cluster.name };
     // A penalty earned on an earlier session (on any replica) still holds.
-    this.penaltyMs = Number(row.penalty_ms) || 0;
-    this.penaltyUntil = row.penalty_until ? new Date(row.penalty_until).getTime() : 0;
+    this.penaltyMs = Number(row.penaltyMs) || 0;
+    this.penaltyUntil = row.penaltyUntil ? new Date(row.penaltyUntil).getTime() : 0;
     if (this.penaltyUntil > this.now()) {
-      this.log.info({ runnerId: row.id, penaltyUntil: new Date(this.penaltyUntil).toISOString(), why: row.penalty_reason }, 'runner reconnected while penalised');
+      this.log.info({ runnerId: row.id, penaltyUntil: new Date(this.penaltyUntil).toISOString(), why: row.penaltyReason }, 'runner reconnected while penalised');
     }
 
     // Reconcile the runner's ledger with the store (proto/README.md, 2 Handshake and reconcile).

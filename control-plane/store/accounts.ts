@@ -4,15 +4,38 @@ import type { StoreCtx } from './ctx.ts';
 export interface User {
   id: string;
   email: string;
-  created_at: Date;
+  createdAt: Date;
 }
 export interface Project {
+  id: string;
+  userId: string;
+  name: string;
+  createdAt: Date;
+  /** Most tasks of the project running at once, across all replicas; null: no limit. */
+  maxRunning: number | null;
+}
+
+/** A users row as SELECT * reads it. */
+interface UserRow {
+  id: string;
+  email: string;
+  created_at: Date;
+}
+/** A projects row as SELECT * reads it. */
+interface ProjectRow {
   id: string;
   user_id: string;
   name: string;
   created_at: Date;
-  /** Most tasks of the project running at once, across all replicas; null: no limit. */
   max_running: number | null;
+}
+
+function toUser(r: UserRow): User {
+  return { id: r.id, email: r.email, createdAt: r.created_at };
+}
+
+function toProject(r: ProjectRow): Project {
+  return { id: r.id, userId: r.user_id, name: r.name, createdAt: r.created_at, maxRunning: r.max_running };
 }
 
 /** Tokens are stored as their SHA-256; the plain token is shown once, when created. */
@@ -25,20 +48,20 @@ export class AccountsStore {
   constructor(private readonly c: StoreCtx) {}
 
   async createUser(email: string): Promise<User> {
-    const r = await this.c.db.query<User>(
+    const r = await this.c.db.query<UserRow>(
       'INSERT INTO users (id, email, created_at) VALUES ($1, $2, $3) RETURNING *',
       [this.c.ids(), email, this.c.clock.now()],
     );
-    return r.rows[0]!;
+    return toUser(r.rows[0]!);
   }
 
   async findUser(idOrEmail: string): Promise<User | undefined> {
-    const r = await this.c.db.query<User>('SELECT * FROM users WHERE id = $1 OR email = $1', [idOrEmail]);
-    return r.rows[0];
+    const r = await this.c.db.query<UserRow>('SELECT * FROM users WHERE id = $1 OR email = $1', [idOrEmail]);
+    return r.rows[0] && toUser(r.rows[0]);
   }
 
   async listUsers(): Promise<User[]> {
-    return (await this.c.db.query<User>('SELECT * FROM users ORDER BY id')).rows;
+    return (await this.c.db.query<UserRow>('SELECT * FROM users ORDER BY id')).rows.map(toUser);
   }
 
   /** Creates a token for a user and returns it in plain text; only its hash is kept. */
@@ -70,17 +93,17 @@ export class AccountsStore {
   }
 
   async createProject(userId: string, name: string): Promise<Project> {
-    const r = await this.c.db.query<Project>(
+    const r = await this.c.db.query<ProjectRow>(
       'INSERT INTO projects (id, user_id, name, created_at) VALUES ($1, $2, $3, $4) RETURNING *',
       [this.c.ids(), userId, name, this.c.clock.now()],
     );
-    return r.rows[0]!;
+    return toProject(r.rows[0]!);
   }
 
   /** A project, only if it belongs to the user: another user's project does not exist for them. */
   async projectOfUser(projectId: string, userId: string): Promise<Project | undefined> {
-    const r = await this.c.db.query<Project>('SELECT * FROM projects WHERE id = $1 AND user_id = $2', [projectId, userId]);
-    return r.rows[0];
+    const r = await this.c.db.query<ProjectRow>('SELECT * FROM projects WHERE id = $1 AND user_id = $2', [projectId, userId]);
+    return r.rows[0] && toProject(r.rows[0]);
   }
 
   /** Sets (or, with null, removes) the limit on the project's running tasks; false if no such project. */
@@ -91,8 +114,8 @@ export class AccountsStore {
 
   async listProjects(userId?: string): Promise<Project[]> {
     const r = userId
-      ? await this.c.db.query<Project>('SELECT * FROM projects WHERE user_id = $1 ORDER BY id', [userId])
-      : await this.c.db.query<Project>('SELECT * FROM projects ORDER BY id');
-    return r.rows;
+      ? await this.c.db.query<ProjectRow>('SELECT * FROM projects WHERE user_id = $1 ORDER BY id', [userId])
+      : await this.c.db.query<ProjectRow>('SELECT * FROM projects ORDER BY id');
+    return r.rows.map(toProject);
   }
 }

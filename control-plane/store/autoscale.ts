@@ -1,7 +1,40 @@
 import type { StoreCtx } from './ctx.ts';
 import { checkFence, type Fence } from './fence.ts';
 import type { FleetSnapshot, FleetStore, NewInstance } from '../../autoscaler/ports.ts';
-import type { AutoscaleState, InstanceType, ScaledCluster } from '../../autoscaler/types.ts';
+import type { AutoscaleState, AwsSettings, InstanceType, ScaledCluster } from '../../autoscaler/types.ts';
+
+/** A clusters row as AutoscaleStore.clusters reads it. */
+interface ScaledClusterRow {
+  id: string;
+  name: string;
+  provider: 'ec2' | 'local';
+  memory_mb: number;
+  runners_min: number;
+  runners_max: number;
+  runners_per_instance: number;
+  disable: boolean;
+  aws: AwsSettings | null;
+  user_data: string | null;
+  deleted_at: Date | null;
+  updated_at: Date;
+}
+
+function toScaledCluster(r: ScaledClusterRow): ScaledCluster {
+  return {
+    id: r.id,
+    name: r.name,
+    provider: r.provider,
+    memoryMb: r.memory_mb,
+    runnersMin: r.runners_min,
+    runnersMax: r.runners_max,
+    runnersPerInstance: r.runners_per_instance,
+    disable: r.disable,
+    aws: r.aws,
+    userData: r.user_data,
+    deletedAt: r.deleted_at,
+    updatedAt: r.updated_at,
+  };
+}
 
 /**
  * The autoscaler's reads and writes (leader work: every write is fenced). Instances are the
@@ -28,7 +61,7 @@ export class AutoscaleStore {
 
   async clusters(): Promise<ScaledCluster[]> {
     return (
-      await this.c.db.query<ScaledCluster>(
+      await this.c.db.query<ScaledClusterRow>(
         `SELECT c.id, c.name, c.provider, c.memory_mb, c.runners_min, c.runners_max, c.runners_per_instance, c.disable,
            c.aws, c.user_data, c.deleted_at, c.updated_at
          FROM clusters c
@@ -36,7 +69,7 @@ export class AutoscaleStore {
            AND (c.deleted_at IS NULL OR EXISTS (SELECT 1 FROM cluster_instances i WHERE i.cluster_id = c.id AND i.type <> 'TERMINATE'))
          ORDER BY c.id`,
       )
-    ).rows;
+    ).rows.map(toScaledCluster);
   }
 
   async loadState(clusterId: string): Promise<AutoscaleState | undefined> {

@@ -16,25 +16,25 @@ export { MAX_USER_TAGS, type AwsSettings, type BlockDeviceMapping, type Instance
 export interface Cluster {
   id: string;
   name: string;
-  user_id: string | null;
-  memory_mb: number;
-  created_at: Date;
-  updated_at: Date;
+  userId: string | null;
+  memoryMb: number;
+  createdAt: Date;
+  updatedAt: Date;
 }
 
 /** Every setting of a cluster; secrets only as "is it set". */
 export interface ClusterDetail extends Cluster {
-  disk_bytes: number;
-  shared_to: string[];
+  diskBytes: number;
+  sharedTo: string[];
   provider: 'ec2' | 'local' | null;
   aws: AwsSettings | null;
-  user_data: string | null;
+  userData: string | null;
   disable: boolean;
-  runners_min: number;
-  runners_max: number;
-  runners_per_instance: number;
-  deleted_at: Date | null;
-  secrets: { aws_access_key_id: boolean; aws_secret_access_key: boolean; docker_auth: boolean; docker_email: boolean };
+  runnersMin: number;
+  runnersMax: number;
+  runnersPerInstance: number;
+  deletedAt: Date | null;
+  secrets: { awsAccessKeyId: boolean; awsSecretAccessKey: boolean; dockerAuth: boolean; dockerEmail: boolean };
   /** What the cluster's task containers may do (lib/container-policy.ts). */
   container: ContainerPolicy;
 }
@@ -87,30 +87,30 @@ export interface ClusterPatch {
 
 export interface ClusterInstance {
   id: string;
-  cluster_id: string;
-  instance_id: string;
+  clusterId: string;
+  instanceId: string;
   provider: 'ec2' | 'local';
   type: InstanceType;
-  intent_id: string | null;
-  runners_total: number;
-  runners_available: number;
+  intentId: string | null;
+  runnersTotal: number;
+  runnersAvailable: number;
   version: string | null;
-  subnet_id: string | null;
-  launched_at: Date | null;
-  live_at: Date | null;
-  kill_at: Date | null;
-  terminated_at: Date | null;
-  boot_deadline: Date | null;
-  created_at: Date;
-  updated_at: Date;
+  subnetId: string | null;
+  launchedAt: Date | null;
+  liveAt: Date | null;
+  killAt: Date | null;
+  terminatedAt: Date | null;
+  bootDeadline: Date | null;
+  createdAt: Date;
+  updatedAt: Date;
 }
 
 export interface ClusterStats {
   /** The autoscaler's fast EWMA of demand (busy + queued); 0 before its first tick. */
   ewma: number;
   queued: number;
-  runners_total: number;
-  runners_available: number;
+  runnersTotal: number;
+  runnersAvailable: number;
   /** Instances not terminated, and those terminated in the last hour; runner counts live. */
   instances: ClusterInstance[];
 }
@@ -180,7 +180,78 @@ interface ContainerRow {
   c_nofile: number;
   c_network: string;
 }
-type DetailRow = Omit<ClusterDetail, 'secrets' | 'container'> & ContainerRow & { s_key: boolean; s_secret: boolean; s_auth: boolean; s_email: boolean };
+/** A clusters row as BASE_COLS reads it. */
+interface ClusterRow {
+  id: string;
+  name: string;
+  user_id: string | null;
+  memory_mb: number;
+  created_at: Date;
+  updated_at: Date;
+}
+/** A clusters row as DETAIL_COLS reads it. */
+interface DetailRow extends ClusterRow, ContainerRow {
+  disk_bytes: number | string;
+  shared_to: string[] | null;
+  provider: 'ec2' | 'local' | null;
+  aws: AwsSettings | null;
+  user_data: string | null;
+  disable: boolean;
+  runners_min: number;
+  runners_max: number;
+  runners_per_instance: number;
+  deleted_at: Date | null;
+  s_key: boolean;
+  s_secret: boolean;
+  s_auth: boolean;
+  s_email: boolean;
+}
+/** A cluster_instances row as SELECT * reads it. */
+interface InstanceRow {
+  id: string;
+  cluster_id: string;
+  instance_id: string;
+  provider: 'ec2' | 'local';
+  type: InstanceType;
+  intent_id: string | null;
+  runners_total: number;
+  runners_available: number;
+  version: string | null;
+  subnet_id: string | null;
+  launched_at: Date | null;
+  live_at: Date | null;
+  kill_at: Date | null;
+  terminated_at: Date | null;
+  boot_deadline: Date | null;
+  created_at: Date;
+  updated_at: Date;
+}
+
+function toCluster(r: ClusterRow): Cluster {
+  return { id: r.id, name: r.name, userId: r.user_id, memoryMb: r.memory_mb, createdAt: r.created_at, updatedAt: r.updated_at };
+}
+
+function toInstance(r: InstanceRow): ClusterInstance {
+  return {
+    id: r.id,
+    clusterId: r.cluster_id,
+    instanceId: r.instance_id,
+    provider: r.provider,
+    type: r.type,
+    intentId: r.intent_id,
+    runnersTotal: r.runners_total,
+    runnersAvailable: r.runners_available,
+    version: r.version,
+    subnetId: r.subnet_id,
+    launchedAt: r.launched_at,
+    liveAt: r.live_at,
+    killAt: r.kill_at,
+    terminatedAt: r.terminated_at,
+    bootDeadline: r.boot_deadline,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}
 
 function toContainer(r: ContainerRow): ContainerPolicy {
   return {
@@ -195,13 +266,20 @@ function toContainer(r: ContainerRow): ContainerPolicy {
 }
 
 function toDetail(r: DetailRow): ClusterDetail {
-  const { s_key, s_secret, s_auth, s_email, c_cap_add, c_pids_limit, c_read_only_rootfs, c_tmp_size_mb, c_user, c_nofile, c_network, ...rest } = r;
   return {
-    ...rest,
-    disk_bytes: Number(rest.disk_bytes),
-    shared_to: rest.shared_to ?? [],
-    secrets: { aws_access_key_id: s_key, aws_secret_access_key: s_secret, docker_auth: s_auth, docker_email: s_email },
-    container: toContainer({ c_cap_add, c_pids_limit, c_read_only_rootfs, c_tmp_size_mb, c_user, c_nofile, c_network }),
+    ...toCluster(r),
+    diskBytes: Number(r.disk_bytes),
+    sharedTo: r.shared_to ?? [],
+    provider: r.provider,
+    aws: r.aws,
+    userData: r.user_data,
+    disable: r.disable,
+    runnersMin: r.runners_min,
+    runnersMax: r.runners_max,
+    runnersPerInstance: r.runners_per_instance,
+    deletedAt: r.deleted_at,
+    secrets: { awsAccessKeyId: r.s_key, awsSecretAccessKey: r.s_secret, dockerAuth: r.s_auth, dockerEmail: r.s_email },
+    container: toContainer(r),
   };
 }
 
@@ -258,12 +336,12 @@ export class ClustersStore {
     const token = randomBytes(24).toString('hex');
     const id = this.c.ids();
     const now = this.c.clock.now();
-    const r = await this.c.db.query<Cluster>(
+    const r = await this.c.db.query<ClusterRow>(
       `INSERT INTO clusters (id, name, user_id, token_hash, token_enc, memory_mb, created_at, updated_at)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING ${BASE_COLS}`,
       [id, name, o.userId ?? null, hashToken(token), this.#box ? this.#seal(id, 'runner_token', token) : null, o.memoryMb ?? 512, now],
     );
-    return { cluster: r.rows[0]!, token };
+    return { cluster: toCluster(r.rows[0]!), token };
   }
 
   /**
@@ -340,15 +418,17 @@ export class ClustersStore {
   }
 
   async byName(name: string): Promise<Cluster | undefined> {
-    return (await this.c.db.query<Cluster>(`SELECT ${BASE_COLS} FROM clusters WHERE name = $1 AND deleted_at IS NULL`, [name])).rows[0];
+    const r = (await this.c.db.query<ClusterRow>(`SELECT ${BASE_COLS} FROM clusters WHERE name = $1 AND deleted_at IS NULL`, [name])).rows[0];
+    return r && toCluster(r);
   }
 
   async byId(id: string): Promise<Cluster | undefined> {
-    return (await this.c.db.query<Cluster>(`SELECT ${BASE_COLS} FROM clusters WHERE id = $1 AND deleted_at IS NULL`, [id])).rows[0];
+    const r = (await this.c.db.query<ClusterRow>(`SELECT ${BASE_COLS} FROM clusters WHERE id = $1 AND deleted_at IS NULL`, [id])).rows[0];
+    return r && toCluster(r);
   }
 
   async list(): Promise<Cluster[]> {
-    return (await this.c.db.query<Cluster>(`SELECT ${BASE_COLS} FROM clusters WHERE deleted_at IS NULL ORDER BY name`)).rows;
+    return (await this.c.db.query<ClusterRow>(`SELECT ${BASE_COLS} FROM clusters WHERE deleted_at IS NULL ORDER BY name`)).rows.map(toCluster);
   }
 
   /** Every setting of a live cluster (secrets only as booleans). */
@@ -364,8 +444,8 @@ export class ClustersStore {
   async getForUser(userId: string, id: string): Promise<{ cluster: ClusterDetail; access: 'owner' | 'shared' } | undefined> {
     const c = await this.detail(id);
     if (!c) return undefined;
-    if (c.user_id === userId) return { cluster: c, access: 'owner' };
-    if (c.shared_to.includes(userId)) return { cluster: c, access: 'shared' };
+    if (c.userId === userId) return { cluster: c, access: 'owner' };
+    if (c.sharedTo.includes(userId)) return { cluster: c, access: 'shared' };
     return undefined;
   }
 
@@ -394,12 +474,12 @@ export class ClustersStore {
       if (!row) throw new ClusterConflictError('The cluster was deleted');
       const cur = toDetail(row);
       const aws = p.aws === undefined ? cur.aws : mergeAws(cur.aws, p.aws);
-      const runnersMin = p.runnersMin ?? cur.runners_min;
-      const runnersMax = p.runnersMax ?? cur.runners_max;
-      const rpi = p.runnersPerInstance ?? cur.runners_per_instance;
+      const runnersMin = p.runnersMin ?? cur.runnersMin;
+      const runnersMax = p.runnersMax ?? cur.runnersMax;
+      const rpi = p.runnersPerInstance ?? cur.runnersPerInstance;
       const hasKeys =
-        (sealed.aws_access_key_id_enc !== undefined || cur.secrets.aws_access_key_id) &&
-        (sealed.aws_secret_access_key_enc !== undefined || cur.secrets.aws_secret_access_key);
+        (sealed.aws_access_key_id_enc !== undefined || cur.secrets.awsAccessKeyId) &&
+        (sealed.aws_secret_access_key_enc !== undefined || cur.secrets.awsSecretAccessKey);
       validateMerged({ aws, runnersMin, runnersMax, rpi, hasKeys });
       if (p.name !== undefined && p.name !== cur.name) await this.#checkRename(q, cur, p.name);
       const sets: string[] = [];
@@ -427,7 +507,7 @@ export class ClustersStore {
   }
 
   async #checkRename(q: Queryable, cur: ClusterDetail, name: string): Promise<void> {
-    await this.#checkNameFree(q, name, cur.user_id ?? '', cur.id);
+    await this.#checkNameFree(q, name, cur.userId ?? '', cur.id);
     const r = await q.query<{ busy: boolean }>(
       `SELECT EXISTS (SELECT 1 FROM tasks WHERE cluster = $1 AND status IN ('queued', 'running'))
            OR EXISTS (SELECT 1 FROM schedules WHERE cluster = $1 AND status = 'scheduled')
@@ -498,12 +578,12 @@ export class ClustersStore {
 
   /** The cluster's instances, oldest first; terminated ones only when asked. */
   async instances(clusterId: string, o: { includeTerminated?: boolean } = {}): Promise<ClusterInstance[]> {
-    const r = await this.c.db.query<ClusterInstance>(
+    const r = await this.c.db.query<InstanceRow>(
       `SELECT * FROM cluster_instances WHERE cluster_id = $1 ${o.includeTerminated ? '' : `AND type <> 'TERMINATE'`}
        ORDER BY created_at, id`,
       [clusterId],
     );
-    return r.rows;
+    return r.rows.map(toInstance);
   }
 
   /**
@@ -551,7 +631,7 @@ export class ClustersStore {
          FROM runners r WHERE r.cluster_id = $1 AND r.connected`,
         [clusterId],
       ),
-      this.c.db.query<ClusterInstance>(
+      this.c.db.query<InstanceRow>(
         `SELECT * FROM cluster_instances WHERE cluster_id = $1
            AND (type <> 'TERMINATE' OR terminated_at IS NULL OR terminated_at > $2)
          ORDER BY created_at, id`,
@@ -577,11 +657,12 @@ export class ClustersStore {
     return {
       ewma: Number(state.rows[0]?.ewma ?? 0),
       queued: queued.rows[0]!.n,
-      runners_total: total,
-      runners_available: available,
-      instances: instances.rows.map((i) => {
-        const p = per.get(i.instance_id);
-        return p ? { ...i, runners_total: p.total, runners_available: p.available } : i;
+      runnersTotal: total,
+      runnersAvailable: available,
+      instances: instances.rows.map((row) => {
+        const i = toInstance(row);
+        const p = per.get(i.instanceId);
+        return p ? { ...i, runnersTotal: p.total, runnersAvailable: p.available } : i;
       }),
     };
   }
@@ -629,12 +710,13 @@ export class ClustersStore {
 
   /** The live cluster whose id and runner token these are, or undefined. */
   async authenticate(clusterId: string, token: string): Promise<Cluster | undefined> {
-    return (
-      await this.c.db.query<Cluster>(
+    const r = (
+      await this.c.db.query<ClusterRow>(
         `SELECT ${BASE_COLS} FROM clusters WHERE id = $1 AND token_hash = $2 AND deleted_at IS NULL`,
         [clusterId, hashToken(token)],
       )
     ).rows[0];
+    return r && toCluster(r);
   }
 
   /** Replaces the runner token; runners holding the old one are refused from now on. */

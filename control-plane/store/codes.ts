@@ -7,11 +7,11 @@ export interface CodeSettings {
   image: string;
   command?: string | null;
   config?: string | null;
-  max_concurrency?: number | null;
+  maxConcurrency?: number | null;
   retries?: number;
-  retries_delay?: number;
-  default_priority?: number;
-  env_vars?: Record<string, string>;
+  retriesDelay?: number;
+  defaultPriority?: number;
+  envVars?: Record<string, string>;
   stack?: string | null;
 }
 
@@ -23,7 +23,36 @@ export interface CodeArchive {
 
 export interface CodeRevision {
   id: string;
-  code_id: string;
+  codeId: string;
+  projectId: string;
+  rev: number;
+  image: string;
+  command: string | null;
+  config: string | null;
+  maxConcurrency: number | null;
+  retries: number;
+  retriesDelay: number;
+  defaultPriority: number;
+  envVars: Record<string, string>;
+  stack: string | null;
+  fileName: string | null;
+  checksum: string | null;
+  codeSize: number | null;
+  createdAt: Date;
+}
+
+/** A code package as the API shows it: the package plus its latest revision's settings. */
+export interface Code extends Omit<CodeRevision, 'id' | 'codeId' | 'createdAt'> {
+  id: string;
+  name: string;
+  latestRevisionId: string;
+  paused: boolean;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+/** The columns a package shares with its latest revision, as both reads name them. */
+interface SettingsRow {
   project_id: string;
   rev: number;
   image: string;
@@ -38,17 +67,58 @@ export interface CodeRevision {
   file_name: string | null;
   checksum: string | null;
   code_size: number | null;
+}
+
+/** A code_revisions row as SELECT * reads it. */
+interface CodeRevisionRow extends SettingsRow {
+  id: string;
+  code_id: string;
   created_at: Date;
 }
 
-/** A code package as the API shows it: the package plus its latest revision's settings. */
-export interface Code extends Omit<CodeRevision, 'id' | 'code_id' | 'created_at'> {
+/** A package joined with its latest revision (CODE_COLUMNS). */
+interface CodeRow extends SettingsRow {
   id: string;
   name: string;
   latest_revision_id: string;
   paused: boolean;
   created_at: Date;
   updated_at: Date;
+}
+
+function toSettings(r: SettingsRow): Omit<CodeRevision, 'id' | 'codeId' | 'createdAt'> {
+  return {
+    projectId: r.project_id,
+    rev: r.rev,
+    image: r.image,
+    command: r.command,
+    config: r.config,
+    maxConcurrency: r.max_concurrency,
+    retries: r.retries,
+    retriesDelay: r.retries_delay,
+    defaultPriority: r.default_priority,
+    envVars: r.env_vars,
+    stack: r.stack,
+    fileName: r.file_name,
+    checksum: r.checksum,
+    codeSize: r.code_size,
+  };
+}
+
+function toRevision(r: CodeRevisionRow): CodeRevision {
+  return { id: r.id, codeId: r.code_id, ...toSettings(r), createdAt: r.created_at };
+}
+
+function toCode(r: CodeRow): Code {
+  return {
+    id: r.id,
+    name: r.name,
+    latestRevisionId: r.latest_revision_id,
+    paused: r.paused,
+    ...toSettings(r),
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
 }
 
 const CODE_COLUMNS = `c.id, c.project_id, c.name, c.rev, c.latest_revision_id, c.paused, c.created_at, c.updated_at,
@@ -95,10 +165,12 @@ export class CodesStore {
           [projectId, name],
         )
       ).rows[0]!;
-      const prev =
+      const prevRow =
         code.rev > 0
-          ? (await q.query<CodeRevision>('SELECT * FROM code_revisions WHERE id = $1', [code.latest_revision_id])).rows[0]
+          ? (await q.query<CodeRevisionRow>('SELECT * FROM code_revisions WHERE id = $1', [code.latest_revision_id])).rows[0]
           : undefined;
+      // As a CodeRevision, whose field names are the settings' names (pick reads it by them).
+      const prev = prevRow && toRevision(prevRow);
       const pick = <K extends keyof CodeSettings>(k: K, def: NonNullable<CodeSettings[K]> | null) =>
         s[k] !== undefined ? s[k] : prev ? (prev[k as keyof CodeRevision] as CodeSettings[K]) : def;
       const revId = this.c.ids();
@@ -115,11 +187,11 @@ export class CodesStore {
           s.image,
           pick('command', null),
           pick('config', null),
-          pick('max_concurrency', null),
+          pick('maxConcurrency', null),
           pick('retries', 0) ?? 0,
-          pick('retries_delay', 0) ?? 0,
-          pick('default_priority', 0) ?? 0,
-          JSON.stringify(pick('env_vars', {}) ?? {}),
+          pick('retriesDelay', 0) ?? 0,
+          pick('defaultPriority', 0) ?? 0,
+          JSON.stringify(pick('envVars', {}) ?? {}),
           pick('stack', null),
           archive?.fileName ?? null,
           archive?.checksum ?? null,
@@ -136,36 +208,36 @@ export class CodesStore {
         revId,
         now,
       ]);
-      return (await q.query<Code>(`SELECT ${CODE_COLUMNS} FROM codes c JOIN code_revisions r ON r.id = c.latest_revision_id WHERE c.id = $1`, [code.id])).rows[0]!;
+      return toCode((await q.query<CodeRow>(`SELECT ${CODE_COLUMNS} FROM codes c JOIN code_revisions r ON r.id = c.latest_revision_id WHERE c.id = $1`, [code.id])).rows[0]!);
     });
   }
 
   async list(projectId: string, p: Page): Promise<Code[]> {
     const { limit, offset } = pageSql(p);
-    const r = await this.c.db.query<Code>(
+    const r = await this.c.db.query<CodeRow>(
       `SELECT ${CODE_COLUMNS} FROM codes c JOIN code_revisions r ON r.id = c.latest_revision_id
        WHERE c.project_id = $1 AND c.deleted_at IS NULL ORDER BY c.name, c.id LIMIT $2 OFFSET $3`,
       [projectId, limit, offset],
     );
-    return r.rows;
+    return r.rows.map(toCode);
   }
 
   async get(projectId: string, codeId: string): Promise<Code | undefined> {
-    const r = await this.c.db.query<Code>(
+    const r = await this.c.db.query<CodeRow>(
       `SELECT ${CODE_COLUMNS} FROM codes c JOIN code_revisions r ON r.id = c.latest_revision_id
        WHERE c.project_id = $1 AND c.id = $2 AND c.deleted_at IS NULL`,
       [projectId, codeId],
     );
-    return r.rows[0];
+    return r.rows[0] && toCode(r.rows[0]);
   }
 
   async getByName(projectId: string, name: string): Promise<Code | undefined> {
-    const r = await this.c.db.query<Code>(
+    const r = await this.c.db.query<CodeRow>(
       `SELECT ${CODE_COLUMNS} FROM codes c JOIN code_revisions r ON r.id = c.latest_revision_id
        WHERE c.project_id = $1 AND c.name = $2 AND c.deleted_at IS NULL`,
       [projectId, name],
     );
-    return r.rows[0];
+    return r.rows[0] && toCode(r.rows[0]);
   }
 
   /**
@@ -191,16 +263,17 @@ export class CodesStore {
 
   async revisions(codeId: string, p: Page): Promise<CodeRevision[]> {
     const { limit, offset } = pageSql(p);
-    const r = await this.c.db.query<CodeRevision>(
+    const r = await this.c.db.query<CodeRevisionRow>(
       'SELECT * FROM code_revisions WHERE code_id = $1 ORDER BY rev LIMIT $2 OFFSET $3',
       [codeId, limit, offset],
     );
-    return r.rows;
+    return r.rows.map(toRevision);
   }
 
   async revision(codeId: string, rev: number): Promise<CodeRevision | undefined> {
-    return (await this.c.db.query<CodeRevision>('SELECT * FROM code_revisions WHERE code_id = $1 AND rev = $2', [codeId, rev]))
+    const r = (await this.c.db.query<CodeRevisionRow>('SELECT * FROM code_revisions WHERE code_id = $1 AND rev = $2', [codeId, rev]))
       .rows[0];
+    return r && toRevision(r);
   }
 
   /** The zip bundle of a revision, if it has one. */

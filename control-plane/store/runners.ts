@@ -1,6 +1,34 @@
 import type { StoreCtx } from './ctx.ts';
 
-export interface RunnerRow {
+/** A runner as the registry last knew it. */
+export interface Runner {
+  id: string;
+  clusterId: string;
+  sessionEpoch: number;
+  sessionId: string | null;
+  serverId: string | null;
+  hostname: string | null;
+  agentVersion: string | null;
+  dockerVersion: string | null;
+  instanceId: string | null;
+  slots: number;
+  memoryMb: number | null;
+  connected: boolean;
+  draining: boolean;
+  connectedAt: Date | null;
+  lastBeatAt: Date | null;
+  disconnectedAt: Date | null;
+  stats: Record<string, unknown> | null;
+  /** Length of the runner's last penalty (the next doubles it); 0 once it started a task. */
+  penaltyMs: number;
+  /** No offers to the runner before this. */
+  penaltyUntil: Date | null;
+  /** What the last penalty was for. */
+  penaltyReason: string | null;
+}
+
+/** A runners row as SELECT * reads it (the columns Runner carries). */
+interface RunnerRow {
   id: string;
   cluster_id: string;
   session_epoch: number;
@@ -18,12 +46,34 @@ export interface RunnerRow {
   last_beat_at: Date | null;
   disconnected_at: Date | null;
   stats: Record<string, unknown> | null;
-  /** Length of the runner's last penalty (the next doubles it); 0 once it started a task. */
   penalty_ms: number;
-  /** No offers to the runner before this. */
   penalty_until: Date | null;
-  /** What the last penalty was for. */
   penalty_reason: string | null;
+}
+
+function toRunner(r: RunnerRow): Runner {
+  return {
+    id: r.id,
+    clusterId: r.cluster_id,
+    sessionEpoch: r.session_epoch,
+    sessionId: r.session_id,
+    serverId: r.server_id,
+    hostname: r.hostname,
+    agentVersion: r.agent_version,
+    dockerVersion: r.docker_version,
+    instanceId: r.instance_id,
+    slots: r.slots,
+    memoryMb: r.memory_mb,
+    connected: r.connected,
+    draining: r.draining,
+    connectedAt: r.connected_at,
+    lastBeatAt: r.last_beat_at,
+    disconnectedAt: r.disconnected_at,
+    stats: r.stats,
+    penaltyMs: r.penalty_ms,
+    penaltyUntil: r.penalty_until,
+    penaltyReason: r.penalty_reason,
+  };
 }
 
 export interface RunnerHello {
@@ -47,7 +97,7 @@ export class RunnersStore {
    * granted or keeps) and records it as connected to `serverId`. Refused (undefined) when the
    * runner id belongs to another cluster.
    */
-  async connect(h: RunnerHello, sessionId: string, serverId: string): Promise<RunnerRow | undefined> {
+  async connect(h: RunnerHello, sessionId: string, serverId: string): Promise<Runner | undefined> {
     const now = this.c.clock.now();
     const r = await this.c.db.query<RunnerRow>(
       `INSERT INTO runners (id, cluster_id, session_epoch, session_id, server_id, boot_id, hostname, agent_version,
@@ -61,7 +111,7 @@ export class RunnersStore {
       [h.runnerId, h.clusterId, sessionId, serverId, h.bootId, h.hostname, h.agentVersion, h.dockerVersion,
         h.instanceId || null, h.slots, h.memoryMb, now],
     );
-    return r.rows[0];
+    return r.rows[0] && toRunner(r.rows[0]);
   }
 
   /** The session ended; only the session that is current may mark the runner disconnected. */
@@ -94,8 +144,9 @@ export class RunnersStore {
     await this.c.db.query('UPDATE runners SET draining = $2 WHERE id = $1', [runnerId, draining]);
   }
 
-  async get(runnerId: string): Promise<RunnerRow | undefined> {
-    return (await this.c.db.query<RunnerRow>('SELECT * FROM runners WHERE id = $1', [runnerId])).rows[0];
+  async get(runnerId: string): Promise<Runner | undefined> {
+    const r = (await this.c.db.query<RunnerRow>('SELECT * FROM runners WHERE id = $1', [runnerId])).rows[0];
+    return r && toRunner(r);
   }
 
   /** The runner holds a session on some replica and has beaten within `withinMs`. */

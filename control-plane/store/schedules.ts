@@ -6,13 +6,32 @@ import type { QuotasStore } from './quotas.ts';
 
 export interface Schedule {
   id: string;
-  project_id: string;
-  code_name: string;
+  projectId: string;
+  codeName: string;
   name: string | null;
   payload: string;
   priority: number;
   timeout: number;
   cluster: string;
+  taskDelay: number;
+  startAt: Date;
+  runEvery: number | null;
+  endAt: Date | null;
+  runTimes: number | null;
+  runCount: number;
+  errorCount: number;
+  lastRunTime: Date | null;
+  nextStart: Date | null;
+  status: 'scheduled' | 'complete' | 'cancelled';
+  msg: string | null;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+/** A schedules row as SELECT * reads it; the columns of one word under Schedule's own names. */
+interface ScheduleRow extends Pick<Schedule, 'id' | 'name' | 'payload' | 'priority' | 'timeout' | 'cluster' | 'status' | 'msg'> {
+  project_id: string;
+  code_name: string;
   task_delay: number;
   start_at: Date;
   run_every: number | null;
@@ -22,10 +41,34 @@ export interface Schedule {
   error_count: number;
   last_run_time: Date | null;
   next_start: Date | null;
-  status: 'scheduled' | 'complete' | 'cancelled';
-  msg: string | null;
   created_at: Date;
   updated_at: Date;
+}
+
+function toSchedule(r: ScheduleRow): Schedule {
+  return {
+    id: r.id,
+    projectId: r.project_id,
+    codeName: r.code_name,
+    name: r.name,
+    payload: r.payload,
+    priority: r.priority,
+    timeout: r.timeout,
+    cluster: r.cluster,
+    taskDelay: r.task_delay,
+    startAt: r.start_at,
+    runEvery: r.run_every,
+    endAt: r.end_at,
+    runTimes: r.run_times,
+    runCount: r.run_count,
+    errorCount: r.error_count,
+    lastRunTime: r.last_run_time,
+    nextStart: r.next_start,
+    status: r.status,
+    msg: r.msg,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
 }
 
 export interface NewSchedule {
@@ -54,14 +97,14 @@ export function nextPeriodAfter(startAt: Date, runEvery: number, now: Date): Dat
 }
 
 /** What firing a schedule at `now` makes of it: its next start, or its end and why. */
-export function afterFiring(s: Pick<Schedule, 'start_at' | 'run_every' | 'end_at' | 'run_times' | 'run_count'>, now: Date) {
-  const runCount = s.run_count + 1;
-  if (s.run_times !== null && runCount >= s.run_times) {
+export function afterFiring(s: Pick<Schedule, 'startAt' | 'runEvery' | 'endAt' | 'runTimes' | 'runCount'>, now: Date) {
+  const runCount = s.runCount + 1;
+  if (s.runTimes !== null && runCount >= s.runTimes) {
     return { runCount, nextStart: null, status: 'complete' as const, msg: 'Ran max times.' };
   }
-  if (s.run_every === null) return { runCount, nextStart: null, status: 'complete' as const, msg: 'Ran once.' };
-  const next = nextPeriodAfter(s.start_at, s.run_every, now);
-  if (s.end_at !== null && next > s.end_at) {
+  if (s.runEvery === null) return { runCount, nextStart: null, status: 'complete' as const, msg: 'Ran once.' };
+  const next = nextPeriodAfter(s.startAt, s.runEvery, now);
+  if (s.endAt !== null && next > s.endAt) {
     return { runCount, nextStart: null, status: 'complete' as const, msg: 'Reached end_at.' };
   }
   return { runCount, nextStart: next, status: 'scheduled' as const, msg: null };
@@ -101,17 +144,18 @@ export class SchedulesStore {
   async list(projectId: string, p: Page): Promise<Schedule[]> {
     const { limit, offset } = pageSql(p);
     return (
-      await this.c.db.query<Schedule>('SELECT * FROM schedules WHERE project_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3', [
+      await this.c.db.query<ScheduleRow>('SELECT * FROM schedules WHERE project_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3', [
         projectId,
         limit,
         offset,
       ])
-    ).rows;
+    ).rows.map(toSchedule);
   }
 
   async get(projectId: string, id: string): Promise<Schedule | undefined> {
-    return (await this.c.db.query<Schedule>('SELECT * FROM schedules WHERE project_id = $1 AND id = $2', [projectId, id]))
+    const r = (await this.c.db.query<ScheduleRow>('SELECT * FROM schedules WHERE project_id = $1 AND id = $2', [projectId, id]))
       .rows[0];
+    return r && toSchedule(r);
   }
 
   /** Cancels a schedule that is still scheduled; returns the schedule after, or undefined. */
@@ -147,36 +191,37 @@ export class SchedulesStore {
   private async fireOne(id: string, now: Date, fence: Fence | undefined): Promise<boolean> {
     return this.c.db.tx(async (q) => {
       await checkFence(q, fence);
-      const s = (
-        await q.query<Schedule>(
+      const row = (
+        await q.query<ScheduleRow>(
           `SELECT * FROM schedules WHERE id = $1 AND status = 'scheduled' AND next_start <= $2 FOR UPDATE SKIP LOCKED`,
           [id, now],
         )
       ).rows[0];
-      if (!s || !s.next_start) return false;
+      const s = row && toSchedule(row);
+      if (!s || !s.nextStart) return false;
       const code = (
         await q.query<{ id: string; rev: number; revision_id: string; retries: number; retries_delay: number }>(
           `SELECT c.id, c.rev, r.id AS revision_id, r.retries, r.retries_delay
            FROM codes c JOIN code_revisions r ON r.id = c.latest_revision_id
            WHERE c.project_id = $1 AND c.name = $2 AND c.deleted_at IS NULL`,
-          [s.project_id, s.code_name],
+          [s.projectId, s.codeName],
         )
       ).rows[0];
       if (!code) {
         // Nothing was queued: an error, not a run. run_count is "the number of times the
         // scheduled task was queued" (IronWorker), so it and last_run_time stay, and run_times
         // cannot end the schedule; the period still passes (no burst when the code returns).
-        const skip = afterFiring({ ...s, run_times: null }, now);
+        const skip = afterFiring({ ...s, runTimes: null }, now);
         await q.query(
           `UPDATE schedules SET error_count = error_count + 1, next_start = $2, status = $3, msg = $4, updated_at = $5
            WHERE id = $1`,
-          [s.id, skip.nextStart, skip.status, `Code package "${s.code_name}" not found; no task queued.`, now],
+          [s.id, skip.nextStart, skip.status, `Code package "${s.codeName}" not found; no task queued.`, now],
         );
         return true;
       }
-      const refused = await this.quotas.admitQueued(q, s.project_id, 1);
+      const refused = await this.quotas.admitQueued(q, s.projectId, 1);
       if (refused) {
-        const skip = afterFiring({ ...s, run_times: null }, now);
+        const skip = afterFiring({ ...s, runTimes: null }, now);
         await q.query(
           `UPDATE schedules SET error_count = error_count + 1, next_start = $2, status = $3, msg = $4, updated_at = $5
            WHERE id = $1`,
@@ -187,9 +232,9 @@ export class SchedulesStore {
       const next = afterFiring(s, now);
       await this.tasks.insert(q, [
         {
-          projectId: s.project_id,
+          projectId: s.projectId,
           codeId: code.id,
-          codeName: s.code_name,
+          codeName: s.codeName,
           revisionId: code.revision_id,
           rev: code.rev,
           retries: code.retries,
@@ -198,10 +243,10 @@ export class SchedulesStore {
           priority: s.priority,
           cluster: s.cluster,
           timeout: s.timeout,
-          delay: s.task_delay,
+          delay: s.taskDelay,
           label: s.name,
           scheduleId: s.id,
-          scheduledFor: s.next_start,
+          scheduledFor: s.nextStart,
         },
       ]);
       await q.query(

@@ -10,11 +10,11 @@ export const FINAL_STATUSES: readonly TaskStatus[] = ['complete', 'error', 'canc
 
 export interface Task {
   id: string;
-  project_id: string;
-  code_id: string;
-  code_name: string;
-  code_revision_id: string;
-  code_rev: number;
+  projectId: string;
+  codeId: string;
+  codeName: string;
+  codeRevisionId: string;
+  codeRev: number;
   status: TaskStatus;
   priority: number;
   cluster: string;
@@ -24,6 +24,34 @@ export interface Task {
   label: string | null;
   msg: string | null;
   percent: number | null;
+  scheduleId: string | null;
+  originalTaskId: string | null;
+  retryTaskId: string | null;
+  retryCount: number;
+  createdAt: Date;
+  updatedAt: Date;
+  eligibleAt: Date;
+  startTime: Date | null;
+  endTime: Date | null;
+  logSize: number;
+  exitCode: number | null;
+  attempt: number;
+  runnerLosses: number;
+  runnerId: string | null;
+  runTimes: number;
+}
+
+/**
+ * A tasks row as SELECT * reads it: the columns Task carries (the others stay in the
+ * store), those of one word under Task's own names.
+ */
+interface TaskRow
+  extends Pick<Task, 'id' | 'status' | 'priority' | 'cluster' | 'timeout' | 'delay' | 'payload' | 'label' | 'msg' | 'percent' | 'attempt'> {
+  project_id: string;
+  code_id: string;
+  code_name: string;
+  code_revision_id: string;
+  code_rev: number;
   schedule_id: string | null;
   original_task_id: string | null;
   retry_task_id: string | null;
@@ -35,10 +63,44 @@ export interface Task {
   end_time: Date | null;
   log_size: number;
   exit_code: number | null;
-  attempt: number;
   runner_losses: number;
   runner_id: string | null;
   run_times: number;
+}
+
+function toTask(r: TaskRow): Task {
+  return {
+    id: r.id,
+    projectId: r.project_id,
+    codeId: r.code_id,
+    codeName: r.code_name,
+    codeRevisionId: r.code_revision_id,
+    codeRev: r.code_rev,
+    status: r.status,
+    priority: r.priority,
+    cluster: r.cluster,
+    timeout: r.timeout,
+    delay: r.delay,
+    payload: r.payload,
+    label: r.label,
+    msg: r.msg,
+    percent: r.percent,
+    scheduleId: r.schedule_id,
+    originalTaskId: r.original_task_id,
+    retryTaskId: r.retry_task_id,
+    retryCount: r.retry_count,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+    eligibleAt: r.eligible_at,
+    startTime: r.start_time,
+    endTime: r.end_time,
+    logSize: r.log_size,
+    exitCode: r.exit_code,
+    attempt: r.attempt,
+    runnerLosses: r.runner_losses,
+    runnerId: r.runner_id,
+    runTimes: r.run_times,
+  };
 }
 
 /** A task to queue, its code already resolved to the revision it will run. */
@@ -173,17 +235,18 @@ export class TasksStore {
     if (f.statuses && f.statuses.length > 0) where.push(`status = ANY($${params.push(f.statuses)}::text[])`);
     if (f.from) where.push(`created_at >= $${params.push(f.from)}`);
     if (f.to) where.push(`created_at <= $${params.push(f.to)}`);
-    const r = await this.c.db.query<Task>(
+    const r = await this.c.db.query<TaskRow>(
       `SELECT ${LIST_COLUMNS} FROM tasks WHERE ${where.join(' AND ')} ORDER BY id DESC
        LIMIT $${params.push(limit)} OFFSET $${params.push(offset)}`,
       params,
     );
-    return r.rows;
+    return r.rows.map(toTask);
   }
 
   async get(projectId: string, taskId: string): Promise<Task | undefined> {
-    return (await this.c.db.query<Task>('SELECT * FROM tasks WHERE project_id = $1 AND id = $2', [projectId, taskId]))
+    const r = (await this.c.db.query<TaskRow>('SELECT * FROM tasks WHERE project_id = $1 AND id = $2', [projectId, taskId]))
       .rows[0];
+    return r && toTask(r);
   }
 
   /**
@@ -215,14 +278,14 @@ export class TasksStore {
     for (let attempt = 1; ; attempt++) {
       const now = this.c.clock.now();
       // A cancelled queued task frees its place in the owner's queued-tasks quota at once.
-      const done = await run<Task>(this.c.db, CANCEL_QUEUED, [projectId, taskId, now]);
-      if (done.rows[0]) return { kind: 'cancelled', task: done.rows[0] };
-      const leased = await this.c.db.query<Task>(
+      const done = await run<TaskRow>(this.c.db, CANCEL_QUEUED, [projectId, taskId, now]);
+      if (done.rows[0]) return { kind: 'cancelled', task: toTask(done.rows[0]) };
+      const leased = await this.c.db.query<TaskRow>(
         `UPDATE tasks SET cancel_requested_at = coalesce(cancel_requested_at, $3), updated_at = $3
          WHERE project_id = $1 AND id = $2 AND (status = 'running' OR (status = 'queued' AND lease_id IS NOT NULL)) RETURNING *`,
         [projectId, taskId, now],
       );
-      if (leased.rows[0]) return { kind: 'cancelling', task: leased.rows[0] };
+      if (leased.rows[0]) return { kind: 'cancelling', task: toTask(leased.rows[0]) };
       const t = await this.get(projectId, taskId);
       if (!t) return undefined;
       if (t.status !== 'queued' && t.status !== 'running') return { kind: 'final', task: t };
@@ -231,13 +294,13 @@ export class TasksStore {
   }
 
   /** Sets percent and/or msg of a queued or running task; the task after, or undefined. */
-  async setProgress(projectId: string, taskId: string, percent: number | undefined, msg: string | undefined) {
-    const r = await this.c.db.query<Task>(
+  async setProgress(projectId: string, taskId: string, percent: number | undefined, msg: string | undefined): Promise<Task | undefined> {
+    const r = await this.c.db.query<TaskRow>(
       `UPDATE tasks SET percent = coalesce($3, percent), msg = coalesce($4, msg), updated_at = $5
        WHERE project_id = $1 AND id = $2 AND status IN ('queued', 'running') RETURNING *`,
       [projectId, taskId, percent ?? null, msg ?? null, this.c.clock.now()],
     );
-    return r.rows[0];
+    return r.rows[0] && toTask(r.rows[0]);
   }
 
   /**
@@ -248,7 +311,7 @@ export class TasksStore {
   async retry(projectId: string, taskId: string, delay: number): Promise<string | undefined> {
     const out = await this.c.db.tx(async (q): Promise<{ id: string } | { refused: Error } | undefined> => {
       const t = (
-        await q.query<Task & { retries_left: number; retries_delay: number }>(
+        await q.query<TaskRow & { retries_left: number; retries_delay: number }>(
           `SELECT * FROM tasks WHERE project_id = $1 AND id = $2 AND status = ANY($3::text[]) FOR UPDATE`,
           [projectId, taskId, FINAL_STATUSES],
         )

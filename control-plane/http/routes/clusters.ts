@@ -282,19 +282,19 @@ export async function parseClusterBody(deps: ApiDeps, body: ClusterInput, o: { u
 
 export function presentInstance(i: ClusterInstance): Json {
   return clean({
-    instance_id: i.instance_id,
+    instance_id: i.instanceId,
     type: i.type,
     provider: i.provider,
-    runners_total: i.runners_total,
-    runners_available: i.runners_available,
+    runners_total: i.runnersTotal,
+    runners_available: i.runnersAvailable,
     version: i.version,
-    subnet_id: i.subnet_id,
-    launched_at: i.launched_at,
-    live_at: i.live_at,
-    kill_at: i.kill_at,
-    terminated_at: i.terminated_at,
-    created_at: i.created_at,
-    updated_at: i.updated_at,
+    subnet_id: i.subnetId,
+    launched_at: i.launchedAt,
+    live_at: i.liveAt,
+    kill_at: i.killAt,
+    terminated_at: i.terminatedAt,
+    created_at: i.createdAt,
+    updated_at: i.updatedAt,
   });
 }
 
@@ -303,11 +303,11 @@ export function presentClusterSummary(c: ClusterDetail): Json {
   return clean({
     id: c.id,
     name: c.name,
-    user_id: c.user_id,
-    memory: c.memory_mb * MiB,
-    disk_space: c.disk_bytes,
-    created_at: c.created_at,
-    updated_at: c.updated_at,
+    user_id: c.userId,
+    memory: c.memoryMb * MiB,
+    disk_space: c.diskBytes,
+    created_at: c.createdAt,
+    updated_at: c.updatedAt,
   });
 }
 
@@ -338,22 +338,22 @@ export function presentCluster(c: ClusterDetail, access: 'owner' | 'shared', liv
     container: presentContainer(c.container),
   };
   if (access !== 'owner') return out;
-  out.shared_to = c.shared_to;
+  out.shared_to = c.sharedTo;
   const autoscale: Json = {
     disable: c.disable,
-    runners_min: c.runners_min,
-    runners_max: c.runners_max,
-    runners_per_instance: c.runners_per_instance,
-    docker_auth_set: c.secrets.docker_auth,
-    docker_email_set: c.secrets.docker_email,
+    runners_min: c.runnersMin,
+    runners_max: c.runnersMax,
+    runners_per_instance: c.runnersPerInstance,
+    docker_auth_set: c.secrets.dockerAuth,
+    docker_email_set: c.secrets.dockerEmail,
   };
   if (c.provider) autoscale.provider = c.provider;
   if (c.aws) {
     autoscale.aws = clean({
       ...c.aws,
-      user_data: c.user_data,
-      access_key_id_set: c.secrets.aws_access_key_id,
-      secret_access_key_set: c.secrets.aws_secret_access_key,
+      user_data: c.userData,
+      access_key_id_set: c.secrets.awsAccessKeyId,
+      secret_access_key_set: c.secrets.awsSecretAccessKey,
     });
   }
   out.autoscale = autoscale;
@@ -376,7 +376,7 @@ export function clustersRouter(): Router<ApiState> {
 
   const live = async (deps: ApiDeps, id: string) => {
     const s = await deps.store.clusters.stats(id);
-    return s && { total: s.runners_total, available: s.runners_available, instances: s.instances };
+    return s && { total: s.runnersTotal, available: s.runnersAvailable, instances: s.instances };
   };
 
   r.get('/clusters', requireUser, validated(ep('listClusters')), async (ctx) => {
@@ -422,8 +422,8 @@ export function clustersRouter(): Router<ApiState> {
         name: cluster.name,
         ewma: Math.round(s.ewma * 100) / 100,
         queued: s.queued,
-        runners_available: s.runners_available,
-        runners_total: s.runners_total,
+        runners_available: s.runnersAvailable,
+        runners_total: s.runnersTotal,
         instances: s.instances.map(presentInstance),
       },
     };

@@ -37,11 +37,11 @@ export function parseCodeData(d: CodeInput): { name: string; settings: CodeSetti
   if ('config' in d) settings.config = d.config ?? null;
   if ('stack' in d) settings.stack = d.stack ?? null;
   // 0, -1 or null: no limit, as when omitted on IronWorker
-  if ('max_concurrency' in d) settings.max_concurrency = !d.max_concurrency || d.max_concurrency <= 0 ? null : d.max_concurrency;
+  if ('max_concurrency' in d) settings.maxConcurrency = !d.max_concurrency || d.max_concurrency <= 0 ? null : d.max_concurrency;
   if ('retries' in d) settings.retries = d.retries ?? 0;
-  if ('retries_delay' in d) settings.retries_delay = d.retries_delay ?? 0;
+  if ('retries_delay' in d) settings.retriesDelay = d.retries_delay ?? 0;
   const prio = 'default_priority' in d ? d.default_priority : 'priority' in d ? d.priority : undefined;
-  if (prio !== undefined) settings.default_priority = prio ?? 0;
+  if (prio !== undefined) settings.defaultPriority = prio ?? 0;
   if (d.env_vars) {
     const out: Record<string, string> = {};
     for (const [k, v] of Object.entries(d.env_vars)) {
@@ -50,9 +50,9 @@ export function parseCodeData(d: CodeInput): { name: string; settings: CodeSetti
     }
     const size = Buffer.byteLength(JSON.stringify(out));
     if (size > 65536) throw badRequest(`env_vars must be at most 65536 bytes in all, got ${size}`);
-    settings.env_vars = out;
+    settings.envVars = out;
   } else if ('env_vars' in d) {
-    settings.env_vars = {};
+    settings.envVars = {};
   }
   return { name, settings };
 }

@@ -33,7 +33,7 @@ export function parseRunOptions(deps: ApiDeps, o: RunInput, prefix: string, code
   }
   return {
     cluster,
-    priority: o.priority ?? code.default_priority,
+    priority: o.priority ?? code.defaultPriority,
     timeout: o.timeout ?? Math.min(deps.config.maxTimeout, ceiling),
     delay: o.delay ?? 0,
     label: o.label ?? null,
@@ -107,10 +107,10 @@ function newTask(projectId: string, code: Code, payload: string, opts: ReturnTyp
     projectId,
     codeId: code.id,
     codeName: code.name,
-    revisionId: code.latest_revision_id,
+    revisionId: code.latestRevisionId,
     rev: code.rev,
     retries: code.retries,
-    retriesDelay: code.retries_delay,
+    retriesDelay: code.retriesDelay,
     payload,
     ...opts,
   };
@@ -201,7 +201,7 @@ export function tasksRouter(): Router<ApiState> {
       throw badRequest(`Task already finished with status ${out.task.status}; only queued or running tasks can be cancelled`);
     }
     ctx.state.log.info({ taskId: task.id, kind: out.kind }, 'task cancel');
-    if (out.kind === 'cancelling' && out.task.runner_id) ctx.state.deps.hub.cancelRequested(out.task.runner_id);
+    if (out.kind === 'cancelling' && out.task.runnerId) ctx.state.deps.hub.cancelRequested(out.task.runnerId);
     ctx.body = { msg: out.kind === 'cancelled' ? 'Cancelled' : 'Cancellation requested' };
   });
 

@@ -124,10 +124,10 @@ t.test('a stale leader is refused by the store once a newer term has written', a
     startAt: new Date(clock.now().getTime() - 1000), runEvery: 60, endAt: null, runTimes: null,
   }]);
   const [taskId] = await store.tasks.queue([{
-    projectId: p.id, codeId: code.id, codeName: code.name, revisionId: code.latest_revision_id, rev: code.rev,
-    retries: code.retries, retriesDelay: code.retries_delay, payload: 'x', priority: 0, cluster: 'fence', timeout: 60, delay: 0, label: null,
+    projectId: p.id, codeId: code.id, codeName: code.name, revisionId: code.latestRevisionId, rev: code.rev,
+    retries: code.retries, retriesDelay: code.retriesDelay, payload: 'x', priority: 0, cluster: 'fence', timeout: 60, delay: 0, label: null,
   }]);
-  const [offer] = await store.claims.claim({ id: runner.id, epoch: runner.session_epoch, cluster: 'fence' }, 1, { acceptDeadlineMs: 1000, ageingS: 600 });
+  const [offer] = await store.claims.claim({ id: runner.id, epoch: runner.sessionEpoch, cluster: 'fence' }, 1, { acceptDeadlineMs: 1000, ageingS: 600 });
   t.equal(offer?.taskId, taskId, 'the task is offered');
   clock.advance(2000);
   const before = (await store.schedules.get(p.id, schedId!))!;
@@ -142,8 +142,8 @@ t.test('a stale leader is refused by the store once a newer term has written', a
   t.equal(fired.rows.length, 0, 'no task was queued for the schedule');
   const after = (await store.schedules.get(p.id, schedId!))!;
   t.same(
-    { next: after.next_start?.getTime(), runs: after.run_count, errors: after.error_count, status: after.status },
-    { next: before.next_start?.getTime(), runs: 0, errors: 0, status: 'scheduled' },
+    { next: after.nextStart?.getTime(), runs: after.runCount, errors: after.errorCount, status: after.status },
+    { next: before.nextStart?.getTime(), runs: 0, errors: 0, status: 'scheduled' },
     'the schedule is untouched (next_start unchanged)',
   );
   const lease = (await store.leases.get(offer!.leaseId))!;

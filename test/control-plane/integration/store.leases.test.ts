@@ -3,6 +3,7 @@
 import t from 'tap';
 import { ManualClock } from '../../../lib/clock.ts';
 import type { Store } from '../../../control-plane/store/index.ts';
+import type { CodeSettings } from '../../../control-plane/store/codes.ts';
 import type { RunnerRef } from '../../../control-plane/store/claims.ts';
 import type { Completion, LeaseConfig } from '../../../control-plane/store/outcomes.ts';
 import { ENGINES, freshStore } from '../../helpers/db.ts';
@@ -19,13 +20,13 @@ async function setup(store: Store, cluster: string) {
     's1',
     'server',
   );
-  const ref: RunnerRef = { id: runner!.id, epoch: runner!.session_epoch, cluster };
-  const code = async (name: string, extra: Record<string, unknown> = {}) => store.codes.upload(p.id, name, { image: 'busybox', ...extra });
+  const ref: RunnerRef = { id: runner!.id, epoch: runner!.sessionEpoch, cluster };
+  const code = async (name: string, extra: Partial<CodeSettings> = {}) => store.codes.upload(p.id, name, { image: 'busybox', ...extra });
   const queue = async (c: Awaited<ReturnType<typeof code>>, o: { priority?: number; delay?: number; n?: number; payload?: string } = {}) =>
     store.tasks.queue(
       Array.from({ length: o.n ?? 1 }, (_, i) => ({
-        projectId: p.id, codeId: c.id, codeName: c.name, revisionId: c.latest_revision_id, rev: c.rev,
-        retries: c.retries, retriesDelay: c.retries_delay, payload: o.payload ?? `${c.name}-${i}`,
+        projectId: p.id, codeId: c.id, codeName: c.name, revisionId: c.latestRevisionId, rev: c.rev,
+        retries: c.retries, retriesDelay: c.retriesDelay, payload: o.payload ?? `${c.name}-${i}`,
         priority: o.priority ?? 0, cluster, timeout: 60, delay: o.delay ?? 0, label: null,
       })),
     );
@@ -62,7 +63,7 @@ for (const engine of ENGINES) {
       const [hi] = await queue(b, { priority: 2 });
       const [delayed] = await queue(a, { priority: 2, delay: 30 });
       await queue(paused, { priority: 2 });
-      await store.codes.setPaused(paused.project_id, paused.id, true);
+      await store.codes.setPaused(paused.projectId, paused.id, true);
       clock.advance(1);
       const offers = await store.claims.claim(ref, 4, CLAIM);
       t.equal(offers[0]!.taskId, hi, 'priority 2 first');
@@ -87,7 +88,7 @@ for (const engine of ENGINES) {
 
     t.test('max_concurrency counts live leases, across claims', async (t) => {
       const { ref, code, queue } = await setup(store, 'c3');
-      const c = await code('limited', { max_concurrency: 2 });
+      const c = await code('limited', { maxConcurrency: 2 });
       await queue(c, { n: 5 });
       const first = await store.claims.claim(ref, 5, CLAIM);
       t.equal(first.length, 2, 'two admitted');
@@ -99,7 +100,7 @@ for (const engine of ENGINES) {
 
     t.test('a package at its limit does not block the head of the queue', async (t) => {
       const { ref, code, queue } = await setup(store, 'c10');
-      const busy = await code('busy', { max_concurrency: 1 });
+      const busy = await code('busy', { maxConcurrency: 1 });
       const other = await code('other');
       await queue(busy, { n: 300, priority: 2 });
       clock.advance(1);
@@ -112,7 +113,7 @@ for (const engine of ENGINES) {
 
     t.test('concurrent claims never over-admit the last slot', async (t) => {
       const { ref, code, queue } = await setup(store, 'c4');
-      const c = await code('race', { max_concurrency: 3 });
+      const c = await code('race', { maxConcurrency: 3 });
       await queue(c, { n: 20 });
       const results = await Promise.all(Array.from({ length: 8 }, () => store.claims.claim(ref, 2, CLAIM)));
       t.equal(results.flat().length, 3, 'exactly the limit admitted');
@@ -140,7 +141,7 @@ for (const engine of ENGINES) {
 
     t.test('errors spend the user-visible retries as new linked tasks', async (t) => {
       const { ref, code, queue } = await setup(store, 'c6');
-      const c = await code('flaky', { retries: 1, retries_delay: 5 });
+      const c = await code('flaky', { retries: 1, retriesDelay: 5 });
       const [id] = await queue(c);
       const [o] = await store.claims.claim(ref, 1, CLAIM);
       await started(store, o!.leaseId, 1, ref.id, 'ctr', clock.now(), CFG.leaseTtlMs);
@@ -232,8 +233,8 @@ for (const engine of ENGINES) {
     t.test('queueAndGrant: a new task goes straight to a runner only when nothing stands before it', async (t) => {
       const { p, ref, code } = await setup(store, 'c-hand');
       const newTask = (c: Awaited<ReturnType<typeof code>>, o: { delay?: number; priority?: number } = {}) => ({
-        projectId: p.id, codeId: c.id, codeName: c.name, revisionId: c.latest_revision_id, rev: c.rev,
-        retries: c.retries, retriesDelay: c.retries_delay, payload: 'hand', priority: o.priority ?? 0,
+        projectId: p.id, codeId: c.id, codeName: c.name, revisionId: c.latestRevisionId, rev: c.rev,
+        retries: c.retries, retriesDelay: c.retriesDelay, payload: 'hand', priority: o.priority ?? 0,
         cluster: 'c-hand', timeout: 60, delay: o.delay ?? 0, label: null,
       });
       const lease = async (taskId: string) =>
@@ -255,7 +256,7 @@ for (const engine of ENGINES) {
       t.match(await task(delayed.taskId), { status: 'queued', lease_id: null, attempt: 0 });
       t.same(await lease(delayed.taskId), []);
 
-      const limited = await code('hand-limited', { max_concurrency: 5 });
+      const limited = await code('hand-limited', { maxConcurrency: 5 });
       t.notOk((await store.claims.queueAndGrant(newTask(limited), ref, CLAIM.acceptDeadlineMs)).offer, 'a package with a limit goes through the claim');
       const paused = await code('hand-paused');
       await store.codes.setPaused(p.id, paused.id, true);

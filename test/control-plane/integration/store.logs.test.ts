@@ -21,11 +21,11 @@ async function leaseFor(store: Store, name: string) {
   const code = await store.codes.upload(p.id, 'logger', { image: 'busybox' });
   const [taskId] = await store.tasks.queue([
     {
-      projectId: p.id, codeId: code.id, codeName: code.name, revisionId: code.latest_revision_id, rev: code.rev,
+      projectId: p.id, codeId: code.id, codeName: code.name, revisionId: code.latestRevisionId, rev: code.rev,
       retries: 0, retriesDelay: 0, payload: 'x', priority: 0, cluster: name, timeout: 60, delay: 0, label: null,
     },
   ]);
-  const [offer] = await store.claims.claim({ id: runner.id, epoch: runner.session_epoch, cluster: name }, 1, { acceptDeadlineMs: 10_000, ageingS: 600 });
+  const [offer] = await store.claims.claim({ id: runner.id, epoch: runner.sessionEpoch, cluster: name }, 1, { acceptDeadlineMs: 10_000, ageingS: 600 });
   return { runnerId: runner.id, taskId: taskId!, leaseId: offer!.leaseId, attempt: offer!.attempt };
 }
 
@@ -54,7 +54,7 @@ for (const engine of ENGINES) {
       const whole = Buffer.from('hello world!');
       t.same(await store.logs.appendMany(l.runnerId, [frame(l, 11, '!', { totalBytes: 12, crc: crc32(whole) })]), [{ committed: 12, stop: false, complete: true }], 'data and the final length and CRC in one frame');
       t.equal((await store.tasks.log(l.taskId)).toString(), 'hello world!');
-      t.match(await store.tasks.get((await store.db.query<{ project_id: string }>('SELECT project_id FROM tasks WHERE id = $1', [l.taskId])).rows[0]!.project_id, l.taskId), { log_size: 12 });
+      t.match(await store.tasks.get((await store.db.query<{ project_id: string }>('SELECT project_id FROM tasks WHERE id = $1', [l.taskId])).rows[0]!.project_id, l.taskId), { logSize: 12 });
       t.same(await store.logs.appendMany('another-runner', [frame(l, 12, 'x')]), [{ committed: 0, stop: true, complete: false }], "another runner's frames are refused");
     });
 

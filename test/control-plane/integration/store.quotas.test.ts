@@ -244,7 +244,7 @@ for (const engine of ENGINES) {
         's1',
         'server',
       );
-      const ref = { id: runner!.id, epoch: runner!.session_epoch, cluster: name };
+      const ref = { id: runner!.id, epoch: runner!.sessionEpoch, cluster: name };
       t.equal((await queue(u, 5, { cluster: name })).status, 200);
       const run = async (n: number) => {
         for (const o of await api.store.claims.claim(ref, n, { acceptDeadlineMs: 10_000, ageingS: 600 })) {

@@ -64,7 +64,7 @@ for (const engine of ENGINES) {
       t.same([a!.rev, b!.rev].sort(), [1, 2], 'two revisions');
       const zip = Buffer.from('PK\x05\x06' + '\0'.repeat(18), 'binary');
       const c = await store.codes.upload(p.id, 'same', { image: 'busybox', retries: 3 }, { data: zip, fileName: 'x.zip', checksum: 'c' });
-      t.same(await store.codes.archive(c.latest_revision_id), zip, 'archive bytes round-trip');
+      t.same(await store.codes.archive(c.latestRevisionId), zip, 'archive bytes round-trip');
     });
   });
 }

@@ -13,10 +13,10 @@ t.test('nextPeriodAfter is the first period boundary strictly after now', async 
 });
 
 t.test('afterFiring ends schedules by run_times, end_at, or a single run', async (t) => {
-  const base = { start_at: S, run_every: 60, end_at: null, run_times: null, run_count: 0 };
+  const base = { startAt: S, runEvery: 60, endAt: null, runTimes: null, runCount: 0 };
   t.match(afterFiring(base, at(0)), { runCount: 1, status: 'scheduled', nextStart: at(60) });
-  t.match(afterFiring({ ...base, run_times: 3, run_count: 2 }, at(120)), { runCount: 3, status: 'complete', msg: 'Ran max times.' });
-  t.match(afterFiring({ ...base, end_at: at(90) }, at(60)), { status: 'complete', msg: 'Reached end_at.' });
-  t.match(afterFiring({ ...base, end_at: at(120) }, at(60)), { status: 'scheduled', nextStart: at(120) }, 'end_at inclusive');
-  t.match(afterFiring({ ...base, run_every: null }, at(0)), { status: 'complete', nextStart: null });
+  t.match(afterFiring({ ...base, runTimes: 3, runCount: 2 }, at(120)), { runCount: 3, status: 'complete', msg: 'Ran max times.' });
+  t.match(afterFiring({ ...base, endAt: at(90) }, at(60)), { status: 'complete', msg: 'Reached end_at.' });
+  t.match(afterFiring({ ...base, endAt: at(120) }, at(60)), { status: 'scheduled', nextStart: at(120) }, 'end_at inclusive');
+  t.match(afterFiring({ ...base, runEvery: null }, at(0)), { status: 'complete', nextStart: null });
 });
