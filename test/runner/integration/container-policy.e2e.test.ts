@@ -30,6 +30,9 @@ const PROBE = [
 
 const FINAL = ['complete', 'error', 'timeout', 'cancelled', 'killed'];
 
+/** The container's interfaces, sorted, comma-terminated. */
+const NET_PROBE = `echo "ifs=$(ls /sys/class/net | sort | tr '\\n' ,)"; echo probe-done`;
+
 /** Queues a task, waits for its end and its whole log; the task and what PROBE printed. */
 async function runProbe(
   call: (method: string, path: string, json?: unknown) => Promise<{ status: number; body: any; text: string }>,
@@ -105,7 +108,7 @@ t.test('a cluster\'s settings reach its tasks; a change reaches a connected runn
     json: { container: { cap_add: [], pids_limit: 128, read_only_rootfs: false, user: null } },
   });
   t.equal(put.status, 200, put.text);
-  t.same(put.body.cluster.container, { cap_add: [], pids_limit: 128, read_only_rootfs: false, tmp_size: 64 * MiB, user: null, nofile: 512 });
+  t.same(put.body.cluster.container, { cap_add: [], pids_limit: 128, read_only_rootfs: false, tmp_size: 64 * MiB, user: null, nofile: 512, network: 'bridge' });
   // The session re-reads the policy every beat interval (200 ms here): run until a task shows it.
   const after = await until('a task runs with the new settings', async () => {
     const r = await runProbe(call, 'zipped-probe', 'locked');
@@ -152,7 +155,7 @@ t.test('the embedded start: local runner processes apply the default cluster\'s 
   const def = listed.find((c) => c.name === 'default');
   t.ok(def, 'the embedded user sees the default cluster');
   const shown = await raw('GET', `/clusters/${def!.id}`);
-  t.same(shown.body.cluster.container, { cap_add: [], pids_limit: 1024, read_only_rootfs: false, tmp_size: 64 * MiB, user: null, nofile: 4096 });
+  t.same(shown.body.cluster.container, { cap_add: [], pids_limit: 1024, read_only_rootfs: false, tmp_size: 64 * MiB, user: null, nofile: 4096, network: 'bridge' });
 
   const form = new FormData();
   form.append('data', JSON.stringify({ name: 'probe', image: TEST_IMAGE, command: PROBE }));
@@ -167,4 +170,52 @@ t.test('the embedded start: local runner processes apply the default cluster\'s 
     return x.seen.rootfs === 'read-only' ? x : undefined;
   }, 30_000, 0);
   t.match(after.seen, { capeff: '0000000000000000', nofile: '1024', rootfs: 'read-only' }, 'the owner of the default cluster may tighten it');
+
+  // The network: the host's, once the cluster says so, reaching the local runner's tasks.
+  const hostIfs = `${fs.readdirSync('/sys/class/net').sort().join(',')},`;
+  const netForm = new FormData();
+  netForm.append('data', JSON.stringify({ name: 'net-probe', image: TEST_IMAGE, command: NET_PROBE }));
+  t.equal((await raw('POST', `/projects/${g.projectId}/codes`, undefined, netForm)).status, 200);
+  t.equal((await runProbe(call, 'net-probe')).seen.ifs, 'lo,', "bridge on this engine (it has no default bridge): loopback only");
+  t.equal((await raw('PUT', `/clusters/${def!.id}`, { container: { network: 'host' } })).status, 200);
+  const onHost = await until('a task runs on the host network', async () => {
+    const x = await runProbe(call, 'net-probe');
+    return x.seen.ifs !== 'lo,' ? x : undefined;
+  }, 30_000, 0);
+  t.equal(onHost.seen.ifs, hostIfs, "the host's own interfaces");
+});
+
+t.test("the embedded start passes GANTRY_RUNNER_NETWORK to its local runners: it wins over the cluster's network", async (t) => {
+  const g = await startGantryProcess(t, {
+    GANTRY_DATA_DIR: tempDir(t, 'gantry-net-embedded-'),
+    GANTRY_LOCAL_RUNNERS: '1',
+    GANTRY_LOCAL_RUNNER_SLOTS: '1',
+    GANTRY_LOCAL_EXECUTOR: 'docker',
+    GANTRY_BEAT_INTERVAL_MS: '200',
+    GANTRY_RUNNER_NETWORK: 'none',
+  });
+  t.teardown(async () => {
+    g.proc.kill('SIGTERM');
+    await g.exited;
+  });
+  const headers = { Authorization: `OAuth ${g.token}` };
+  const clusters = (await (await fetch(`${g.url}/2/clusters`, { headers })).json()) as { clusters: { id: string; name: string }[] };
+  const def = clusters.clusters.find((c) => c.name === 'default')!;
+  const put = await fetch(`${g.url}/2/clusters/${def.id}`, { method: 'PUT', headers: { ...headers, 'Content-Type': 'application/json' }, body: JSON.stringify({ container: { network: 'host' } }) });
+  t.equal(put.status, 200, await put.text());
+  const form = new FormData();
+  form.append('data', JSON.stringify({ name: 'net-probe', image: TEST_IMAGE, command: NET_PROBE }));
+  t.equal((await fetch(`${g.url}/2/projects/${g.projectId}/codes`, { method: 'POST', headers, body: form })).status, 200);
+  const call = async (method: string, p: string, json?: unknown) => {
+    const res = await fetch(`${g.url}/2/projects/${g.projectId}${p}`, {
+      method,
+      headers: { ...headers, ...(json ? { 'Content-Type': 'application/json' } : {}) },
+      body: json ? JSON.stringify(json) : undefined,
+    });
+    const text = await res.text();
+    return { status: res.status, text, body: (res.headers.get('content-type') ?? '').includes('json') ? JSON.parse(text) : text };
+  };
+  const r = await runProbe(call, 'net-probe');
+  t.equal(r.task.status, 'complete', r.log);
+  t.equal(r.seen.ifs, 'lo,', 'loopback only, though the cluster says host');
 });
