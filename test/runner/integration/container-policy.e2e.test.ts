@@ -8,7 +8,7 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { startTestApi, uploadCode, type TestApi } from '../../helpers/api.ts';
 import { tempDir } from '../../helpers/db.ts';
 import { startGantryProcess } from '../../helpers/process.ts';
@@ -127,17 +127,21 @@ t.test('the default cluster runs its tasks with the defaults (PGlite)', async (t
   t.same(r.seen, { capeff: '0000000000000000', pids: '1024', nofile: '4096', uid: '0', mknod: 'refused', rootfs: 'writable' });
 });
 
-t.test('the embedded start: local runner processes apply the default cluster\'s settings', async (t) => {
+/**
+ * `gantry start` on the embedded default with one local runner process (Docker); stopped
+ * cleanly at teardown (the local runners are detached: they outlive a crash of the control
+ * plane, and a clean stop ends them). `raw` calls /2, `call` the project's part of it.
+ */
+async function embedded(t: Test, env: Record<string, string>) {
   const g = await startGantryProcess(t, {
-    GANTRY_DATA_DIR: tempDir(t, 'gantry-policy-embedded-'),
     GANTRY_LOCAL_RUNNERS: '1',
     GANTRY_LOCAL_RUNNER_SLOTS: '1',
     GANTRY_LOCAL_EXECUTOR: 'docker',
     GANTRY_BEAT_INTERVAL_MS: '200',
     GANTRY_LOG_FLUSH_INTERVAL_MS: '50',
+    ...env,
   });
   t.teardown(async () => {
-    // The local runners are detached (they outlive a crash of the control plane): a clean stop ends them.
     g.proc.kill('SIGTERM');
     await g.exited;
   });
@@ -151,6 +155,11 @@ t.test('the embedded start: local runner processes apply the default cluster\'s 
     return { status: res.status, text, body: text && (res.headers.get('content-type') ?? '').includes('json') ? (JSON.parse(text) as any) : text };
   };
   const call = (method: string, p: string, json?: unknown) => raw(method, `/projects/${g.projectId}${p}`, json);
+  return { g, raw, call };
+}
+
+t.test('the embedded start: local runner processes apply the default cluster\'s settings', async (t) => {
+  const { g, raw, call } = await embedded(t, { GANTRY_DATA_DIR: tempDir(t, 'gantry-policy-embedded-') });
   const listed = (await raw('GET', '/clusters')).body.clusters as { id: string; name: string }[];
   const def = listed.find((c) => c.name === 'default');
   t.ok(def, 'the embedded user sees the default cluster');
@@ -186,35 +195,13 @@ t.test('the embedded start: local runner processes apply the default cluster\'s 
 });
 
 t.test("the embedded start passes GANTRY_RUNNER_NETWORK to its local runners: it wins over the cluster's network", async (t) => {
-  const g = await startGantryProcess(t, {
-    GANTRY_DATA_DIR: tempDir(t, 'gantry-net-embedded-'),
-    GANTRY_LOCAL_RUNNERS: '1',
-    GANTRY_LOCAL_RUNNER_SLOTS: '1',
-    GANTRY_LOCAL_EXECUTOR: 'docker',
-    GANTRY_BEAT_INTERVAL_MS: '200',
-    GANTRY_RUNNER_NETWORK: 'none',
-  });
-  t.teardown(async () => {
-    g.proc.kill('SIGTERM');
-    await g.exited;
-  });
-  const headers = { Authorization: `OAuth ${g.token}` };
-  const clusters = (await (await fetch(`${g.url}/2/clusters`, { headers })).json()) as { clusters: { id: string; name: string }[] };
-  const def = clusters.clusters.find((c) => c.name === 'default')!;
-  const put = await fetch(`${g.url}/2/clusters/${def.id}`, { method: 'PUT', headers: { ...headers, 'Content-Type': 'application/json' }, body: JSON.stringify({ container: { network: 'host' } }) });
-  t.equal(put.status, 200, await put.text());
+  const { g, raw, call } = await embedded(t, { GANTRY_DATA_DIR: tempDir(t, 'gantry-net-embedded-'), GANTRY_RUNNER_NETWORK: 'none' });
+  const def = ((await raw('GET', '/clusters')).body.clusters as { id: string; name: string }[]).find((c) => c.name === 'default')!;
+  const put = await raw('PUT', `/clusters/${def.id}`, { container: { network: 'host' } });
+  t.equal(put.status, 200, put.text);
   const form = new FormData();
   form.append('data', JSON.stringify({ name: 'net-probe', image: TEST_IMAGE, command: NET_PROBE }));
-  t.equal((await fetch(`${g.url}/2/projects/${g.projectId}/codes`, { method: 'POST', headers, body: form })).status, 200);
-  const call = async (method: string, p: string, json?: unknown) => {
-    const res = await fetch(`${g.url}/2/projects/${g.projectId}${p}`, {
-      method,
-      headers: { ...headers, ...(json ? { 'Content-Type': 'application/json' } : {}) },
-      body: json ? JSON.stringify(json) : undefined,
-    });
-    const text = await res.text();
-    return { status: res.status, text, body: (res.headers.get('content-type') ?? '').includes('json') ? JSON.parse(text) : text };
-  };
+  t.equal((await raw('POST', `/projects/${g.projectId}/codes`, undefined, form)).status, 200);
   const r = await runProbe(call, 'net-probe');
   t.equal(r.task.status, 'complete', r.log);
   t.equal(r.seen.ifs, 'lo,', 'loopback only, though the cluster says host');
