@@ -88,8 +88,6 @@ export interface ControlPlaneConfig {
    * unset: a key file in the data directory (see README, "Secrets").
    */
   readonly secretKeys: string | undefined;
-  /** Refuse tasks naming a cluster that does not exist (default: accepted, they wait for one). */
-  readonly strictClusters: boolean;
   /** The autoscaler's tick, and overrides of its tunables (JSON, e.g. shorter windows in tests). */
   readonly autoscaleTickMs: number;
   readonly autoscaleTuning: Readonly<Record<string, number>>;
@@ -270,7 +268,6 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     slotReconcileMs: e.int('GANTRY_SLOT_RECONCILE_MS', 2000, { min: 50, max: 600_000 }),
     minRunEveryS: e.int('GANTRY_MIN_RUN_EVERY_S', 60, { min: 1, max: 60 }),
     secretKeys: e.str('GANTRY_SECRET_KEYS'),
-    strictClusters: e.bool('GANTRY_STRICT_CLUSTERS', false),
     autoscaleTickMs: e.int('GANTRY_AUTOSCALE_TICK_MS', 10_000, { min: 50, max: 600_000 }),
     autoscaleTuning: Object.freeze(parseTuning(e.str('GANTRY_AUTOSCALE_TUNING'))),
     runnerEndpoint: e.str('GANTRY_RUNNER_ENDPOINT'),

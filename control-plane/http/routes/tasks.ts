@@ -41,30 +41,20 @@ export function parseRunOptions(deps: ApiDeps, o: RunInput, prefix: string, code
 }
 
 /**
- * The control-plane setting behind unknown cluster names. Read from the config when the
- * field exists there (GANTRY_STRICT_CLUSTERS); absent means false, today's behaviour.
- */
-export interface ClusterQueuePolicy {
-  /** Refuse tasks naming no cluster (400); otherwise they wait for one of that name. */
-  readonly strictClusters?: boolean;
-}
-
-/**
  * Checks that the user may queue onto every cluster named (own, shared to them, an operator
- * cluster, or `default`): 403 for another user's cluster, 400 for an unknown name when the
- * policy is strict. Returns each reference's cluster name (a task may name its cluster by
+ * cluster, or `default`): 403 for another user's cluster, 400 for a name no live cluster has
+ * (a task queued there would wait forever). Returns each reference's cluster name (a task may name its cluster by
  * id; it is stored by name, which is what runners are matched on).
  */
 export async function authorizeClusters(deps: ApiDeps, userId: string, refs: { cluster: string; field: string }[]): Promise<Map<string, string>> {
   const out = new Map<string, string>();
-  const strict = (deps.config as ApiDeps['config'] & ClusterQueuePolicy).strictClusters === true;
   for (const { cluster, field } of refs) {
     if (out.has(cluster)) continue;
     const t = await deps.store.clusters.queueTarget(userId, cluster);
     if (t.kind === 'forbidden') {
       throw new HttpError(403, `${field}: cluster ${JSON.stringify(cluster)} belongs to another user and is not shared with you`, { code: 'forbidden' });
     }
-    if (t.kind === 'unknown' && strict) {
+    if (t.kind === 'unknown') {
       throw badRequest(`${field}: no cluster named ${JSON.stringify(cluster)}; create it with POST /2/clusters, or use "default"`);
     }
     out.set(cluster, t.kind === 'ok' ? t.name : cluster);

@@ -48,6 +48,8 @@ for (const engine of ENGINES) {
     const clock = new ManualClock(Date.UTC(2026, 0, 1, 12, 0, 0));
     const api = await startTestApi(t, engine, { clock });
     const u = api.user;
+    // The operator's clusters the schedules below name (a name no cluster has is refused).
+    for (const name of ['high-mem', `sched-${engine}`]) await api.store.clusters.create(name);
     const fire = () => api.store.schedules.fireDue(clock.now());
     t.afterEach(async () => {
       await api.store.db.query(`UPDATE schedules SET status = 'cancelled', next_start = NULL WHERE status = 'scheduled'`);

@@ -48,6 +48,8 @@ for (const engine of ENGINES) {
     const clock = new ManualClock(Date.UTC(2026, 0, 1, 12, 0, 0));
     const api = await startTestApi(t, engine as Engine, { clock, env: { GANTRY_CLUSTER_MAX_TIMEOUTS: 'long=86400' } });
     const u = api.user;
+    // The operator's clusters the tasks below name (a name no cluster has is refused).
+    for (const name of ['high-mem', 'long', 'other', `delay-${engine}`, `prio-${engine}`]) await api.store.clusters.create(name);
 
     t.test('queue: several tasks in one request', async (t) => {
       const c = await codeOk(t, u, 'q-many');
@@ -163,6 +165,11 @@ for (const engine of ENGINES) {
       t.equal((await row(api, await queueOne(t, u, { code_name: 'q-cluster' }))).cluster, 'default');
       t.equal((await row(api, await queueOne(t, u, { code_name: 'q-cluster', cluster: '' }))).cluster, 'default');
       t.equal((await row(api, await queueOne(t, u, { code_name: 'q-cluster', cluster: 'high-mem' }))).cluster, 'high-mem');
+      const queuedBefore = await taskCount(api);
+      isError(t, await queue(u, [{ code_name: 'q-cluster' }, { code_name: 'q-cluster', cluster: 'no-such-pool' }]), 400,
+        /^tasks\[1\]\.cluster: no cluster named "no-such-pool"; create it with POST \/2\/clusters, or use "default"$/);
+      isError(t, await u.project('POST', '/tasks/webhook?code_name=q-cluster&cluster=no-such-pool', { body: 'x' }), 400, /^cluster: no cluster named "no-such-pool"/);
+      t.equal(await taskCount(api), queuedBefore, 'a task naming a cluster no one has would wait forever: refused, and nothing of the request is queued');
       const before = await taskCount(api);
       for (const c of ['bad name', 'a/b', 'x'.repeat(65), 'ü']) {
         isError(t, await queue(u, [{ code_name: 'q-cluster', cluster: c }]), 400, /^tasks\[0\]\.cluster /);
