@@ -1,10 +1,19 @@
 import type { StoreCtx, Page } from './ctx.ts';
 import { pageSql } from './ctx.ts';
 import type { QuotasStore } from './quotas.ts';
+import { GantryError } from '../../lib/errors.ts';
+
+/** An upload that cannot make a revision (HTTP 400). */
+export class CodeInputError extends GantryError {
+  constructor(message: string) {
+    super('invalid', message, { kind: 'invalid' });
+  }
+}
 
 /** Settings of a code package revision; `undefined` inherits the previous revision's value. */
 export interface CodeSettings {
-  image: string;
+  /** Required on a package's first upload (CodeInputError otherwise). */
+  image?: string;
   command?: string | null;
   config?: string | null;
   maxConcurrency?: number | null;
@@ -173,6 +182,8 @@ export class CodesStore {
       const prev = prevRow && toRevision(prevRow);
       const pick = <K extends keyof CodeSettings>(k: K, def: NonNullable<CodeSettings[K]> | null) =>
         s[k] !== undefined ? s[k] : prev ? (prev[k as keyof CodeRevision] as CodeSettings[K]) : def;
+      const image = s.image ?? prev?.image;
+      if (!image) throw new CodeInputError('image is required: the Docker image the code runs in (stacks are deprecated and not supported)');
       const revId = this.c.ids();
       const rev = code.rev + 1;
       await q.query(
@@ -184,7 +195,7 @@ export class CodesStore {
           code.id,
           projectId,
           rev,
-          s.image,
+          image,
           pick('command', null),
           pick('config', null),
           pick('maxConcurrency', null),

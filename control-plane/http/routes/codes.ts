@@ -22,17 +22,14 @@ export const RESERVED_ENV = ['PAYLOAD_FILE', 'CONFIG_FILE', 'TASK_ID', 'PROJECT_
 /**
  * The `data` part of an upload as revision settings. The schema (CodeData) has typed and
  * bounded each field; what is checked here is what it cannot say: a name without
- * surrounding spaces, an image that is required unless empty means absent, variables
+ * surrounding spaces, variables
  * Gantry sets itself, and the variables' total size.
  */
 export function parseCodeData(d: CodeInput): { name: string; settings: CodeSettings } {
   const name = d.name!;
   if (name.trim() !== name) throw badRequest('name must be 1 to 255 characters without control characters or surrounding spaces');
-  const image = d.image;
-  if (!image) {
-    throw badRequest('image is required: the Docker image the code runs in (stacks are deprecated and not supported)');
-  }
-  const settings: CodeSettings = { image };
+  // Left out (or ""), the image is the previous revision's, like the other settings.
+  const settings: CodeSettings = d.image ? { image: d.image } : {};
   if ('command' in d) settings.command = d.command ?? null;
   if ('config' in d) settings.config = d.config ?? null;
   if ('stack' in d) settings.stack = d.stack ?? null;

@@ -254,6 +254,12 @@ for (const engine of ENGINES) {
       t.equal(g5.rev, 5);
       for (const k of ['command', 'config', 'max_concurrency']) t.notOk(k in g5, `${k} stays cleared`);
 
+      // The image too is kept when left out, like the other settings ("" reads as left out).
+      clock.advance(1000);
+      uploaded(t, await upload(u, { name: 'inherit', retries: 1 }), 'rev 6, without an image');
+      uploaded(t, await upload(u, { name: 'inherit', image: '' }), 'rev 7, image ""');
+      t.match((await u.project('GET', `/codes/${id}`)).body, { rev: 7, image: 'iron/hello:5', retries: 1 });
+
       // History is kept as it was uploaded.
       const rows = await api.store.db.query<{ rev: number; image: string; config: string | null; retries: number; checksum: string | null }>(
         'SELECT rev, image, config, retries, checksum FROM code_revisions WHERE code_id = $1 ORDER BY rev',
@@ -267,6 +273,8 @@ for (const engine of ENGINES) {
           [3, 'iron/hello:3', 'user=Alice', 7, null],
           [4, 'iron/hello:4', null, 0, null],
           [5, 'iron/hello:5', null, 0, null],
+          [6, 'iron/hello:5', null, 1, null],
+          [7, 'iron/hello:5', null, 1, null],
         ],
       );
       t.equal(await codeCount(api, u.projectId, 'inherit'), 1, 'one package for all revisions');
@@ -377,8 +385,8 @@ for (const engine of ENGINES) {
         ['name not a string', { name: 42, image: IMAGE }, /^name must be a string/],
         ['name with control chars', { name: 'a\nb', image: IMAGE }, /^name /],
         ['name over 255 bytes', { name: 'n'.repeat(256), image: IMAGE }, /^name must be at most 255 bytes/],
-        ['image missing', { name: 'bad' }, /^image is required/],
-        ['image empty', { name: 'bad', image: '' }, /^image is required/],
+        ['image missing on a first upload', { name: 'bad' }, /^image is required: the Docker image the code runs in/],
+        ['image empty on a first upload', { name: 'bad', image: '' }, /^image is required/],
         ['image not a string', { name: 'bad', image: 7 }, /^image must be a string/],
         ['image with capitals', { name: 'bad', image: 'Iron/Hello' }, /^image must be a Docker image reference/],
         ['image with a space', { name: 'bad', image: 'iron hello' }, /^image must be a Docker image reference/],
