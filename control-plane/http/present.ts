@@ -64,7 +64,8 @@ export function presentRevision(r: CodeRevision, name: string): Json {
   });
 }
 
-export function presentTask(t: Task): Json {
+/** A task; `waiting`: why a queued one has not started (TasksStore.waitReasons), shown as its msg unless it set one. */
+export function presentTask(t: Task, waiting?: string): Json {
   const duration = t.startTime && t.endTime ? t.endTime.getTime() - t.startTime.getTime() : undefined;
   return clean({
     id: t.id,
@@ -74,7 +75,7 @@ export function presentTask(t: Task): Json {
     code_rev: String(t.codeRev),
     code_history_id: t.codeRevisionId,
     status: t.status,
-    msg: t.msg,
+    msg: t.msg ?? waiting,
     priority: t.priority,
     timeout: t.timeout,
     delay: t.delay,

@@ -250,6 +250,53 @@ export class TasksStore {
   }
 
   /**
+   * Why each of these tasks that is queued has not started, in the words a person reads in
+   * its `msg`: delayed, its package paused, no runner in its cluster, at its package's or
+   * project's limit of running tasks, offered and not started yet, or every slot busy. One
+   * statement for a page of tasks; tasks that are not queued are left out.
+   */
+  async waitReasons(taskIds: readonly string[]): Promise<Map<string, string>> {
+    const out = new Map<string, string>();
+    if (taskIds.length === 0) return out;
+    const now = this.c.clock.now();
+    const r = await this.c.db.query<{
+      id: string; cluster: string; eligible_at: Date; offered: boolean; paused: boolean; max_concurrency: number | null;
+      max_running: number | null; runners: number; code_live: number; project_live: number;
+    }>(
+      `SELECT t.id, t.cluster, t.eligible_at, t.lease_id IS NOT NULL AS offered, c.paused, r.max_concurrency, p.max_running,
+         (SELECT count(*)::int FROM runners rn JOIN clusters cl ON cl.id = rn.cluster_id
+          WHERE cl.name = t.cluster AND cl.deleted_at IS NULL AND rn.connected AND NOT rn.draining) AS runners,
+         (SELECT count(*)::int FROM task_leases l WHERE l.code_id = t.code_id AND l.ended_at IS NULL) AS code_live,
+         (SELECT count(*)::int FROM task_leases l JOIN tasks lt ON lt.id = l.task_id
+          WHERE lt.project_id = t.project_id AND l.ended_at IS NULL) AS project_live
+       FROM tasks t JOIN codes c ON c.id = t.code_id JOIN code_revisions r ON r.id = c.latest_revision_id
+       JOIN projects p ON p.id = t.project_id
+       WHERE t.id = ANY($1::text[]) AND t.status = 'queued'`,
+      [[...taskIds]],
+    );
+    for (const x of r.rows) {
+      const cluster = JSON.stringify(x.cluster);
+      out.set(
+        x.id,
+        x.offered
+          ? 'offered to a runner, starting'
+          : x.eligible_at > now
+            ? `delayed until ${x.eligible_at.toISOString()}`
+            : x.paused
+              ? "waiting: the code package's task queue is paused"
+              : x.runners === 0
+                ? `waiting: no runner is connected in cluster ${cluster}`
+                : x.max_concurrency !== null && x.code_live >= x.max_concurrency
+                  ? `waiting: the code package is at its max_concurrency (${x.max_concurrency} running)`
+                  : x.max_running !== null && x.project_live >= x.max_running
+                    ? `waiting: the project is at its limit of ${x.max_running} running tasks`
+                    : `waiting for a free runner slot in cluster ${cluster}`,
+      );
+    }
+    return out;
+  }
+
+  /**
    * The task's log: both streams interleaved in the order they arrived, or one stream
    * (`stdout`/`stderr`) alone.
    */

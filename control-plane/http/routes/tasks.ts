@@ -130,7 +130,8 @@ export function tasksRouter(): Router<ApiState> {
       },
       pagination(q),
     );
-    ctx.body = { tasks: tasks.map(presentTask) };
+    const waiting = await ctx.state.deps.store.tasks.waitReasons(tasks.filter((x) => x.status === 'queued').map((x) => x.id));
+    ctx.body = { tasks: tasks.map((x) => presentTask(x, waiting.get(x.id))) };
   });
 
   r.post('/projects/:projectId/tasks', requireProject, validated(ep('queueTasks')), async (ctx) => {
@@ -166,7 +167,9 @@ export function tasksRouter(): Router<ApiState> {
   });
 
   r.get('/projects/:projectId/tasks/:taskId', requireProject, validated(ep('getTask')), async (ctx) => {
-    ctx.body = presentTask(await loadTask(ctx));
+    const task = await loadTask(ctx);
+    const waiting = task.status === 'queued' ? (await ctx.state.deps.store.tasks.waitReasons([task.id])).get(task.id) : undefined;
+    ctx.body = presentTask(task, waiting);
   });
 
   r.get('/projects/:projectId/tasks/:taskId/log', requireProject, validated(ep('getTaskLog')), async (ctx) => {

@@ -420,6 +420,7 @@ for (const engine of ENGINES) {
         code_rev: '2',
         code_history_id: c2.latest_history_id,
         status: 'queued',
+        msg: `delayed until ${new Date(clock.now().getTime() + 7000).toISOString()}`,
         priority: 1,
         timeout: 600,
         delay: 7,
