@@ -105,6 +105,14 @@ export interface ControlPlaneConfig {
   readonly quotas: Readonly<QuotaLimits>;
   /** Seconds a client refused by the queued-tasks quota is told to wait (Retry-After with 429). */
   readonly quotaRetryAfterS: number;
+  /** When set, `/metrics` answers only `Authorization: Bearer <token>` (401 otherwise). Never logged. */
+  readonly metricsToken: string | undefined;
+  /**
+   * When a port is given, `/metrics` is served on its own HTTP server at metricsHost:metricsPort
+   * (0: any free port) and not on the API's port.
+   */
+  readonly metricsHost: string;
+  readonly metricsPort: number | undefined;
 }
 
 /** Per-user limits, counted across all of the user's projects. */
@@ -210,17 +218,41 @@ function parsePrefix(raw: string): string {
   return raw.endsWith('/') ? raw : `${raw}/`;
 }
 
+/** GANTRY_METRICS_TOKEN: a bearer token, so something a header can carry and long enough not to be guessed. */
+function parseMetricsToken(raw: string | undefined): string | undefined {
+  if (raw === undefined) return undefined;
+  if (!/^[\x21-\x7e]+$/.test(raw)) throw new ConfigError('GANTRY_METRICS_TOKEN may hold only printable ASCII characters, without spaces');
+  if (raw.length < 16) throw new ConfigError(`GANTRY_METRICS_TOKEN must be at least 16 characters, got ${raw.length}`);
+  if (raw.length > 1024) throw new ConfigError(`GANTRY_METRICS_TOKEN must be at most 1024 characters, got ${raw.length}`);
+  return raw;
+}
+
+/** GANTRY_METRICS_HOST / GANTRY_METRICS_PORT: a separate listener for /metrics, or none. */
+function parseMetricsListen(e: EnvReader, apiPort: number): { metricsHost: string; metricsPort: number | undefined } {
+  const host = e.str('GANTRY_METRICS_HOST');
+  if (e.str('GANTRY_METRICS_PORT') === undefined) {
+    if (host !== undefined) {
+      throw new ConfigError('GANTRY_METRICS_HOST needs GANTRY_METRICS_PORT (without a port, /metrics is served on the API port)');
+    }
+    return { metricsHost: '127.0.0.1', metricsPort: undefined };
+  }
+  const port = e.int('GANTRY_METRICS_PORT', 0, { min: 0, max: 65535 });
+  if (port !== 0 && port === apiPort) throw new ConfigError(`GANTRY_METRICS_PORT must differ from GANTRY_PORT (both ${port})`);
+  return { metricsHost: host ?? '127.0.0.1', metricsPort: port };
+}
+
 export function loadConfig(env: Record<string, string | undefined> = process.env): ControlPlaneConfig {
   const e = new EnvReader(env);
   const databaseUrl = e.str('DATABASE_URL');
   if (databaseUrl !== undefined && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
     throw new ConfigError('DATABASE_URL must be a postgres:// or postgresql:// URL');
   }
+  const port = e.int('GANTRY_PORT', 8080, { min: 0, max: 65535 });
   return Object.freeze({
     databaseUrl,
     dataDir: path.resolve(e.str('GANTRY_DATA_DIR', './data')),
     host: e.str('GANTRY_HOST', '127.0.0.1'),
-    port: e.int('GANTRY_PORT', 8080, { min: 0, max: 65535 }),
+    port,
     publicUrl: e.str('GANTRY_PUBLIC_URL'),
     logLevel: e.oneOf('LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
     maxJsonBody: e.int('GANTRY_MAX_JSON_BODY', 5 * 1024 * 1024, { min: 65536 }),
@@ -283,6 +315,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       queuedTasks: e.int('GANTRY_QUOTA_QUEUED_TASKS', DEFAULT_QUOTAS.queuedTasks, { min: 0, max: QUOTA_MAX }),
     }),
     quotaRetryAfterS: e.int('GANTRY_QUOTA_RETRY_AFTER_S', DEFAULT_QUOTA_RETRY_AFTER_S, { min: 1, max: 3600 }),
+    metricsToken: parseMetricsToken(e.str('GANTRY_METRICS_TOKEN')),
+    ...parseMetricsListen(e, port),
   });
 }
 
@@ -298,5 +332,11 @@ export function redactedConfig(c: ControlPlaneConfig): Record<string, unknown> {
       db = '[unparseable]';
     }
   }
-  return { ...c, databaseUrl: undefined, database: db, secretKeys: c.secretKeys ? '[redacted]' : undefined };
+  return {
+    ...c,
+    databaseUrl: undefined,
+    database: db,
+    secretKeys: c.secretKeys ? '[redacted]' : undefined,
+    metricsToken: c.metricsToken ? '[redacted]' : undefined,
+  };
 }

@@ -12,6 +12,7 @@ import type { RunnerSession } from './grpc/session.ts';
 import { createApp } from './http/app.ts';
 import { answerClientErrors, answerOtherProtocolErrors } from './http/client-error.ts';
 import { ControlPlaneMetrics } from './metrics.ts';
+import { startMetricsServer } from './http/metrics-endpoint.ts';
 import { leaseSweeperJob } from './scheduler/lease-sweeper.ts';
 import { promotionJob, scheduleJob } from './scheduler/schedule-loop.ts';
 import { slotReconcilerJob } from './scheduler/slot-reconciler.ts';
@@ -33,6 +34,8 @@ export interface ControlPlane {
   /** The autoscaler, with its providers (the host's local runner processes, EC2). */
   readonly autoscaler: Autoscaler;
   readonly metrics: ControlPlaneMetrics;
+  /** Base URL of the separate `/metrics` listener (GANTRY_METRICS_PORT), if there is one. */
+  readonly metricsUrl: string | undefined;
   /** `running` once started; `draining` from the first moment of stop; then `stopped` (or `failed` if a release failed). */
   readonly state: ProgramState;
   /** Stops everything start acquired, by `deadline` (ms since the epoch) if given; a second call waits for the first. */
@@ -89,6 +92,11 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
     };
     hub.start();
     releases.add('dispatch', stopDispatch);
+    metrics.readFrom({
+      readGauges: () => store.gauges.read(config.timers.sessionDeadAfterMs),
+      databaseUp: () => store.db.ping(),
+      freeSlots: () => dispatcher.creditSlots(),
+    });
     let state: ProgramState = 'starting';
 
     coord.onHealth((healthy) => {
@@ -128,6 +136,12 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
           setTimeout(() => server.closeAllConnections(), 2000).unref();
         }),
     );
+    let metricsUrl: string | undefined;
+    if (config.metricsPort !== undefined) {
+      const ms = await startMetricsServer(metrics, { host: config.metricsHost, port: config.metricsPort, token: config.metricsToken });
+      releases.add('metrics listener', () => ms.close());
+      metricsUrl = ms.url;
+    }
     const gateway = await startGateway({ store, config, dispatcher, hub, clock, metrics, log: log.child({ component: 'gateway' }) });
     let gatewayStopped: Promise<void> | undefined;
     const stopGateway = () => (gatewayStopped ??= gateway.stop());
@@ -175,7 +189,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
       releases.add('leader work', stopLeaderWork);
     }
     state = 'running';
-    log.info({ url, grpcPort: gateway.port, engine: store.db.engine, coordinator: coord.kind }, 'control plane listening');
+    log.info({ url, grpcPort: gateway.port, metricsUrl, engine: store.db.engine, coordinator: coord.kind }, 'control plane listening');
 
     let stopping: Promise<void> | undefined;
     return {
@@ -186,6 +200,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
       coord,
       autoscaler,
       metrics,
+      metricsUrl,
       get state() {
         return state;
       },

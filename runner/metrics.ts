@@ -1,4 +1,5 @@
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry } from 'prom-client';
+import { collectProcessMetrics } from '../lib/process-metrics.ts';
 
 /** The runner's Prometheus metrics. */
 export class RunnerMetrics {
@@ -25,6 +26,6 @@ export class RunnerMetrics {
   });
 
   constructor() {
-    collectDefaultMetrics({ register: this.registry, prefix: 'gantry_runner_' });
+    collectProcessMetrics(this.registry);
   }
 }

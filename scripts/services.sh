@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs (from Debian's packages) and starts what Gantry's tests need, idempotently:
 # PostgreSQL 15, etcd 3.4, a Docker engine, the local busybox test image, iproute2, and the
-# tools some tests run (systemd-analyze, python3, pgrep).
-# Usage: scripts/services.sh [postgres] [etcd] [docker] [netns] [tools]   (no argument: all five)
+# tools some tests run (systemd-analyze, python3, pgrep, promtool).
+# Usage: scripts/services.sh [postgres] [etcd] [docker] [netns] [tools] [promtool]   (no argument: all six)
 set -euo pipefail
 
 STATE_DIR=${GANTRY_SERVICES_DIR:-/var/lib/gantry-services}
@@ -121,8 +121,31 @@ need_tools() {
   say "systemd-analyze, python3 and pgrep are present"
 }
 
+# test/control-plane/integration/metrics.test.ts checks /metrics and the alerting rules in
+# deploy/prometheus/ with promtool, from Debian's prometheus package. Only the tool is
+# wanted: the package's own service must not start (a policy-rc.d that refuses every start
+# while it installs), and where systemd runs it is stopped and disabled too.
+need_promtool() {
+  if ! command -v promtool >/dev/null 2>&1; then
+    local policy=/usr/sbin/policy-rc.d ours=0
+    if [ ! -e "$policy" ] && [ "$(id -u)" = 0 ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && ours=1
+    fi
+    need_pkgs prometheus || { [ $ours = 0 ] || rm -f "$policy"; die "could not install prometheus (for promtool)"; }
+    [ $ours = 0 ] || rm -f "$policy"
+  fi
+  if [ -d /run/systemd/system ] && systemctl is-enabled --quiet prometheus 2>/dev/null; then
+    say "stopping and disabling the prometheus service (only promtool is wanted)"
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+  if pgrep -x prometheus >/dev/null 2>&1 && [ -x /etc/init.d/prometheus ]; then
+    /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+  fi
+  say "promtool is present"
+}
+
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(postgres etcd docker netns tools)
+[ ${#want[@]} -gt 0 ] || want=(postgres etcd docker netns tools promtool)
 for s in "${want[@]}"; do
   case "$s" in
     postgres) start_postgres ;;
@@ -130,6 +153,7 @@ for s in "${want[@]}"; do
     docker) start_docker ;;
     netns) need_netns ;;
     tools) need_tools ;;
-    *) die "unknown service $s (postgres, etcd, docker, netns, tools)" ;;
+    promtool) need_promtool ;;
+    *) die "unknown service $s (postgres, etcd, docker, netns, tools, promtool)" ;;
   esac
 done

@@ -197,6 +197,13 @@ export class Dispatcher<T extends OfferTarget = OfferTarget> {
     return this.runners.get(runnerId)?.target;
   }
 
+  /** Free slots over this replica's runners: what they can be offered now (a held instance's runner counts none). */
+  creditSlots(): number {
+    let n = 0;
+    for (const r of this.runners.values()) n += this.free(r);
+    return n;
+  }
+
   all(): T[] {
     return [...this.runners.values()].map((r) => r.target);
   }

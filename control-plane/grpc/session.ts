@@ -328,8 +328,12 @@ export class RunnerSession implements OfferTarget {
       const granted = await this.deps.serial.run(runner.id, () => store.leases.startedMany(runner.id, items, ttl));
       for (const s of starts) {
         const g = granted.get(s.leaseId);
-        if (!g) this.revoke(s.leaseId, s.attempt, RevokeReason.REVOKE_REASON_UNKNOWN_LEASE);
-        else metrics.dispatchLatency.observe(Math.max(0, Number(s.startedAt) - g.getTime()) / 1000);
+        if (!g) {
+          this.revoke(s.leaseId, s.attempt, RevokeReason.REVOKE_REASON_UNKNOWN_LEASE);
+          continue;
+        }
+        metrics.dispatchLatency.observe(Math.max(0, Number(s.startedAt) - g.grantedAt.getTime()) / 1000);
+        metrics.taskStarted(g.cluster, g.codeName, g.eligibleAt, Number(s.startedAt));
       }
     }
     if (done.length > 0) {
@@ -348,7 +352,7 @@ export class RunnerSession implements OfferTarget {
           ? { started: { containerId: folded.get(c.leaseId)!.containerId, startedAt: new Date(Number(folded.get(c.leaseId)!.startedAt)) } }
           : {}),
       }));
-      const { dispositions, ended } = await this.deps.serial.run(runner.id, () =>
+      const { dispositions, ended, tasks } = await this.deps.serial.run(runner.id, () =>
         store.outcomes.completeMany(runner.id, results, { leaseTtlMs: ttl, runnerLossBudget: config.runnerLossBudget }),
       );
       this.deps.hub.leasesEnded(ended);
@@ -358,10 +362,16 @@ export class RunnerSession implements OfferTarget {
       done.forEach((c, i) => {
         const d = dispositions[i]!;
         metrics.completions.inc({ outcome: outcomes[i]!, disposition: d });
+        const task = tasks[i];
+        if (task) {
+          const f = folded.get(c.leaseId);
+          if (f) metrics.taskStarted(task.cluster, task.codeName, task.eligibleAt, Number(f.startedAt));
+          metrics.taskRan(task.cluster, task.codeName, Number(c.startedAt), Number(c.finishedAt));
+        }
         if (outcomes[i] === 'runner_error' && d === 'recorded' && this.state !== 'draining') faults.push(`could not run a task: ${c.msg}`);
         this.send({ $case: 'completedAck', value: { leaseId: c.leaseId, attempt: c.attempt, disposition: DISPOSITIONS[d] } });
       });
-      if (faults.length > 0) await this.penalise(faults);
+      if (faults.length > 0) await this.penalise('runner_error', faults);
     }
     // Everything else, in arrival order; of the beats only the newest matters.
     const beats = of('beat');
@@ -430,7 +440,7 @@ export class RunnerSession implements OfferTarget {
         }
         if (await store.outcomes.release(r.leaseId, r.attempt, runner.id, 'rejected')) this.deps.hub.leasesEnded([r.leaseId]);
         // A draining runner refuses what crossed its DrainNotice: no fault of its own.
-        if (this.state !== 'draining') await this.penalise([`offer rejected (${r.detail || RejectReason[r.reason] || r.reason})`]);
+        if (this.state !== 'draining') await this.penalise('offer_rejected', [`offer rejected (${r.detail || RejectReason[r.reason] || r.reason})`]);
         this.deps.hub.capacity(runner.cluster);
         return;
       }
@@ -486,8 +496,9 @@ export class RunnerSession implements OfferTarget {
    * reconnect, to this replica or another, does not clear it; a store that cannot be
    * written leaves it in force for this session only.
    */
-  private async penalise(faults: string[]): Promise<void> {
+  private async penalise(reason: 'runner_error' | 'offer_rejected', faults: string[]): Promise<void> {
     const { runnerPenaltyBaseMs: base, runnerPenaltyMaxMs: max } = this.deps.config;
+    this.deps.metrics.penalties.inc({ reason }, faults.length);
     for (let i = 0; i < faults.length; i++) this.penaltyMs = Math.min(Math.max(this.penaltyMs * 2, base), max);
     this.penaltyUntil = this.now() + this.penaltyMs;
     const why = faults.length === 1 ? faults[0]! : `${faults[0]!} (and ${faults.length - 1} more)`;

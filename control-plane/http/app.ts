@@ -8,6 +8,7 @@ import { checkRequestText } from './text.ts';
 import { validated } from './schema/endpoint.ts';
 import { ep } from './schema/index.ts';
 import { openApiDocument } from './schema/openapi.ts';
+import { bearerMatches, metricsUnauthorized, requestMetrics } from './metrics-endpoint.ts';
 import { clustersRouter } from './routes/clusters.ts';
 import { codesRouter } from './routes/codes.ts';
 import { schedulesRouter } from './routes/schedules.ts';
@@ -50,6 +51,7 @@ export function createApp(deps: ApiDeps): Koa<ApiState> {
   const app = new Koa<ApiState>();
   app.proxy = true;
 
+  if (deps.metrics) app.use(requestMetrics(deps.metrics));
   // The one error middleware: every error body is {"msg": "..."}.
   app.use(async (ctx, next) => {
     ctx.state.deps = deps;
@@ -97,8 +99,11 @@ export function apiRouters(deps: ApiDeps): Router<ApiState>[] {
   root.get('/healthz', (ctx) => {
     ctx.body = { status: 'ok' };
   });
+  // Served here unless GANTRY_METRICS_PORT gives it a listener of its own; GANTRY_METRICS_TOKEN guards it either way.
   root.get('/metrics', async (ctx) => {
-    if (!deps.metrics) throw notFound('Metrics are not enabled');
+    if (!deps.metrics || deps.config.metricsPort !== undefined) throw notFound('Not found: /metrics is not served on this port');
+    const token = deps.config.metricsToken;
+    if (token !== undefined && !bearerMatches(ctx.get('Authorization'), token)) throw metricsUnauthorized();
     ctx.type = deps.metrics.registry.contentType;
     ctx.body = await deps.metrics.registry.metrics();
   });

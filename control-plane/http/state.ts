@@ -4,6 +4,7 @@ import type { ControlPlaneConfig } from '../config.ts';
 import type { Store } from '../store/index.ts';
 import type { RunnerHub } from '../dispatch/hub.ts';
 import type { CoordStatus } from '../coord/types.ts';
+import type { ControlPlaneMetrics } from '../metrics.ts';
 
 /** What the API asks of dispatch. */
 export type ApiHub = Pick<RunnerHub, 'enqueue' | 'tasksReady' | 'cancelRequested' | 'instancesChanged'>;
@@ -20,8 +21,8 @@ export interface ApiDeps {
   readonly coordStatus?: () => CoordStatus;
   /** True while this replica drains (graceful stop): /readyz fails so balancers move on. */
   readonly draining?: () => boolean;
-  /** Prometheus registry served at /metrics. */
-  readonly metrics?: { registry: { metrics(): Promise<string>; contentType: string } };
+  /** Prometheus metrics: served at /metrics, and counting requests. */
+  readonly metrics?: ControlPlaneMetrics;
 }
 
 export interface ApiState {

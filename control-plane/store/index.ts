@@ -17,6 +17,7 @@ import { RunnersStore } from './runners.ts';
 import { LogsStore } from './logs.ts';
 import { AutoscaleStore } from './autoscale.ts';
 import { QuotasStore } from './quotas.ts';
+import { GaugesStore } from './gauges.ts';
 
 export type { Db } from './db.ts';
 
@@ -37,6 +38,8 @@ export class Store {
   readonly logs: LogsStore;
   readonly autoscale: AutoscaleStore;
   readonly quotas: QuotasStore;
+  /** Scrape-time readings of the queue and the fleet (Prometheus gauges). */
+  readonly gauges: GaugesStore;
 
   constructor(
     readonly db: Db,
@@ -56,6 +59,7 @@ export class Store {
     this.outcomes = new OutcomesStore(ctx, this.tasks, this.leases);
     this.logs = new LogsStore(ctx);
     this.autoscale = new AutoscaleStore(ctx);
+    this.gauges = new GaugesStore(ctx);
   }
 
   close(): Promise<void> {

@@ -81,6 +81,15 @@ export interface StartedReport extends LeaseKey {
   startedAt: Date;
 }
 
+/** A lease a Started report moved to running: when it was granted, and its task's labels and eligibility. */
+export interface StartedLease {
+  grantedAt: Date;
+  cluster: string;
+  codeName: string;
+  /** When the task could first be handed out (created plus delay): its queue wait starts here. */
+  eligibleAt: Date | null;
+}
+
 /** Outcomes a lease ends with when it was taken away rather than completed. */
 export const RECLAIMED: ReadonlySet<string> = new Set(['offer_expired', 'rejected', 'reclaimed', 'revoked', 'handed_back', 'no_slot']);
 
@@ -104,18 +113,18 @@ export class LeasesStore {
     return new Set(r.rows.map((x) => x.id));
   }
 
-  /** Started for many leases of one runner; returns each started lease's grant time. */
-  async startedMany(runnerId: string, items: StartedReport[], ttlMs: number): Promise<Map<string, Date>> {
+  /** Started for many leases of one runner; returns each started lease (StartedLease) by id. */
+  async startedMany(runnerId: string, items: StartedReport[], ttlMs: number): Promise<Map<string, StartedLease>> {
     if (items.length === 0) return new Map();
     // In a transaction only so that a lost deadlock is retried (see Db.tx).
     return this.c.db.tx((q) => this.startedIn(q, runnerId, items, ttlMs));
   }
 
   /** startedMany inside the caller's transaction (a Completed that folds its Started in). */
-  async startedIn(q: Queryable, runnerId: string, items: StartedReport[], ttlMs: number): Promise<Map<string, Date>> {
+  async startedIn(q: Queryable, runnerId: string, items: StartedReport[], ttlMs: number): Promise<Map<string, StartedLease>> {
     if (items.length === 0) return new Map();
     const now = this.c.clock.now();
-    const r = await run<{ id: string; granted_at: Date }>(q, STARTED, [
+    const r = await run<{ id: string; granted_at: Date; cluster: string; code_name: string | null; eligible_at: Date | null }>(q, STARTED, [
       items.map((i) => i.leaseId),
       items.map((i) => i.attempt),
       items.map((i) => i.containerId),
@@ -124,7 +133,9 @@ export class LeasesStore {
       new Date(now.getTime() + ttlMs),
       now,
     ]);
-    return new Map(r.rows.map((x) => [x.id, x.granted_at]));
+    return new Map(
+      r.rows.map((x) => [x.id, { grantedAt: x.granted_at, cluster: x.cluster, codeName: x.code_name ?? '', eligibleAt: x.eligible_at }]),
+    );
   }
 
   /**

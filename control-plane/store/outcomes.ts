@@ -37,6 +37,21 @@ export interface Completion {
 
 export type Disposition = 'recorded' | 'duplicate' | 'stale';
 
+/** The task a recorded result belonged to, as the metrics label it: its cluster, package and eligibility. */
+export interface RecordedTask {
+  cluster: string;
+  codeName: string;
+  eligibleAt: Date | null;
+}
+
+/** What completeMany did with each result (aligned with its items), and the leases it ended. */
+export interface CompleteResult {
+  dispositions: Disposition[];
+  ended: string[];
+  /** For each item recorded, its task (else undefined): read by the same statements, no extra query. */
+  tasks: (RecordedTask | undefined)[];
+}
+
 export interface LeaseConfig {
   leaseTtlMs: number;
   /** Internal retries after runner loss or runner errors before the task ends. */
@@ -60,7 +75,16 @@ interface TaskForOutcome {
   retries_left: number;
   cancel_requested_at: Date | null;
   status: string;
+  cluster: string;
+  code_name: string;
+  eligible_at: Date | null;
 }
+
+const recordedTask = (r: { cluster: string; code_name: string; eligible_at: Date | null }): RecordedTask => ({
+  cluster: r.cluster,
+  codeName: r.code_name,
+  eligibleAt: r.eligible_at,
+});
 
 const COMPLETE_FAST = statement('complete-fast');
 const LEASE_LOCK = statement('lease-lock');
@@ -85,10 +109,10 @@ export class OutcomesStore {
    * the rest (retries, runner errors, stale or duplicate results, a lease listed twice) go
    * one by one. `ended`: the leases these results ended.
    */
-  async completeMany(runnerId: string, items: Completion[], cfg: LeaseConfig): Promise<{ dispositions: Disposition[]; ended: string[] }> {
-    if (items.length === 0) return { dispositions: [], ended: [] };
+  async completeMany(runnerId: string, items: Completion[], cfg: LeaseConfig): Promise<CompleteResult> {
+    if (items.length === 0) return { dispositions: [], ended: [], tasks: [] };
     const now = this.c.clock.now();
-    const dispositions = await this.c.db.tx(async (q) => {
+    const { dispositions, tasks } = await this.c.db.tx(async (q) => {
       // Candidates for the one-statement path: the first result of each lease whose outcome
       // ends the task by itself (a runner error may requeue it).
       const seen = new Set<string>();
@@ -97,11 +121,11 @@ export class OutcomesStore {
         if (OUTCOME_STATUS[c.outcome] !== 'retry' && !seen.has(c.leaseId)) fast.push(i);
         seen.add(c.leaseId);
       });
-      const recorded = new Set<string>();
+      const recorded = new Map<string, RecordedTask>();
       if (fast.length > 0) {
         const f = fast.map((i) => items[i]!);
         const status = (c: Completion) => OUTCOME_STATUS[c.outcome] as TaskStatus;
-        const r = await run<{ id: string; tasks: number }>(q, COMPLETE_FAST, [
+        const r = await run<{ id: string; tasks: number; cluster: string; code_name: string; eligible_at: Date | null }>(q, COMPLETE_FAST, [
           f.map((c) => c.leaseId),
           f.map((c) => c.attempt),
           f.map(status),
@@ -117,32 +141,43 @@ export class OutcomesStore {
         if (r.rows.length > 0 && r.rows[0]!.tasks !== r.rows.length) {
           throw new TxConflictError('a task changed while its result was recorded; recording again');
         }
-        for (const x of r.rows) recorded.add(x.id);
+        for (const x of r.rows) recorded.set(x.id, recordedTask(x));
       }
       const out: Disposition[] = [];
+      const outTasks: (RecordedTask | undefined)[] = [];
       const fastSet = new Set(fast);
       for (let i = 0; i < items.length; i++) {
         const c = items[i]!;
-        if (fastSet.has(i) && recorded.has(c.leaseId)) {
+        const fastTask = fastSet.has(i) ? recorded.get(c.leaseId) : undefined;
+        if (fastTask) {
           out.push('recorded');
+          outTasks.push(fastTask);
           continue;
         }
         // Everything else as one result at a time (it locks the lease and the task).
         if (c.started) await this.leases.startedIn(q, runnerId, [{ leaseId: c.leaseId, attempt: c.attempt, ...c.started }], cfg.leaseTtlMs);
-        out.push(await this.completeOne(q, c, runnerId, cfg));
+        const one = await this.completeOne(q, c, runnerId, cfg);
+        out.push(one.disposition);
+        outTasks.push(one.task);
       }
-      return out;
+      return { dispositions: out, tasks: outTasks };
     });
-    return { dispositions, ended: items.filter((_, i) => dispositions[i] === 'recorded').map((i) => i.leaseId) };
+    return { dispositions, ended: items.filter((_, i) => dispositions[i] === 'recorded').map((i) => i.leaseId), tasks };
   }
 
-  private async completeOne(q: Queryable, c: Completion, runnerId: string, cfg: LeaseConfig): Promise<Disposition> {
+  private async completeOne(
+    q: Queryable,
+    c: Completion,
+    runnerId: string,
+    cfg: LeaseConfig,
+  ): Promise<{ disposition: Disposition; task?: RecordedTask }> {
     const now = this.c.clock.now();
     const lease = (await run<LeaseRow>(q, LEASE_LOCK, [c.leaseId])).rows[0];
-    if (!lease || lease.attempt !== c.attempt || lease.runner_id !== runnerId) return 'stale';
-    if (lease.state === 'done') return lease.outcome && RECLAIMED.has(lease.outcome) ? 'stale' : 'duplicate';
+    if (!lease || lease.attempt !== c.attempt || lease.runner_id !== runnerId) return { disposition: 'stale' };
+    if (lease.state === 'done') return { disposition: lease.outcome && RECLAIMED.has(lease.outcome) ? 'stale' : 'duplicate' };
     const task = (await run<TaskForOutcome>(q, TASK_LOCK, [lease.task_id])).rows[0];
-    if (!task || task.lease_id !== lease.id) return 'stale';
+    if (!task || task.lease_id !== lease.id) return { disposition: 'stale' };
+    const recorded = { disposition: 'recorded' as const, task: recordedTask(task) };
     let status = OUTCOME_STATUS[c.outcome];
     let msg = c.msg;
     if (status === 'retry') {
@@ -152,7 +187,7 @@ export class OutcomesStore {
       } else if (task.runner_losses + 1 <= cfg.runnerLossBudget) {
         await run(q, LEASE_END, [lease.id, now, 'handed_back']);
         await run(q, TASK_REQUEUE, [task.id, task.runner_losses + 1, `Runner could not run the task (${c.msg}); retrying on another runner`, now]);
-        return 'recorded';
+        return recorded;
       } else {
         status = 'error';
         msg = `Runner could not run the task: ${c.msg}`;
@@ -166,7 +201,7 @@ export class OutcomesStore {
       endedAt: c.finishedAt ? new Date(c.finishedAt) : now,
     });
     if ((status === 'error' || status === 'timeout') && task.retries_left > 0) await this.retryFailed(q, task.id);
-    return 'recorded';
+    return recorded;
   }
 
   private async finish(q: Queryable, taskId: string, leaseId: string, status: TaskStatus, msg: string | null, o: { exitCode?: number; startedAt?: Date | null; endedAt: Date }) {

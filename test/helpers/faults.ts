@@ -103,9 +103,13 @@ export async function metric(api: TestApi, name: string, labels: Record<string, 
   return metricAt(`${api.url}/metrics`, name, labels);
 }
 
-/** The sum of a metric's series matching `labels` in a Prometheus text page. */
+/** The sum of a metric's series matching `labels` in the Prometheus text page at `url`. */
 export async function metricAt(url: string, name: string, labels: Record<string, string> = {}): Promise<number> {
-  const text = await (await fetch(url)).text();
+  return metricIn(await (await fetch(url)).text(), name, labels);
+}
+
+/** The sum of a metric's series matching `labels` in a Prometheus text page. */
+export function metricIn(text: string, name: string, labels: Record<string, string> = {}): number {
   let sum = 0;
   for (const line of text.split('\n')) {
     if (!line.startsWith(name)) continue;

@@ -5,6 +5,8 @@
 -- none was recorded). The task's guards are checked on the snapshot to pick the leases and
 -- again, on the locked row, by the task's update; if they disagree (a concurrent cancel or
 -- reclaim), `tasks` differs from the number of rows and the caller runs the transaction again.
+-- Each row also names the lease's cluster, the task's code package and when the task became
+-- eligible (the run-time and queue-wait histograms' labels and start).
 --
 -- Parameters:
 --   $1 leases         text[]
@@ -31,7 +33,7 @@ WITH
       AND l.attempt = v.attempt AND l.runner_id = $10 AND l.state <> 'done'
       AND t.lease_id = l.id AND t.status IN ('queued', 'running')
       AND NOT (v.status IN ('error', 'timeout') AND t.retries_left > 0)
-    RETURNING l.id, l.task_id, v.status, v.msg, v.exit_code, v.started_at, v.ended_at,
+    RETURNING l.id, l.task_id, v.status, v.msg, v.exit_code, v.started_at, v.ended_at, l.cluster, t.code_name, t.eligible_at,
       CASE WHEN v.folded_at IS NOT NULL AND o.state <> 'running' THEN 1 ELSE 0 END AS ran
   ),
   t AS (
@@ -42,4 +44,4 @@ WITH
     FROM l WHERE t.id = l.task_id AND t.lease_id = l.id AND t.status IN ('queued', 'running')
     RETURNING t.id
   )
-SELECT l.id, (SELECT count(*) FROM t)::int AS tasks FROM l
+SELECT l.id, l.cluster, l.code_name, l.eligible_at, (SELECT count(*) FROM t)::int AS tasks FROM l

@@ -27,3 +27,16 @@ t.test('the logged config never shows the database password', async (t) => {
   t.notMatch(r, /s3cret/);
   t.match(r, /postgres:\/\/u:\*\*\*@db:5432\/g/);
 });
+
+t.test('/metrics protection: a token and a separate listener, checked and never logged', async (t) => {
+  const token = 'scrape-0123456789abcdef';
+  const c = loadConfig({ GANTRY_METRICS_TOKEN: token, GANTRY_METRICS_PORT: '9464', GANTRY_METRICS_HOST: '0.0.0.0' });
+  t.match(c, { metricsToken: token, metricsPort: 9464, metricsHost: '0.0.0.0' });
+  t.match(loadConfig({}), { metricsToken: undefined, metricsPort: undefined }, 'by default /metrics is open, on the API port');
+  t.notMatch(JSON.stringify(redactedConfig(c)), new RegExp(token), 'the logged config hides the token');
+  t.throws(() => loadConfig({ GANTRY_METRICS_TOKEN: 'short' }), { message: /GANTRY_METRICS_TOKEN must be at least 16/ });
+  t.throws(() => loadConfig({ GANTRY_METRICS_TOKEN: 'has a space in it, long enough' }), { message: /GANTRY_METRICS_TOKEN may hold only printable/ });
+  t.throws(() => loadConfig({ GANTRY_METRICS_PORT: 'x' }), { message: /GANTRY_METRICS_PORT must be an integer/ });
+  t.throws(() => loadConfig({ GANTRY_METRICS_PORT: '8080' }), { message: /GANTRY_METRICS_PORT must differ from GANTRY_PORT/ });
+  t.throws(() => loadConfig({ GANTRY_METRICS_HOST: '0.0.0.0' }), { message: /GANTRY_METRICS_HOST needs GANTRY_METRICS_PORT/ });
+});

@@ -20,7 +20,7 @@ import { openStore } from '../../../control-plane/store/index.ts';
 import { DrainMode, RejectReason } from '../../../proto/gen/gantry/runner/v1/runner.ts';
 import { startTestApi, uploadCode, type ApiUser, type TestApi } from '../../helpers/api.ts';
 import { ENGINES } from '../../helpers/db.ts';
-import { FAST_TIMERS, finalOf, leasesOf, metricAt, queueTasks, spawnRunnerProcess, taskRow } from '../../helpers/faults.ts';
+import { FAST_TIMERS, finalOf, leasesOf, metric, metricAt, queueTasks, spawnRunnerProcess, taskRow } from '../../helpers/faults.ts';
 import { freePort } from '../../helpers/pg-instance.ts';
 import { connectProtocolClient, type ProtocolClient } from '../../helpers/protocol.ts';
 import { runnerEnv, spawnRunner, startTestRunner, testCluster, TEST_IMAGE, until } from '../../helpers/runner.ts';
@@ -189,6 +189,7 @@ t.test("a runner's own fault penalises it, and the penalty holds after it reconn
     return row.penalty_until ? row : undefined;
   });
   t.equal(p.penalty_ms, 600000, 'penalised for the base penalty');
+  t.equal(await metric(a, 'gantry_runner_penalties_total', { reason: 'runner_error' }), 1, 'counted as a runner_error penalty');
   t.match(p.penalty_reason, /^could not run a task: could not write task files in .*ENOTDIR/, 'for its own fault');
   t.ok(p.penalty_until!.getTime() > Date.now() + 500_000, 'for ten minutes');
   const queued = await until('the task to be back in the queue', async () => {
@@ -276,6 +277,7 @@ for (const engine of ENGINES) {
     pc.send({ $case: 'reject', value: { leaseId: o2.leaseId, attempt: o2.attempt, reason: RejectReason.REJECT_REASON_DRAINING } });
     await until('the drain-time reject to be handled', async () => (await leasesOf(api, t2!))[0]?.outcome === 'rejected');
     t.match(await penaltyOf(api, pc.runnerId), { penalty_ms: 0, penalty_until: null }, 'a draining runner is not penalised');
+    t.equal(await metric(api, 'gantry_runner_penalties_total'), 0, 'no penalty counted for the image or the drain');
     t.match(await taskRow(api, t2!), { status: 'queued', runner_losses: 0 }, 'the task is back in the queue');
 
     // (3) A runner that rejects for itself is penalised, in the store.
@@ -290,6 +292,7 @@ for (const engine of ENGINES) {
       return row.penalty_until ? row : undefined;
     });
     t.match(p, { penalty_ms: 600000, penalty_reason: 'offer rejected (docker is broken)' });
+    t.equal(await metric(api, 'gantry_runner_penalties_total', { reason: 'offer_rejected' }), 1, 'the penalty is counted by its reason');
 
     // It reconnects (same runner id, a new stream): still penalised, though it says it is free.
     stop2();
