@@ -1,11 +1,18 @@
 #!/usr/bin/env node
-// Runs the TypeScript entry points through tsx's loader, so `gantry` works from a checkout:
-// `gantry runner` is the runner agent, everything else the control plane's command.
-import { register } from 'tsx/esm/api';
-register();
-if (process.argv[2] === 'runner') {
-  process.argv.splice(2, 1);
-  await import('../runner/main.ts');
+// The `gantry` command: `gantry runner` is the runner agent, everything else the control
+// plane's command. In a built install (`npm run build`, the npm package, the Docker images)
+// it runs the compiled JavaScript in dist/ with plain node; in a checkout without a build it
+// runs the TypeScript through tsx's loader (a development dependency).
+import fs from 'node:fs';
+
+const runner = process.argv[2] === 'runner';
+if (runner) process.argv.splice(2, 1);
+const entry = runner ? 'runner/main' : 'control-plane/main';
+const built = new URL(`../dist/${entry}.js`, import.meta.url);
+if (fs.existsSync(built)) {
+  await import(built.href);
 } else {
-  await import('../control-plane/main.ts');
+  const { register } = await import('tsx/esm/api');
+  register();
+  await import(new URL(`../${entry}.ts`, import.meta.url).href);
 }

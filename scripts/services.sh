@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (from Debian's packages) and starts what Gantry's tests need, idempotently:
 # PostgreSQL 15, etcd 3.4, a Docker engine, the local busybox test image, iproute2, and the
-# tools some tests run (systemd-analyze, python3, pgrep, promtool).
+# tools some tests run (systemd-analyze, docker-compose, python3, pgrep, promtool).
 # Usage: scripts/services.sh [postgres] [etcd] [docker] [netns] [tools] [promtool]   (no argument: all six)
 set -euo pipefail
 
@@ -110,15 +110,17 @@ need_netns() {
   say "iproute2 (ip netns) is present"
 }
 
-# Programs tests run directly: test/cloud-config/unit/render.test.ts verifies the rendered units
-# with /usr/bin/systemd-analyze (that path), e2e-docker builds a zip with python3, and
+# Programs tests run directly: test/cloud-config/unit/render.test.ts and test/repo/deploy.test.ts
+# verify units with /usr/bin/systemd-analyze (that path), deploy.test.ts validates the compose
+# file with /usr/bin/docker-compose (Debian's, v1), e2e-docker builds a zip with python3, and
 # autoscale-local and the private PostgreSQL servers of the outage tests look for processes
 # with pgrep.
 need_tools() {
   [ -x /usr/bin/systemd-analyze ] || need_pkgs systemd
+  [ -x /usr/bin/docker-compose ] || need_pkgs docker-compose
   command -v python3 >/dev/null 2>&1 || need_pkgs python3
   command -v pgrep >/dev/null 2>&1 || need_pkgs procps
-  say "systemd-analyze, python3 and pgrep are present"
+  say "systemd-analyze, docker-compose, python3 and pgrep are present"
 }
 
 # test/control-plane/integration/metrics.test.ts checks /metrics and the alerting rules in

@@ -1,6 +1,7 @@
 /**
- * The `local` provider: an "instance" is a runner agent process (`runner/main.ts` through tsx)
- * on this host. It is what the embedded start (`gantry start`) scales its default cluster
+ * The `local` provider: an "instance" is a runner agent process on this host: `runner/main.ts`
+ * through tsx in a checkout, `runner/main.js` with plain node in a build (dist/, where this
+ * module is JavaScript too). It is what the embedded start (`gantry start`) scales its default cluster
  * with, and replaces control-plane/local-runners.ts there.
  *
  * State. `<dataDir>/instances/state.json` records every instance (id, cluster, intent, pid,
@@ -24,7 +25,7 @@
  * that wants them to survive a restart sets `KillMode=process`.
  *
  * Pid safety. A pid recorded before a restart is only trusted after checking that the process
- * is still that runner: alive, its command line runs `runner/main.ts`, and its environment
+ * is still that runner: alive, its command line runs `runner/main.ts` (or `.js`), and its environment
  * holds `GANTRY_INSTANCE_ID=<that instance>` (/proc on Linux, `ps -E` elsewhere). Anything
  * else is "terminated" and is never signalled. Children of this process are signalled through
  * their ChildProcess handle, which Node never lets reach a reaped pid.
@@ -69,9 +70,12 @@ import {
 } from './types.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const RUNNER_MAIN = path.join(ROOT, 'runner', 'main.ts');
-/** How a runner's command line is recognised (any checkout: the path may have moved). */
-const RUNNER_MAIN_SUFFIX = `${path.sep}runner${path.sep}main.ts`;
+/** Built (dist/, plain node) when this module is JavaScript; otherwise the sources through tsx. */
+const BUILT = import.meta.url.endsWith('.js');
+const RUNNER_MAIN = path.join(ROOT, 'runner', BUILT ? 'main.js' : 'main.ts');
+const RUNNER_ARGS: readonly string[] = BUILT ? [RUNNER_MAIN] : ['--import', 'tsx', RUNNER_MAIN];
+/** How a runner's command line is recognised (any checkout or install: the path may have moved). */
+const isRunnerMain = (arg: string): boolean => /(^|[\\/])runner[\\/]main\.[jt]s$/.test(arg);
 
 export interface LocalProviderOptions {
   /** State file and per-instance work dirs live under `<dataDir>/instances`. */
@@ -149,7 +153,7 @@ const openDirs = new Set<string>();
 
 /**
  * Whether `pid` is, right now, the runner process of `instanceId`: alive, running
- * `runner/main.ts`, and with `GANTRY_INSTANCE_ID=<instanceId>` in its environment. False on
+ * `runner/main.ts` (or `.js`), and with `GANTRY_INSTANCE_ID=<instanceId>` in its environment. False on
  * any doubt (another user's process, a zombie, no /proc and no `ps`).
  */
 export function isRunnerProcess(pid: number, instanceId: string): boolean {
@@ -163,12 +167,13 @@ export function isRunnerProcess(pid: number, instanceId: string): boolean {
   try {
     if (process.platform === 'linux') {
       const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      if (!argv.some((a) => a.endsWith(RUNNER_MAIN_SUFFIX) || a === 'runner/main.ts')) return false;
+      if (!argv.some(isRunnerMain)) return false;
       return fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(marker);
     }
     // BSD/macOS ps: -E appends the environment to the command (own processes only).
     const out = execFileSync('ps', ['-ww', '-E', '-o', 'command=', '-p', String(pid)], { encoding: 'utf8', timeout: 5000 });
-    return out.includes('runner/main.ts') && out.split(/\s+/).includes(marker);
+    const words = out.split(/\s+/);
+    return words.some(isRunnerMain) && words.includes(marker);
   } catch {
     return false;
   }
@@ -322,7 +327,7 @@ export class LocalProvider implements Provider {
     }
     let child: ChildProcess;
     try {
-      child = spawn(process.execPath, ['--import', 'tsx', RUNNER_MAIN], {
+      child = spawn(process.execPath, RUNNER_ARGS, {
         cwd: ROOT,
         env: this.#env(r, token),
         detached: true,

@@ -16,6 +16,14 @@ export interface GantryProcess {
   exited: Promise<number | string>;
 }
 
+/** How the process is started: the sources through tsx unless a test names another command. */
+export interface GantryCommand {
+  file: string;
+  args: readonly string[];
+  cwd: string;
+}
+const FROM_SOURCE: GantryCommand = { file: process.execPath, args: ['--import', 'tsx', path.join(ROOT, 'control-plane/main.ts'), 'start'], cwd: ROOT };
+
 /**
  * Starts `gantry start` as a real child process with `env`, and resolves once it printed
  * its API base URL (with the project id and token of its first start). Killed at teardown.
@@ -25,9 +33,10 @@ export async function startGantryProcess(
   env: Record<string, string>,
   timeoutMs = 60000,
   onOutput?: (all: string) => void,
+  command: GantryCommand = FROM_SOURCE,
 ): Promise<GantryProcess> {
-  const proc = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'control-plane/main.ts'), 'start'], {
-    cwd: ROOT,
+  const proc = spawn(command.file, command.args, {
+    cwd: command.cwd,
     env: { PATH: process.env.PATH ?? '', GANTRY_PORT: '0', GANTRY_GRPC_PORT: '0', GANTRY_LOCAL_RUNNERS: '0', LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
