@@ -85,13 +85,14 @@ async function startControlPlaneProcess(env: Record<string, string>): Promise<{ 
   const proc = spawn(process.execPath, [...prof, '--import', 'tsx', path.join(ROOT, 'control-plane/main.ts'), 'start'], {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? '', GANTRY_PORT: '0', GANTRY_GRPC_PORT: '0', GANTRY_LOCAL_RUNNERS: '0', LOG_LEVEL: 'warn', ...env },
-    stdio: ['ignore', 'pipe', 'inherit'],
+    stdio: ['ignore', 'inherit', 'pipe'],
   });
   let out = '';
   let ready = false;
   await new Promise<void>((resolve, reject) => {
-    proc.stdout!.on('data', (d: Buffer) => {
-      // Once it is up, what it logs (warnings and worse) goes to this process's stderr.
+    // The banner is on stderr (its logs, warnings and worse, go to this process's stdout).
+    proc.stderr!.on('data', (d: Buffer) => {
+      // Once it is up, whatever else it says on stderr goes to this process's stderr.
       if (ready) return void process.stderr.write(d);
       out += d.toString();
       if (out.includes('Press Ctrl-C to stop')) {

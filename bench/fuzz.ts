@@ -72,14 +72,15 @@ function startControlPlane(env: Record<string, string>): Promise<{ proc: ChildPr
   const proc = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'control-plane/main.ts'), 'start'], {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? '', GANTRY_PORT: '0', GANTRY_GRPC_PORT: '0', GANTRY_LOCAL_RUNNERS: '0', LOG_LEVEL: 'warn', ...env },
-    stdio: ['ignore', 'pipe', 'inherit'],
+    stdio: ['ignore', 'inherit', 'pipe'],
   });
   const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
   let out = '';
   let ready = false;
   return new Promise((resolve, reject) => {
-    proc.stdout!.on('data', (d: Buffer) => {
-      // Once it is up, what it logs (warnings and worse) goes to this process's stderr.
+    // The banner is on stderr (its logs, warnings and worse, go to this process's stdout).
+    proc.stderr!.on('data', (d: Buffer) => {
+      // Once it is up, whatever else it says on stderr goes to this process's stderr.
       if (ready) return void process.stderr.write(d);
       out += d.toString();
       if (out.includes('Press Ctrl-C to stop')) {

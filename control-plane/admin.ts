@@ -21,13 +21,39 @@ export const USAGE = `Usage: gantry <command> [options]
   project limit --id PROJECT --max-running N|none
                                          limit the project's running tasks across all replicas (none: no limit)
   token create --user USER [--name NAME] create an OAuth token for USER; printed once
+  token list [--user USER]               list the tokens that work (ids, owners, names; never the tokens)
   token revoke --id TOKEN_ID             revoke a token
   cluster create --name NAME [--memory MB]  create a cluster of runners; prints its id and runner token
   cluster token --name NAME              rotate a cluster's runner token (runners with the old one are refused)
   cluster list                           list clusters
+  cluster stats --name NAME              queue depth, load, runners and instances of a cluster
+  cluster delete --name NAME             delete a cluster: its queued tasks are cancelled, its instances terminated
+  runner list [--cluster NAME]           list runners: state, slots, running tasks, last beat, penalty
+  runner drain --id RUNNER [--mode finish|hand-back] [--timeout SECONDS] [--wait]
+                                         take a runner out of service: no new work; running tasks finish
+                                         (up to --timeout, default 3600) or are handed back; it then exits.
+                                         With --wait, shows its progress until it has left
   cluster reencrypt                      re-seal every cluster secret with the first key of GANTRY_SECRET_KEYS (key rotation)
 
-Configuration comes from the environment (see README.md: DATABASE_URL, GANTRY_DATA_DIR, GANTRY_PORT, ...).`;
+Configuration comes from the environment (see README.md: DATABASE_URL, GANTRY_DATA_DIR, GANTRY_PORT, ...).
+On the embedded default, the commands also work while \`gantry start\` runs: they go through it.`;
+
+/** The commands, for the message that names an unknown one. */
+const COMMANDS = [
+  'start', 'migrate', 'user create', 'user list', 'user quota', 'project create', 'project list', 'project limit',
+  'token create', 'token list', 'token revoke', 'cluster create', 'cluster token', 'cluster list', 'cluster stats',
+  'cluster delete', 'cluster reencrypt', 'runner list', 'runner drain',
+];
+
+/** What an admin command may do besides the store: say what it is doing, and tell dispatch of a change. */
+export interface AdminContext {
+  /** Progress lines of a long operation (stderr of the command). */
+  progress?: (line: string) => void;
+  /** Instances were marked KILL (a deleted cluster): the running server's dispatch hears it at once. */
+  instancesChanged?: () => void;
+  /** Between progress polls; tests shorten it. */
+  pollMs?: number;
+}
 
 /** `gantry user quota` options and the quotas they set. */
 const QUOTA_OPTIONS = [
@@ -41,8 +67,12 @@ const QUOTA_OPTIONS = [
  * Runs one admin command against the store and returns what to print. Separate from
  * main.ts so tests call it in-process.
  */
-export async function runAdmin(store: Store, argv: string[]): Promise<string> {
+export async function runAdmin(store: Store, argv: string[], ctx: AdminContext = {}): Promise<string> {
   const [noun, verb, ...rest] = argv;
+  if (!COMMANDS.includes(`${noun} ${verb}`)) {
+    const what = [noun, verb].filter(Boolean).join(' ');
+    throw new UsageError(`${what ? `Unknown command: gantry ${what}` : 'No command given'}\n\n${USAGE}`);
+  }
   const { values } = parseArgs({
     args: rest,
     options: {
@@ -56,13 +86,22 @@ export async function runAdmin(store: Store, argv: string[]): Promise<string> {
       codes: { type: 'string' },
       schedules: { type: 'string' },
       'queued-tasks': { type: 'string' },
+      cluster: { type: 'string' },
+      mode: { type: 'string' },
+      timeout: { type: 'string' },
+      wait: { type: 'boolean' },
     },
     strict: true,
   });
-  const need = (k: keyof typeof values) => {
+  const need = (k: Exclude<keyof typeof values, 'wait'>) => {
     const v = values[k];
     if (!v) throw new UsageError(`gantry ${noun} ${verb}: --${k} is required\n\n${USAGE}`);
     return v;
+  };
+  const clusterOf = async (name: string) => {
+    const c = await store.clusters.byName(name);
+    if (!c) throw new UsageError(`No cluster named ${JSON.stringify(name)}; list them with: gantry cluster list`);
+    return c;
   };
   const userOf = async (ref: string) => {
     const u = await store.accounts.findUser(ref);
@@ -128,6 +167,11 @@ export async function runAdmin(store: Store, argv: string[]): Promise<string> {
       const t = await store.accounts.createToken(u.id, values.name ?? '');
       return `token ${t.token}\n(id ${t.id}; shown only now: Gantry keeps only its hash)`;
     }
+    case 'token list': {
+      const u = values.user ? await userOf(values.user) : undefined;
+      const rows = await store.accounts.listTokens(u?.id);
+      return rows.map((x) => `${x.id} ${x.email}${x.name ? ` name=${JSON.stringify(x.name)}` : ''} created=${x.createdAt.toISOString()}`).join('\n') || '(no tokens)';
+    }
     case 'token revoke': {
       const ok = await store.accounts.revokeToken(need('id'));
       if (!ok) throw new UsageError(`No active token with id ${values.id}`);
@@ -149,6 +193,59 @@ export async function runAdmin(store: Store, argv: string[]): Promise<string> {
     }
     case 'cluster list':
       return (await store.clusters.list()).map((c) => `${c.id} ${c.name} memory=${c.memoryMb}MB`).join('\n') || '(no clusters)';
+    case 'cluster stats': {
+      const c = await clusterOf(need('name'));
+      const s = (await store.clusters.stats(c.id))!;
+      const lines = [
+        `cluster ${c.id} ${c.name}`,
+        `  queued ${s.queued}, load (EWMA of busy + queued) ${Math.round(s.ewma * 100) / 100}`,
+        `  runners ${s.runnersTotal} slots, ${s.runnersAvailable} free`,
+      ];
+      for (const i of s.instances) lines.push(`  instance ${i.instanceId} ${i.type} ${i.provider} runners=${i.runnersTotal} free=${i.runnersAvailable}`);
+      return lines.join('\n');
+    }
+    case 'cluster delete': {
+      const c = await clusterOf(need('name'));
+      const out = await store.clusters.softDelete(c.id);
+      if (!out) throw new UsageError(`No cluster named ${JSON.stringify(values.name)}; list them with: gantry cluster list`);
+      ctx.instancesChanged?.();
+      return `cluster ${c.id} ${c.name} deleted: ${out.tasksCancelled} queued task(s) cancelled, ${out.instancesMarked.length} instance(s) to terminate`;
+    }
+    case 'runner list': {
+      const c = values.cluster ? await clusterOf(values.cluster) : undefined;
+      const rows = await store.runners.list(c ? { clusterId: c.id } : {});
+      const now = Date.now();
+      return (
+        rows
+          .map((r) => {
+            const penalty = r.penaltyUntil && r.penaltyUntil.getTime() > now ? ` penalised until ${r.penaltyUntil.toISOString()} (${r.penaltyReason})` : '';
+            const beat = r.lastBeatAt ? ` last beat ${r.lastBeatAt.toISOString()}` : '';
+            return `${r.id} cluster=${r.cluster} ${r.state} slots=${r.slots} running=${r.busy}${r.hostname ? ` host=${r.hostname}` : ''}${beat}${penalty}`;
+          })
+          .join('\n') || '(no runners)'
+      );
+    }
+    case 'runner drain': {
+      const id = need('id');
+      const mode = values.mode ?? 'finish';
+      if (mode !== 'finish' && mode !== 'hand-back') throw new UsageError('--mode must be finish (running tasks finish) or hand-back (they are stopped and queued again)');
+      const timeout = values.timeout === undefined ? 3600 : Number(values.timeout);
+      if (!Number.isInteger(timeout) || timeout < 0 || timeout > 7 * 86400) throw new UsageError('--timeout must be a whole number of seconds from 0 to 604800');
+      if (!(await store.runners.requestDrain(id, mode === 'finish' ? 'finish' : 'hand_back', timeout))) {
+        throw new UsageError(`No runner with id ${JSON.stringify(id)}; list them with: gantry runner list`);
+      }
+      const asked = `runner ${id}: drain requested (${mode}); it hears it at its next beat, finishes or hands back its tasks, then leaves`;
+      if (!values.wait) return asked;
+      ctx.progress?.(asked);
+      for (let last = '';;) {
+        const r = (await store.runners.list()).find((x) => x.id === id);
+        if (!r || r.state === 'disconnected') return `runner ${id}: drained and gone`;
+        const line = `runner ${id}: ${r.state}, ${r.busy} task(s) running`;
+        if (line !== last) ctx.progress?.(line);
+        last = line;
+        await new Promise((resolve) => setTimeout(resolve, ctx.pollMs ?? 1000));
+      }
+    }
     case 'cluster reencrypt': {
       // Rotation: put the new key first in GANTRY_SECRET_KEYS (old ones after it), run this,
       // then drop the old keys. Values that cannot be opened are listed; keep the old keys then.

@@ -14,6 +14,8 @@ export interface ControlPlaneConfig {
   /** The URL printed for people and clients; derived from host and port unless set. */
   readonly publicUrl: string | undefined;
   readonly logLevel: string;
+  /** GANTRY_LOG_FORMAT: json, pretty, or auto (pretty on a terminal, JSON otherwise). */
+  readonly logFormat: 'auto' | 'json' | 'pretty';
   /** Largest JSON request body, in bytes (413 above it). */
   readonly maxJsonBody: number;
   /** Largest code-package upload (multipart), in bytes. */
@@ -255,6 +257,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     port,
     publicUrl: e.str('GANTRY_PUBLIC_URL'),
     logLevel: e.oneOf('LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+    logFormat: e.oneOf('GANTRY_LOG_FORMAT', 'auto', ['auto', 'json', 'pretty'] as const),
     maxJsonBody: e.int('GANTRY_MAX_JSON_BODY', 5 * 1024 * 1024, { min: 65536 }),
     maxUploadBytes: e.int('GANTRY_MAX_UPLOAD_BYTES', 256 * 1024 * 1024, { min: 65536 }),
     zipLimits: Object.freeze({

@@ -8,6 +8,7 @@ import { ensureBootstrap, ensureLocalCluster, type Bootstrap } from './bootstrap
 import type { ControlPlaneConfig } from './config.ts';
 import { startControlPlane, type ControlPlane } from './start.ts';
 import { openStore } from './store/index.ts';
+import { startAdminSocket } from './admin-socket.ts';
 
 /** `gantry start`: the control plane with what a first run on one machine needs. */
 export interface Embedded {
@@ -16,8 +17,8 @@ export interface Embedded {
   readonly boot: Bootstrap | undefined;
   /** Runner processes the default cluster keeps on this host (0: none), and their slots each. */
   readonly localRunners: { count: number; slots: number };
-  /** The lines printed once the control plane is up: where the API is and how to use it. */
-  banner(): string;
+  /** The lines printed once the control plane is up: where the API is, which clusters have runners, how to use it. */
+  banner(): Promise<string>;
   /** Drains the local runners (their results still reach the gateway), then stops the control plane and closes the store. */
   stop(deadline?: number): Promise<void>;
 }
@@ -60,6 +61,11 @@ export async function startEmbedded(config: ControlPlaneConfig, log: Logger, clo
       ...(local ? { localToken: (id: string) => (id === localId ? token : undefined) } : {}),
     });
     releases.add('control plane', (deadline?: number) => cp.stop(deadline));
+    // PGlite is this process's alone: admin commands run meanwhile come through here.
+    if (!config.databaseUrl) {
+      const admin = await startAdminSocket(config.dataDir, store, { instancesChanged: () => cp.hub.instancesChanged() }, log.child({ component: 'admin' }));
+      if (admin) releases.add('admin socket', () => admin.close());
+    }
     // Local runners drain while the gateway still takes their results; the rest after.
     releases.add('local runners', () => cp.autoscaler.close({ stopLocal: true }));
     const localRunners = { count: local ? config.localRunners : 0, slots };
@@ -67,19 +73,35 @@ export async function startEmbedded(config: ControlPlaneConfig, log: Logger, clo
       cp,
       boot,
       localRunners,
-      banner: () => banner(config, cp, boot, localRunners),
+      banner: async () => banner(config, cp, boot, localRunners, await runnersByCluster(cp)),
       stop: (deadline?: number) => releases.releaseAll(deadline),
     };
   });
 }
 
-function banner(config: ControlPlaneConfig, cp: ControlPlane, boot: Bootstrap | undefined, local: { count: number; slots: number }): string {
+/** Connected runners by cluster name. */
+async function runnersByCluster(cp: ControlPlane): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  for (const r of await cp.store.runners.list()) if (r.state !== 'disconnected') out.set(r.cluster, (out.get(r.cluster) ?? 0) + 1);
+  return out;
+}
+
+function banner(
+  config: ControlPlaneConfig,
+  cp: ControlPlane,
+  boot: Bootstrap | undefined,
+  local: { count: number; slots: number },
+  runners: Map<string, number>,
+): string {
+  const clusters = [...runners].map(([name, n]) => `${name} (${n} runner${n === 1 ? '' : 's'} connected)`);
+  if (local.count > 0 && !runners.has('default')) clusters.unshift('default (its local runners are starting)');
   const lines = [
     '',
     `Gantry is running (${cp.store.db.engine}${config.databaseUrl ? '' : `, data in ${config.dataDir}`}).`,
     `  API base URL: ${cp.url}/2/`,
     `  runner gRPC:  127.0.0.1:${cp.grpcPort}` +
       (local.count > 0 ? ` (the default cluster scales local runner processes: at least ${local.count}, ${local.slots} slots each)` : ''),
+    `  runners in:   ${clusters.length > 0 ? clusters.join(', ') : 'no cluster yet: tasks wait until a runner joins (see README.md, "Runners")'}`,
   ];
   if (boot) {
     lines.push(

@@ -1,13 +1,15 @@
 import { systemClock } from '../lib/clock.ts';
 import { ConfigError } from '../lib/errors.ts';
 import { newId } from '../lib/ids.ts';
-import { createLogger } from '../lib/logger.ts';
+import { createLogger, logFormat } from '../lib/logger.ts';
 import { runAdmin, UsageError, USAGE } from './admin.ts';
 import { loadConfig, redactedConfig } from './config.ts';
 import { startEmbedded } from './embedded.ts';
-import { openStore } from './store/index.ts';
+import { DatabaseMissingError, openStore } from './store/index.ts';
 import { loadSecretBox } from '../lib/secretbox.ts';
 import { DataDirInUseError } from './store/db.ts';
+import { adminSocketPath, runThroughSocket } from './admin-socket.ts';
+import fs from 'node:fs';
 import { StoreUnavailableError } from './errors.ts';
 
 /** The `gantry` command: the only place that touches process (signals, exit codes). */
@@ -18,14 +20,28 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const config = loadConfig(process.env);
-  const log = createLogger({ name: 'gantry', level: cmd === 'start' ? config.logLevel : 'warn' });
+  // The server logs to stdout; an admin command's output is its stdout, so its warnings go to stderr.
+  const log =
+    cmd === 'start'
+      ? createLogger({ name: 'gantry', level: config.logLevel, format: logFormat(config.logFormat) })
+      : createLogger({ name: 'gantry', level: 'warn', destination: process.stderr, format: logFormat(config.logFormat, process.stderr) });
 
   if (cmd !== 'start') {
-    const store = await openStore(config, log, systemClock, newId);
+    let store;
+    try {
+      store = await openStore(config, log, systemClock, newId);
+    } catch (err) {
+      // The embedded data directory is a running server's: the command goes through it.
+      const socket = adminSocketPath(config.dataDir);
+      if (!(err instanceof DataDirInUseError) || cmd === 'migrate' || !fs.existsSync(socket)) throw err;
+      process.stdout.write(`${await runThroughSocket(socket, argv, (line) => process.stderr.write(`${line}\n`))}\n`);
+      return 0;
+    }
     store.clusters.useSecrets(loadSecretBox({ keys: config.secretKeys, dataDir: config.dataDir, shared: Boolean(config.databaseUrl) }));
     store.quotas.useDefaults(config.quotas, config.quotaRetryAfterS);
     try {
-      process.stdout.write((cmd === 'migrate' ? 'migrations applied' : await runAdmin(store, argv)) + '\n');
+      const progress = (line: string) => process.stderr.write(`${line}\n`);
+      process.stdout.write((cmd === 'migrate' ? 'migrations applied' : await runAdmin(store, argv, { progress })) + '\n');
       return 0;
     } finally {
       await store.close();
@@ -34,7 +50,7 @@ async function main(argv: string[]): Promise<number> {
 
   log.info({ config: redactedConfig(config) }, 'starting');
   const gantry = await startEmbedded(config, log);
-  process.stdout.write(gantry.banner());
+  process.stderr.write(await gantry.banner());
 
   return new Promise<number>((resolve) => {
     let signals = 0;
@@ -62,7 +78,7 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
-    if (err instanceof UsageError || err instanceof ConfigError || err instanceof DataDirInUseError) {
+    if (err instanceof UsageError || err instanceof ConfigError || err instanceof DataDirInUseError || err instanceof DatabaseMissingError) {
       process.stderr.write(`gantry: ${err.message}\n`);
       process.exit(2);
     }

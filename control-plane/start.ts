@@ -30,6 +30,8 @@ export interface ControlPlane {
   /** The runner gateway's gRPC port. */
   readonly grpcPort: number;
   readonly dispatcher: Dispatcher<RunnerSession>;
+  /** The one door to dispatch (queueing, cancels, instance changes). */
+  readonly hub: RunnerHub<RunnerSession>;
   readonly coord: Coordinator;
   /** The autoscaler, with its providers (the host's local runner processes, EC2). */
   readonly autoscaler: Autoscaler;
@@ -142,7 +144,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
       releases.add('metrics listener', () => ms.close());
       metricsUrl = ms.url;
     }
-    const gateway = await startGateway({ store, config, dispatcher, hub, clock, metrics, log: log.child({ component: 'gateway' }) });
+    const gateway = await startGateway({ store, config, dispatcher, hub, clock, metrics, log });
     let gatewayStopped: Promise<void> | undefined;
     const stopGateway = () => (gatewayStopped ??= gateway.stop());
     releases.add('runner gateway', stopGateway);
@@ -197,6 +199,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
       store,
       grpcPort: gateway.port,
       dispatcher,
+      hub,
       coord,
       autoscaler,
       metrics,

@@ -1,4 +1,5 @@
 import { pino, type Logger } from 'pino';
+import pretty from 'pino-pretty';
 
 export type { Logger };
 
@@ -25,8 +26,21 @@ export const REDACT_PATHS = [
   '*.dockerAuth',
 ];
 
-/** The root logger of a process; made once in main.ts and passed down as children. */
-export function createLogger(opts: { level: string; name: string; destination?: NodeJS.WritableStream }): Logger {
+/** How log lines are written: JSON, one object a line, or `pretty` for a person at a terminal. */
+export type LogFormat = 'json' | 'pretty';
+
+/** `auto`: pretty when standard output is a terminal, JSON otherwise (a file, a pipe, a collector). */
+export function logFormat(setting: 'auto' | LogFormat, out: { isTTY?: boolean } = process.stdout): LogFormat {
+  return setting === 'auto' ? (out.isTTY ? 'pretty' : 'json') : setting;
+}
+
+/**
+ * The root logger of a process; made once in main.ts and passed down as children. Lines go
+ * to standard output (what the program says to a person, its banner and its errors, goes to
+ * standard error), redacted alike in both formats.
+ */
+export function createLogger(opts: { level: string; name: string; destination?: NodeJS.WritableStream; format?: LogFormat }): Logger {
+  const destination = opts.destination ?? process.stdout;
   return pino(
     {
       name: opts.name,
@@ -34,7 +48,7 @@ export function createLogger(opts: { level: string; name: string; destination?: 
       redact: { paths: REDACT_PATHS, censor: '[redacted]' },
       timestamp: pino.stdTimeFunctions.isoTime,
     },
-    opts.destination ?? process.stderr,
+    opts.format === 'pretty' ? pretty({ destination, sync: true, colorize: (destination as { isTTY?: boolean }).isTTY === true }) : destination,
   );
 }
 

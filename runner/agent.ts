@@ -401,9 +401,13 @@ export class RunnerAgent {
         this.maybeForget(e);
         return;
       }
-      case 'drain':
-        void this.drain(fr.value.mode === DrainMode.DRAIN_MODE_HAND_BACK_NOW ? 'hand_back' : 'finish', Number(fr.value.deadline) || undefined);
+      case 'drain': {
+        const mode = fr.value.mode === DrainMode.DRAIN_MODE_HAND_BACK_NOW ? 'hand_back' : 'finish';
+        const deadline = Number(fr.value.deadline) || undefined;
+        if (this.onServerDrain) this.onServerDrain(mode, deadline);
+        else void this.drain(mode, deadline);
         return;
+      }
       case 'beat':
         return;
       case 'reconnect':
@@ -755,6 +759,12 @@ export class RunnerAgent {
   }
 
   private drained: Promise<void> | undefined;
+
+  /**
+   * What a Drain from the control plane (an operator's `gantry runner drain`) does; unset,
+   * the agent drains and stays idle. The program sets it to drain and then leave.
+   */
+  onServerDrain: ((mode: 'finish' | 'hand_back', deadline: number | undefined) => void) | undefined;
 
   /** Kills every running task; each reports RUNNER_ERROR so the control plane requeues it. */
   private handBack(): void {

@@ -42,6 +42,8 @@ export interface RunnerConfig {
   readonly drainTimeoutS: number;
   readonly instanceId: string;
   readonly logLevel: string;
+  /** GANTRY_LOG_FORMAT: json, pretty, or auto (pretty on a terminal, JSON otherwise). */
+  readonly logFormat: 'auto' | 'json' | 'pretty';
   /** Extra labels on every container (e.g. a test run id), "k=v,k2=v2". */
   readonly containerLabels: Readonly<Record<string, string>>;
   /**
@@ -106,6 +108,7 @@ export function loadRunnerConfig(env: Record<string, string | undefined>): Runne
     drainTimeoutS: e.int('GANTRY_RUNNER_DRAIN_TIMEOUT_S', 3600, { min: 0 }),
     instanceId: e.str('GANTRY_INSTANCE_ID', ''),
     logLevel: e.oneOf('LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+    logFormat: e.oneOf('GANTRY_LOG_FORMAT', 'auto', ['auto', 'json', 'pretty'] as const),
     containerLabels: Object.freeze(labels),
     pullFailureTtlMs: e.int('GANTRY_RUNNER_PULL_FAILURE_TTL_S', 30, { min: 0, max: 86400 }) * 1000,
     faults: Object.freeze({ dropLogFrameEvery: e.int('GANTRY_RUNNER_FAULT_DROP_LOG_EVERY', 0, { min: 0 }) }),

@@ -1,18 +1,21 @@
 import { ConfigError } from '../lib/errors.ts';
-import { createLogger } from '../lib/logger.ts';
+import { createLogger, logFormat } from '../lib/logger.ts';
 import { loadRunnerConfig } from './config.ts';
 import { startRunner } from './start.ts';
 
 /**
  * `gantry runner`: the only place that touches process. SIGTERM or SIGINT drains (no new
  * work; running tasks finish up to GANTRY_RUNNER_DRAIN_TIMEOUT_S), then Goodbye and exit 0;
- * a second signal hands the running tasks back to the control plane and exits.
+ * a second signal hands the running tasks back to the control plane and exits. A Drain from
+ * the control plane (an operator's `gantry runner drain`) does the same as SIGTERM.
  */
 async function main(): Promise<number> {
   const config = loadRunnerConfig(process.env);
-  const log = createLogger({ name: 'gantry-runner', level: config.logLevel });
+  const log = createLogger({ name: 'gantry-runner', level: config.logLevel, format: logFormat(config.logFormat) });
   const runner = await startRunner(config, log);
   return new Promise<number>((resolve) => {
+    // Drained at the control plane's request (gantry runner drain): done, exit 0.
+    void runner.stopped.then(() => resolve(runner.state === 'failed' ? 1 : 0));
     let signals = 0;
     const onSignal = (sig: string) => {
       signals++;

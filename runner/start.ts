@@ -17,8 +17,10 @@ export interface Runner {
   readonly healthPort: number | undefined;
   /** `running` until a drain or stop; `stopped` once everything is released (`failed` if a release failed). */
   readonly state: ProgramState;
-  /** Drain (finish running tasks, or hand them back), then stop. */
-  drain(mode: 'finish' | 'hand_back'): Promise<void>;
+  /** Drain (finish running tasks, or hand them back, by `deadline` if given), then stop. */
+  drain(mode: 'finish' | 'hand_back', deadline?: number): Promise<void>;
+  /** Resolves once the runner stopped, whoever asked: a signal, a caller, or the control plane's Drain. */
+  readonly stopped: Promise<void>;
   /** Leaves the control plane and releases everything, by `deadline` (ms since the epoch) if given. */
   stop(deadline?: number): Promise<void>;
 }
@@ -53,28 +55,39 @@ export async function startRunner(config: RunnerConfig, log: Logger, faults: Age
     log.info({ runnerId, slots, executor: executor.kind, controlPlane: config.controlPlane, healthPort: health?.port }, 'runner started');
     let state: ProgramState = 'running';
     let stopping: Promise<void> | undefined;
+    let markStopped!: () => void;
+    const stopped = new Promise<void>((resolve) => (markStopped = resolve));
     const stop = (deadline?: number) =>
       (stopping ??= releases.releaseAll(deadline).then(
         () => {
           state = 'stopped';
+          markStopped();
         },
         (err: unknown) => {
           state = 'failed';
+          markStopped();
           throw err;
         },
       ));
+    const drain = async (mode: 'finish' | 'hand_back', deadline?: number) => {
+      state = 'draining';
+      await agent.drain(mode, deadline);
+      await stop();
+    };
+    // An operator's drain, sent by the control plane: drain, then leave as after SIGTERM.
+    agent.onServerDrain = (mode, deadline) => {
+      log.info({ mode }, 'the control plane asked this runner to drain');
+      drain(mode, deadline).catch((err: unknown) => log.error({ err }, 'drain failed'));
+    };
     return {
       agent,
       healthPort: health?.port,
       get state() {
         return state;
       },
-      async drain(mode) {
-        state = 'draining';
-        await agent.drain(mode);
-        await stop();
-      },
+      drain,
       stop,
+      stopped,
     };
   });
 }

@@ -422,7 +422,7 @@ export class Ec2Provider implements Provider {
       throw new ProviderError('UserDataTooLarge', `user data is ${bytes} bytes; EC2 accepts at most ${USER_DATA_MAX_BYTES} (16 KB) before base64`);
     }
     this.#assertNotThrottled('RunInstances');
-    const log = this.#log.child({ clusterId: spec.clusterId, intentId: spec.intentId });
+    const log = this.#log.child({ intentId: spec.intentId });
 
     let found: ProviderInstance[] = [];
     if (spec.resumed) {
@@ -579,7 +579,7 @@ export class Ec2Provider implements Provider {
     } catch (e) {
       if (e instanceof ProviderError && e.cloudCode === 'IdempotentParameterMismatch') {
         // The token was used before with other parameters (e.g. another share): those instances are this call's.
-        this.#log.warn({ clusterId: spec.clusterId, clientToken: token }, 'ClientToken reused with other parameters: adopting its instances');
+        this.#log.warn({ clientToken: token }, 'ClientToken reused with other parameters: adopting its instances');
         return (
           await this.#describe([
             { Name: 'client-token', Values: [token] },
@@ -794,7 +794,7 @@ export class Ec2Provider implements Provider {
       try {
         await this.#associateEips(clusterId, listing);
       } catch (e) {
-        this.#log.warn({ clusterId, err: e instanceof Error ? e.message : String(e) }, 'Elastic IP association failed; retried on the next listing');
+        this.#log.warn({ err: e instanceof Error ? e.message : String(e) }, 'Elastic IP association failed; retried on the next listing');
       }
     }
     return listing;
@@ -847,7 +847,7 @@ export class Ec2Provider implements Provider {
   async terminate(clusterId: string, instanceIds: readonly string[]): Promise<string[]> {
     const ids = [...new Set(instanceIds.filter((id) => typeof id === 'string' && id.length > 0))];
     if (ids.length === 0) return [];
-    const log = this.#log.child({ clusterId });
+    const log = this.#log;
     // Ownership is checked now, at the cloud, not from a cache: never terminate what we did not tag.
     const seen: ProviderInstance[] = [];
     for (let k = 0; k < ids.length; k += 200) {
@@ -931,13 +931,13 @@ export class Ec2Provider implements Provider {
         );
         this.#eipOf.set(inst.instanceId, addr.AllocationId!);
         inst.publicIp = addr.PublicIp ?? inst.publicIp;
-        this.#log.info({ clusterId, instanceId: inst.instanceId, allocationId: addr.AllocationId }, 'Elastic IP associated');
+        this.#log.info({ instanceId: inst.instanceId, allocationId: addr.AllocationId }, 'Elastic IP associated');
       } catch (e) {
-        this.#log.warn({ clusterId, instanceId: inst.instanceId, allocationId: addr.AllocationId, err: e instanceof Error ? e.message : String(e) }, 'Elastic IP association failed');
+        this.#log.warn({ instanceId: inst.instanceId, allocationId: addr.AllocationId, err: e instanceof Error ? e.message : String(e) }, 'Elastic IP association failed');
       }
     }
     this.#eipShortage = needy().length;
-    if (this.#eipShortage > 0) this.#log.error({ clusterId, instances: this.#eipShortage }, 'running instances without a free Elastic IP from eips');
+    if (this.#eipShortage > 0) this.#log.error({ instances: this.#eipShortage }, 'running instances without a free Elastic IP from eips');
   }
 
   async close(): Promise<void> {

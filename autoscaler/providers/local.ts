@@ -346,7 +346,7 @@ export class LocalProvider implements Provider {
     r.state = 'running';
     this.#children.set(r.instanceId, child);
     child.on('exit', (code, signal) => this.#onExit(r.instanceId, code !== null ? `exit ${code}` : `signal ${signal}`));
-    this.#log.info({ clusterId: r.clusterId, intentId: r.intentId, instanceId: r.instanceId, pid: r.pid, logFile: this.logFile(r.instanceId) }, 'local runner instance launched');
+    this.#log.info({ clusterId: r.clusterId, intentId: r.intentId, instanceId: r.instanceId, runnerPid: r.pid, logFile: this.logFile(r.instanceId) }, 'local runner instance launched');
   }
 
   #env(r: InstanceRecord, token: string): Record<string, string> {
@@ -383,7 +383,7 @@ export class LocalProvider implements Provider {
       // The next save writes it; listing meanwhile still sees the process gone.
       this.#log.error({ err: (e as Error).message }, 'could not record a local runner exit');
     }
-    const fields = { clusterId: r.clusterId, instanceId, pid: r.pid, exit: how, logFile: this.logFile(instanceId) };
+    const fields = { clusterId: r.clusterId, instanceId, runnerPid: r.pid, exit: how, logFile: this.logFile(instanceId) };
     if (asked) this.#log.info(fields, 'local runner instance exited');
     else this.#log.warn(fields, 'local runner instance exited on its own; not restarted (the autoscaler replaces it)');
   }
@@ -415,7 +415,7 @@ export class LocalProvider implements Provider {
     r.state = 'shutting-down';
     r.stopRequestedAt = this.#clock.now().toISOString();
     this.#armKill(r, this.#graceMs);
-    this.#log.info({ clusterId: r.clusterId, instanceId: r.instanceId, pid: r.pid }, 'local runner instance draining (SIGTERM)');
+    this.#log.info({ clusterId: r.clusterId, instanceId: r.instanceId, runnerPid: r.pid }, 'local runner instance draining (SIGTERM)');
   }
 
   #armKill(r: InstanceRecord, delayMs: number): void {
@@ -423,7 +423,7 @@ export class LocalProvider implements Provider {
     const timer = setTimeout(() => {
       this.#killTimers.delete(r.instanceId);
       if (this.#closed || r.state !== 'shutting-down' || !this.#alive(r)) return;
-      this.#log.warn({ clusterId: r.clusterId, instanceId: r.instanceId, pid: r.pid, graceMs: this.#graceMs }, 'local runner instance did not exit after SIGTERM; sending SIGKILL');
+      this.#log.warn({ clusterId: r.clusterId, instanceId: r.instanceId, runnerPid: r.pid, graceMs: this.#graceMs }, 'local runner instance did not exit after SIGTERM; sending SIGKILL');
       this.#signal(r, 'SIGKILL');
     }, delayMs);
     timer.unref();
@@ -549,7 +549,7 @@ export class LocalProvider implements Provider {
       if (r.state !== 'terminated' && r.pid !== null && !this.#alive(r)) {
         const asked = r.state === 'shutting-down';
         this.#markTerminated(r, 'gone');
-        const fields = { clusterId: r.clusterId, instanceId: r.instanceId, pid: r.pid, logFile: this.logFile(r.instanceId) };
+        const fields = { clusterId: r.clusterId, instanceId: r.instanceId, runnerPid: r.pid, logFile: this.logFile(r.instanceId) };
         if (asked) this.#log.info(fields, 'local runner instance exited');
         else this.#log.warn(fields, 'local runner instance is gone; not restarted (the autoscaler replaces it)');
         changed = true;

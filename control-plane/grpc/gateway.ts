@@ -40,6 +40,7 @@ interface Deps {
   hub: RunnerHub<RunnerSession>;
   metrics: ControlPlaneMetrics;
   clock: Clock;
+  /** The program's logger, bound to no component (the gateway binds its parts'). */
   log: Logger;
 }
 
@@ -59,7 +60,10 @@ async function authenticate(store: Store, md: grpc.Metadata): Promise<{ clusterI
 
 /** Starts the RunnerGateway and grpc.health.v1 on the configured gRPC port. */
 export async function startGateway(d: Deps): Promise<Gateway> {
-  const { store, config, dispatcher, hub, clock, metrics, log } = d;
+  const { store, config, dispatcher, hub, clock, metrics } = d;
+  // The program's logger, without a component: each part binds its own (a child's binding
+  // of a key its parent has would write that key twice in one line).
+  const log = d.log.child({ component: 'gateway' });
   const server = new grpc.Server({
     // Transport keepalive is connection hygiene only; liveness is the Beat frames.
     'grpc.keepalive_time_ms': 30_000,
@@ -78,7 +82,7 @@ export async function startGateway(d: Deps): Promise<Gateway> {
     store,
     config,
     metrics,
-    log: log.child({ component: 'session' }),
+    log: d.log.child({ component: 'session' }),
     clock,
     hub,
   };
@@ -106,7 +110,7 @@ export async function startGateway(d: Deps): Promise<Gateway> {
           if (!id) call.emit('error', unauthenticated('invalid cluster credentials or unknown x-gantry-runner-id'));
         })
         .catch(() => call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'control plane unavailable' }));
-      handleLogStream(call, () => who.catch(() => undefined), { store, metrics, serial, log: log.child({ component: 'logs' }) });
+      handleLogStream(call, () => who.catch(() => undefined), { store, metrics, serial, log: d.log.child({ component: 'logs' }) });
     },
     fetchCode: (call: grpc.ServerWritableStream<FetchCodeRequest, CodeChunk>) => {
       void (async () => {

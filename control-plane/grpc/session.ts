@@ -446,11 +446,16 @@ export class RunnerSession implements OfferTarget {
       }
       case 'beat': {
         const b = fr.value;
+        const drain = await store.runners.beat(runner.id, b.stats);
+        // An operator asked for a drain (gantry runner drain): told once, on this stream.
+        if (drain && this.state === 'open') {
+          this.log.info({ runnerId: runner.id, mode: drain.mode, timeoutS: drain.timeoutS }, 'drain requested by an operator');
+          this.drain(drain.mode, drain.requestedAt.getTime() + drain.timeoutS * 1000);
+        }
         const unknown = await store.leases.renew(
           runner.id,
           b.leases.map((l) => ({ leaseId: l.leaseId, attempt: l.attempt })),
           ttl,
-          b.stats,
         );
         for (const id of unknown) {
           const l = b.leases.find((x) => x.leaseId === id)!;

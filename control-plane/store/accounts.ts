@@ -75,6 +75,16 @@ export class AccountsStore {
     return { id, token };
   }
 
+  /** Tokens that work (not revoked), newest first, of one user or all: never the token, only its id. */
+  async listTokens(userId?: string): Promise<{ id: string; userId: string; email: string; name: string; createdAt: Date }[]> {
+    const r = await this.c.db.query<{ id: string; user_id: string; email: string; name: string; created_at: Date }>(
+      `SELECT t.id, t.user_id, u.email, t.name, t.created_at FROM tokens t JOIN users u ON u.id = t.user_id
+       WHERE t.revoked_at IS NULL AND ($1::text IS NULL OR t.user_id = $1) ORDER BY t.created_at DESC, t.id DESC`,
+      [userId ?? null],
+    );
+    return r.rows.map((x) => ({ id: x.id, userId: x.user_id, email: x.email, name: x.name, createdAt: x.created_at }));
+  }
+
   async revokeToken(tokenId: string): Promise<boolean> {
     const r = await this.c.db.query('UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL', [
       tokenId,

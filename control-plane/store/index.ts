@@ -7,6 +7,7 @@ import type { Db } from './db.ts';
 import { openPglite, openPostgres } from './db.ts';
 import { migrate } from './migrate.ts';
 import { StoreUnavailableError } from '../errors.ts';
+import { GantryError } from '../../lib/errors.ts';
 import { SchedulesStore } from './schedules.ts';
 import { TasksStore } from './tasks.ts';
 import { ClustersStore } from './clusters.ts';
@@ -96,6 +97,23 @@ export async function openStore(o: OpenStoreOptions, log: Logger, clock: Clock, 
   }
 }
 
+/**
+ * DATABASE_URL names a database that does not exist: what to run, in one line. Not
+ * retried: waiting does not make it.
+ */
+export class DatabaseMissingError extends GantryError {
+  constructor(url: string) {
+    const u = new URL(url);
+    const name = decodeURIComponent(u.pathname.replace(/^\//, '')) || u.username || 'postgres';
+    const conn = [`-h ${u.hostname || 'localhost'}`, u.port ? `-p ${u.port}` : '', u.username ? `-U ${decodeURIComponent(u.username)}` : ''].filter(Boolean).join(' ');
+    super(
+      'database_missing',
+      `the database ${JSON.stringify(name)} does not exist on ${u.hostname || 'localhost'}${u.port ? `:${u.port}` : ''}; create it with: createdb ${conn} ${name}`,
+      { kind: 'misconfigured' },
+    );
+  }
+}
+
 async function openOnce(o: OpenStoreOptions, log: Logger, clock: Clock, ids: IdSource): Promise<Store> {
   const db = o.databaseUrl
     ? openPostgres({
@@ -110,6 +128,8 @@ async function openOnce(o: OpenStoreOptions, log: Logger, clock: Clock, ids: IdS
     await migrate(db, log);
   } catch (err) {
     await db.close().catch(() => undefined);
+    // invalid_catalog_name: the server answered, the database is not there.
+    if (o.databaseUrl && (err as { code?: string }).code === '3D000') throw new DatabaseMissingError(o.databaseUrl);
     throw err;
   }
   return new Store(db, clock, ids);

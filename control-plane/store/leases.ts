@@ -95,7 +95,6 @@ export const RECLAIMED: ReadonlySet<string> = new Set(['offer_expired', 'rejecte
 
 const ACCEPT = statement('lease-accept');
 const STARTED = statement('lease-started');
-const BEAT = statement('runner-beat');
 const RENEW = statement('lease-renew');
 const ALSO_LIVE = statement('lease-renew-also-live');
 const PROGRESS = statement('lease-progress');
@@ -139,12 +138,12 @@ export class LeasesStore {
   }
 
   /**
-   * A Beat: renews the runner's session and every live lease it listed. Returns the listed
-   * leases the store does not hold as live for this runner (to be revoked).
+   * A Beat's leases: renews every live lease it listed. Returns the listed leases the store
+   * does not hold as live for this runner (to be revoked). The runner's own row is the
+   * beat's other half (RunnersStore.beat).
    */
-  async renew(runnerId: string, leases: LeaseKey[], ttlMs: number, stats?: unknown): Promise<string[]> {
+  async renew(runnerId: string, leases: LeaseKey[], ttlMs: number): Promise<string[]> {
     const now = this.c.clock.now();
-    await run(this.c.db, BEAT, [runnerId, now, stats === undefined ? null : JSON.stringify(stats)]);
     if (leases.length === 0) return [];
     const ids = leases.map((l) => l.leaseId);
     const r = await run<{ id: string }>(this.c.db, RENEW, [ids, runnerId, new Date(now.getTime() + ttlMs)]);

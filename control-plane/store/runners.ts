@@ -1,4 +1,31 @@
 import type { StoreCtx } from './ctx.ts';
+import { run, statement } from './statements.ts';
+
+const BEAT = statement('runner-beat');
+
+/** An operator's request that a runner drain (`gantry runner drain`). */
+export interface DrainRequest {
+  mode: 'finish' | 'hand_back';
+  /** How long running tasks may take, from the request. */
+  timeoutS: number;
+  requestedAt: Date;
+}
+
+/** A runner as an operator lists it. */
+export interface RunnerListing {
+  id: string;
+  cluster: string;
+  hostname: string | null;
+  instanceId: string | null;
+  state: 'connected' | 'draining' | 'disconnected';
+  slots: number;
+  /** Live leases (offered, accepted or running). */
+  busy: number;
+  lastBeatAt: Date | null;
+  penaltyUntil: Date | null;
+  penaltyReason: string | null;
+  drainRequestedAt: Date | null;
+}
 
 /** A runner as the registry last knew it. */
 export interface Runner {
@@ -105,7 +132,8 @@ export class RunnersStore {
        VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, $9, $10, $11, true, false, $12, $12, $12)
        ON CONFLICT (id) DO UPDATE SET session_epoch = runners.session_epoch + 1, session_id = $3, server_id = $4,
          boot_id = $5, hostname = $6, agent_version = $7, docker_version = $8, instance_id = $9, slots = $10,
-         memory_mb = $11, connected = true, draining = false, connected_at = $12, last_beat_at = $12, disconnected_at = NULL
+         memory_mb = $11, connected = true, draining = false, connected_at = $12, last_beat_at = $12, disconnected_at = NULL,
+         drain_requested_at = NULL, drain_mode = NULL, drain_timeout_s = NULL
          WHERE runners.cluster_id = $2
        RETURNING *`,
       [h.runnerId, h.clusterId, sessionId, serverId, h.bootId, h.hostname, h.agentVersion, h.dockerVersion,
@@ -138,6 +166,59 @@ export class RunnersStore {
   /** The runner started a task: its next penalty starts from the base again. */
   async resetPenalty(runnerId: string): Promise<void> {
     await this.c.db.query('UPDATE runners SET penalty_ms = 0 WHERE id = $1 AND penalty_ms <> 0', [runnerId]);
+  }
+
+  /**
+   * A Beat's runner half: the session is alive, with the machine stats it carried (and the
+   * slots they say). Returns a drain an operator asked for, until a Hello clears it.
+   */
+  async beat(runnerId: string, stats?: unknown): Promise<DrainRequest | undefined> {
+    const r = await run<{ drain_requested_at: Date | null; drain_mode: 'finish' | 'hand_back' | null; drain_timeout_s: number | null }>(
+      this.c.db,
+      BEAT,
+      [runnerId, this.c.clock.now(), stats === undefined ? null : JSON.stringify(stats)],
+    );
+    const x = r.rows[0];
+    return x?.drain_requested_at ? { mode: x.drain_mode ?? 'finish', timeoutS: x.drain_timeout_s ?? 3600, requestedAt: x.drain_requested_at } : undefined;
+  }
+
+  /** Asks the runner to drain; its session's replica tells it at its next beat. False for an unknown runner. */
+  async requestDrain(runnerId: string, mode: 'finish' | 'hand_back', timeoutS: number): Promise<boolean> {
+    const r = await this.c.db.query(
+      'UPDATE runners SET drain_requested_at = $2, drain_mode = $3, drain_timeout_s = $4 WHERE id = $1',
+      [runnerId, this.c.clock.now(), mode, timeoutS],
+    );
+    return r.rowCount > 0;
+  }
+
+  /** Runners, newest first, optionally of one cluster, with their live leases counted. */
+  async list(o: { clusterId?: string } = {}): Promise<RunnerListing[]> {
+    const r = await this.c.db.query<{
+      id: string; cluster: string; hostname: string | null; instance_id: string | null; connected: boolean; draining: boolean;
+      slots: number; busy: number; last_beat_at: Date | null; penalty_until: Date | null; penalty_reason: string | null;
+      drain_requested_at: Date | null;
+    }>(
+      `SELECT r.id, c.name AS cluster, r.hostname, r.instance_id, r.connected, r.draining, r.slots,
+         (SELECT count(*)::int FROM task_leases l WHERE l.runner_id = r.id AND l.ended_at IS NULL) AS busy,
+         r.last_beat_at, r.penalty_until, r.penalty_reason, r.drain_requested_at
+       FROM runners r JOIN clusters c ON c.id = r.cluster_id
+       WHERE $1::text IS NULL OR r.cluster_id = $1
+       ORDER BY r.connected DESC, r.last_beat_at DESC NULLS LAST, r.id`,
+      [o.clusterId ?? null],
+    );
+    return r.rows.map((x) => ({
+      id: x.id,
+      cluster: x.cluster,
+      hostname: x.hostname,
+      instanceId: x.instance_id,
+      state: !x.connected ? 'disconnected' : x.draining || x.drain_requested_at ? 'draining' : 'connected',
+      slots: x.slots,
+      busy: x.busy,
+      lastBeatAt: x.last_beat_at,
+      penaltyUntil: x.penalty_until,
+      penaltyReason: x.penalty_reason,
+      drainRequestedAt: x.drain_requested_at,
+    }));
   }
 
   async setDraining(runnerId: string, draining: boolean): Promise<void> {

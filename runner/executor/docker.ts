@@ -751,7 +751,7 @@ class DockerExecution implements Execution {
   }
 
   #early(outcome: Outcome, msg: string, t0: number, exitCode = -1): ExecResult {
-    if (outcome === 'runner_error') this.#log.warn({ msg }, 'task not run');
+    if (outcome === 'runner_error') this.#log.warn({ reason: msg }, 'task not run');
     return { outcome, exitCode, oomKilled: false, msg, startedAt: t0, finishedAt: Date.now() };
   }
 }
@@ -847,7 +847,7 @@ async function pullImage(ctx: Ctx, image: string, auth: string | undefined, key:
     if (abort.signal.aborted) throw new Error('pull stopped: the executor is closing');
     if (!isImageFault(err)) throw err;
     const msg = `image ${JSON.stringify(image)} could not be pulled: ${describe(err)}; check the code package's image`;
-    ctx.log.warn({ image, msg }, 'image cannot be pulled');
+    ctx.log.warn({ image, reason: msg }, 'image cannot be pulled');
     remember(ctx, key, msg);
     throw new TaskFaultError(msg, err);
   } finally {

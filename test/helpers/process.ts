@@ -50,6 +50,7 @@ export async function startGantryProcess(
   });
   const ready = new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`gantry did not start within ${timeoutMs} ms:\n${out}`)), timeoutMs);
+    // The banner comes on stderr, the log lines on stdout: both are kept, in arrival order.
     const onData = (d: Buffer) => {
       out += d.toString();
       onOutput?.(out);
@@ -59,10 +60,7 @@ export async function startGantryProcess(
       }
     };
     proc.stdout!.on('data', onData);
-    proc.stderr!.on('data', (d: Buffer) => {
-      out += d.toString();
-      onOutput?.(out);
-    });
+    proc.stderr!.on('data', onData);
     void exited.then((code) => {
       clearTimeout(timer);
       reject(new Error(`gantry exited (${code}) before it was ready:\n${out}`));

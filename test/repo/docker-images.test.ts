@@ -133,8 +133,8 @@ t.test('the control-plane and runner images build from a local base and run', as
   );
   const url = `http://127.0.0.1:${port}`;
   const banner = await until('the container to print its banner', async () => {
-    const { stdout } = await run('docker', ['logs', name]);
-    return /Press Ctrl-C to stop/.test(stdout) && stdout;
+    const { stderr } = await run('docker', ['logs', name]);
+    return /Press Ctrl-C to stop/.test(stderr) && stderr;
   }, 90000, 200);
   t.equal((await fetch(`${url}/healthz`)).status, 200, 'it answers /healthz');
   const projectId = /project id:\s+(\S+)/.exec(banner)![1]!;

@@ -403,7 +403,7 @@ export function clustersRouter(): Router<ApiState> {
       ...(patch.container ? { container: patch.container } : {}),
     };
     const { cluster, token } = await deps.store.clusters.createCluster(userId!, input);
-    ctx.state.log.info({ clusterId: cluster.id, name: cluster.name, fields }, 'cluster created');
+    ctx.state.log.info({ clusterId: cluster.id, clusterName: cluster.name, fields }, 'cluster created');
     ctx.body = { msg: 'Cluster created', id: cluster.id, token, cluster: presentCluster(cluster, 'owner', await live(deps, cluster.id)) };
   });
 

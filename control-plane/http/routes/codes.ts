@@ -109,7 +109,7 @@ export function codesRouter(): Router<ApiState> {
       };
     }
     const code = await store.codes.upload(ctx.state.projectId!, name, settings, archive);
-    ctx.state.log.info({ codeId: code.id, name, rev: code.rev }, 'code package uploaded');
+    ctx.state.log.info({ codeId: code.id, codeName: name, rev: code.rev }, 'code package uploaded');
     ctx.body = { msg: 'Upload successful.', ...presentCode(code) };
   });
 

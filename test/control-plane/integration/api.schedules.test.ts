@@ -369,6 +369,7 @@ for (const engine of ENGINES) {
         code_rev: '1',
         code_history_id: c.latest_history_id,
         status: 'queued',
+        msg: `delayed until ${new Date(firedAt.getTime() + 30_000).toISOString()}`,
         priority: 2,
         timeout: 120,
         delay: 30,
