@@ -38,11 +38,15 @@ t.test('what a runner applies', async (t) => {
     'zero fields: the defaults',
   );
   const r = resolveContainerPolicy({ capAdd: ['kill', 'SYS_ADMIN', 'CAP_CHOWN', 'kill'], pidsLimit: 5, nofile: 10_000_000, tmpSizeMb: 2 ** 30, user: 'nobody' });
-  t.same(r.policy, { capAdd: ['CHOWN', 'KILL'], pidsLimit: 16, readOnlyRootfs: false, tmpSizeMb: 1_048_576, user: 'nobody', nofile: 1_048_576 });
+  t.same(r.policy, { capAdd: ['CHOWN', 'KILL'], pidsLimit: 16, readOnlyRootfs: false, tmpSizeMb: 1_048_576, user: 'nobody', nofile: 1_048_576, network: 'bridge' });
   t.same(r.ignored, ['cap_add "SYS_ADMIN"'], 'what it left out, for the log');
   t.notOk(r.error);
   const bad = resolveContainerPolicy({ user: 'root; id' });
   t.equal(bad.error, 'the container user "root; id" is not uid[:gid] or name[:group]', 'a malformed user is not guessed at');
   t.same(resolveContainerPolicy({ pidsLimit: 100.7, nofile: Number.NaN }).policy, { ...CONTAINER_DEFAULTS, pidsLimit: 100 });
   t.not(resolveContainerPolicy(undefined).policy.capAdd, CONTAINER_DEFAULTS.capAdd, 'a fresh list each time');
+  t.equal(resolveContainerPolicy({ network: 'host' }).policy.network, 'host');
+  t.equal(resolveContainerPolicy({ network: 'jobs_net.1' }).policy.network, 'jobs_net.1', "a network's name");
+  t.equal(resolveContainerPolicy({ network: '' }).policy.network, 'bridge', 'empty (as protobuf reads a missing one): the bridge');
+  t.equal(resolveContainerPolicy({ network: 'container:db' }).error, 'the container network "container:db" is not none, bridge, host or a network\'s name', "another container's namespace is never joined");
 });
