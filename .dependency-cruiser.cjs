@@ -1,5 +1,5 @@
 /**
- * Gantry's import rules (ARCHITECTURE "Import rules"), in dependency-cruiser's configuration
+ * Gantry's import rules (docs/architecture.md, "8 Import rules"), in dependency-cruiser's configuration
  * format. test/repo/import-rules.test.ts (also `npm run lint:imports`) applies them to the
  * repository through dependency-cruiser's API; its CLI refuses Node 20.
  *

@@ -1,7 +1,7 @@
 /**
  * What the autoscaler needs from the program that runs it, declared on the autoscaler's side:
  * the control plane runs the autoscaler through these interfaces and implements them over its
- * store and configuration (ARCHITECTURE, "Import rules"), so nothing here names a table, a
+ * store and configuration (docs/architecture.md, "8 Import rules"), so nothing here names a table, a
  * fence or a control-plane module.
  */
 import type { Clock } from '../lib/clock.ts';

@@ -1,7 +1,7 @@
 /**
  * The coordinator: what replicas of the control plane agree on outside PostgreSQL.
  * Leadership of the singleton loops, concurrency slots, and wake-ups between replicas
- * (ARCHITECTURE.md "Coordination: etcd"). Two implementations: `etcd` for any number of
+ * (docs/architecture.md, "4 Coordination"). Two implementations: `etcd` for any number of
  * replicas, `local` for one process.
  */
 

@@ -1,6 +1,6 @@
 /**
- * The Docker executor: one container per task, through dockerode (ARCHITECTURE.md,
- * "Execution: Docker via dockerode"). dockerode's errors are translated here and nowhere
+ * The Docker executor: one container per task, through dockerode (docs/architecture.md, 9,
+ * "Every task gets its own container"). dockerode's errors are translated here and nowhere
  * else, and classified by whose fault they are: an image that cannot be pulled (not found,
  * unauthorised, an invalid reference) or a command the engine cannot execute is the task's
  * (`task_fault`); an unreachable engine, a full disk or anything unexplained is the

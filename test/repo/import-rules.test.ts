@@ -1,5 +1,5 @@
 /**
- * The import rules hold (ARCHITECTURE "Import rules", stated in .dependency-cruiser.cjs):
+ * The import rules hold (docs/architecture.md, "8 Import rules"; stated in .dependency-cruiser.cjs):
  * dependency-cruiser reads every import of the repository, type-only ones included, and each
  * violation is listed by rule, importer and imported (or cycle). The same rules run over a
  * small tree holding one of each forbidden import, to show they catch them.

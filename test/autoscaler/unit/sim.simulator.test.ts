@@ -11,6 +11,7 @@ import { markdownTable, runScenario } from '../../../autoscaler/sim/report.ts';
 import { chartSvg } from '../../../autoscaler/sim/svg.ts';
 import { ewmaPolicy } from '../../../autoscaler/sim/baselines.ts';
 import { simulate } from '../../../autoscaler/sim/engine.ts';
+import { main } from '../../../autoscaler/sim/main.ts';
 import type { SimResult } from '../../../autoscaler/sim/engine.ts';
 
 const run = promisify(execFile);
@@ -74,7 +75,27 @@ t.test('table and chart render', async (t) => {
   t.notMatch(svg, /NaN|undefined/);
 });
 
-t.test('the command writes a table, a chart per scenario and results.md', async (t) => {
+t.test('the command without --write or --out prints the table and writes no file', async (t) => {
+  const cwd = await mkdtemp(join(tmpdir(), 'gantry-sim-'));
+  t.teardown(() => rm(cwd, { recursive: true, force: true }));
+  const lines: string[] = [];
+  const r = main(['--scenario', 'flutter'], { cwd, out: (l) => lines.push(l), err: (l) => lines.push(l) });
+  t.equal(r.exitCode, 0);
+  t.same(r.written, [], 'nothing written');
+  t.same(await readdir(cwd), [], 'not even docs/autoscaler/ under the working directory');
+  t.match(lines.join('\n'), /\| flutter \| ewma \(ours\) \|/, 'the table on stdout');
+});
+
+t.test('--write writes the charts and results.md into docs/autoscaler/ of the working directory', async (t) => {
+  const cwd = await mkdtemp(join(tmpdir(), 'gantry-sim-'));
+  t.teardown(() => rm(cwd, { recursive: true, force: true }));
+  const r = main(['--scenario', 'flutter', '--write'], { cwd, out: () => undefined, err: () => undefined });
+  t.equal(r.exitCode, 0);
+  t.same((await readdir(join(cwd, 'docs', 'autoscaler'))).sort(), ['flutter.svg', 'results.md']);
+  t.equal(r.written.length, 2);
+});
+
+t.test('the command with --out writes a table, a chart per scenario and results.md', async (t) => {
   const out = await mkdtemp(join(tmpdir(), 'gantry-sim-'));
   t.teardown(() => rm(out, { recursive: true, force: true }));
   const { stdout } = await run(process.execPath, ['--import', 'tsx', 'autoscaler/sim/main.ts', '--scenario', 'flutter', '--out', out], { cwd: new URL('../../..', import.meta.url).pathname });
