@@ -18,6 +18,7 @@ import { LogsStore } from './logs.ts';
 import { AutoscaleStore } from './autoscale.ts';
 import { QuotasStore } from './quotas.ts';
 import { GaugesStore } from './gauges.ts';
+import { RetentionStore } from './retention.ts';
 
 export type { Db } from './db.ts';
 
@@ -40,6 +41,8 @@ export class Store {
   readonly quotas: QuotasStore;
   /** Scrape-time readings of the queue and the fleet (Prometheus gauges). */
   readonly gauges: GaugesStore;
+  /** Deleting finished, old rows in bounded batches (the leader's retention job). */
+  readonly retention: RetentionStore;
 
   constructor(
     readonly db: Db,
@@ -60,6 +63,7 @@ export class Store {
     this.logs = new LogsStore(ctx);
     this.autoscale = new AutoscaleStore(ctx);
     this.gauges = new GaugesStore(ctx);
+    this.retention = new RetentionStore(ctx);
   }
 
   close(): Promise<void> {
