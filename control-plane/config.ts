@@ -115,6 +115,22 @@ export interface ControlPlaneConfig {
    */
   readonly metricsHost: string;
   readonly metricsPort: number | undefined;
+  /** What the leader deletes, after how long, and at what pace (README, "Retention"). */
+  readonly retention: Readonly<RetentionSettings>;
+}
+
+/** Retention periods (0: keep for ever) and the pace of the leader's retention passes. */
+export interface RetentionSettings {
+  /** Finished tasks, with their logs and leases, this many days after they ended. */
+  tasksDays: number;
+  /** Complete and cancelled schedules this many days after they finished (default: tasksDays). */
+  schedulesDays: number;
+  /** Rows one batch deletes at most (and so every statement), each batch its own transaction. */
+  batch: number;
+  /** Pause between batches, so a pass never holds locks long or crowds out the hot path. */
+  pauseMs: number;
+  /** How often a pass runs. */
+  intervalS: number;
 }
 
 /** Per-user limits, counted across all of the user's projects. */
@@ -243,6 +259,18 @@ function parseMetricsListen(e: EnvReader, apiPort: number): { metricsHost: strin
   return { metricsHost: host ?? '127.0.0.1', metricsPort: port };
 }
 
+/** GANTRY_RETENTION_*: days of 0 keep a kind for ever; schedules follow tasks unless set. */
+function parseRetention(e: EnvReader): RetentionSettings {
+  const tasksDays = e.int('GANTRY_RETENTION_TASKS_DAYS', 30, { min: 0, max: 36500 });
+  return Object.freeze({
+    tasksDays,
+    schedulesDays: e.int('GANTRY_RETENTION_SCHEDULES_DAYS', tasksDays, { min: 0, max: 36500 }),
+    batch: e.int('GANTRY_RETENTION_BATCH', 1000, { min: 1, max: 100_000 }),
+    pauseMs: e.int('GANTRY_RETENTION_PAUSE_MS', 100, { min: 0, max: 60_000 }),
+    intervalS: e.int('GANTRY_RETENTION_INTERVAL_S', 3600, { min: 1, max: 604_800 }),
+  });
+}
+
 export function loadConfig(env: Record<string, string | undefined> = process.env): ControlPlaneConfig {
   const e = new EnvReader(env);
   const databaseUrl = e.str('DATABASE_URL');
@@ -320,6 +348,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     quotaRetryAfterS: e.int('GANTRY_QUOTA_RETRY_AFTER_S', DEFAULT_QUOTA_RETRY_AFTER_S, { min: 1, max: 3600 }),
     metricsToken: parseMetricsToken(e.str('GANTRY_METRICS_TOKEN')),
     ...parseMetricsListen(e, port),
+    retention: parseRetention(e),
   });
 }
 

@@ -136,6 +136,11 @@ export class ControlPlaneMetrics {
     'gantry_concurrency_slot_conflicts_total',
     'Live leases the reconciler found no free slot for (more live leases than the limit)',
   );
+  readonly retentionDeleted = this.counter(
+    'gantry_retention_deleted_total',
+    'Rows the retention job deleted, by kind: tasks, log_chunks, leases, schedules',
+    ['kind'],
+  );
   readonly slotRefusals = this.counter(
     'gantry_concurrency_slot_refusals_total',
     'Claimed tasks returned to the queue because no concurrency slot could be taken',

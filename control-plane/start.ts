@@ -16,6 +16,7 @@ import { startMetricsServer } from './http/metrics-endpoint.ts';
 import { leaseSweeperJob } from './scheduler/lease-sweeper.ts';
 import { promotionJob, scheduleJob } from './scheduler/schedule-loop.ts';
 import { slotReconcilerJob } from './scheduler/slot-reconciler.ts';
+import { retentionJob } from './scheduler/retention.ts';
 import { openStore, type Store } from './store/index.ts';
 import { createCoordinator } from './coord/index.ts';
 import { loadSecretBox } from '../lib/secretbox.ts';
@@ -183,6 +184,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
           log: log.child({ component: 'slots' }),
           onFreed: () => onReady('*'),
         }),
+        retentionJob({ store, clock, settings: config.retention, metrics, log: log.child({ component: 'retention' }) }),
         { name: 'autoscaler', everyMs: autoscaler.everyMs, tick: (fence, signal) => autoscaler.tick(store.autoscale.fleet(fence), signal) },
       ];
       const work = runLeaderWork(coord, jobs, log.child({ component: 'leader' }));

@@ -25,12 +25,20 @@ export function runLeaderWork(coord: Coordinator, jobs: readonly LeaderJob[], lo
   let stopped = false;
   const inFlight = new Set<Promise<void>>();
   const timers = new Set<NodeJS.Timeout>();
+  // What jobs see: aborted when the term ends or when the work is stopped, so a long tick
+  // (a retention pass) ends at its next step instead of holding up a graceful stop.
+  const terms = new Set<AbortController>();
 
-  coord.onLeadership(({ term, signal }) => {
+  coord.onLeadership(({ term, signal: termSignal }) => {
     if (stopped) return;
+    const ctl = new AbortController();
+    terms.add(ctl);
+    termSignal.addEventListener('abort', () => ctl.abort(), { once: true });
+    if (termSignal.aborted) ctl.abort();
+    const signal = ctl.signal;
     const fence: Fence = { term, holder: coord.replicaId };
     log.info({ term, jobs: jobs.map((j) => j.name) }, 'leader work started');
-    signal.addEventListener('abort', () => log.warn({ term }, 'leader work stopped'), { once: true });
+    termSignal.addEventListener('abort', () => log.warn({ term }, 'leader work stopped'), { once: true });
     for (const job of jobs) {
       const run = () => {
         if (stopped || signal.aborted) return;
@@ -59,6 +67,7 @@ export function runLeaderWork(coord: Coordinator, jobs: readonly LeaderJob[], lo
       () => {
         for (const t of timers) clearTimeout(t);
         timers.clear();
+        terms.delete(ctl);
       },
       { once: true },
     );
@@ -69,6 +78,7 @@ export function runLeaderWork(coord: Coordinator, jobs: readonly LeaderJob[], lo
       stopped = true;
       for (const t of timers) clearTimeout(t);
       timers.clear();
+      for (const ctl of terms) ctl.abort();
       await Promise.allSettled([...inFlight]);
     },
   };

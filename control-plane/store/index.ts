@@ -19,6 +19,7 @@ import { LogsStore } from './logs.ts';
 import { AutoscaleStore } from './autoscale.ts';
 import { QuotasStore } from './quotas.ts';
 import { GaugesStore } from './gauges.ts';
+import { RetentionStore } from './retention.ts';
 
 export type { Db } from './db.ts';
 
@@ -41,6 +42,8 @@ export class Store {
   readonly quotas: QuotasStore;
   /** Scrape-time readings of the queue and the fleet (Prometheus gauges). */
   readonly gauges: GaugesStore;
+  /** Deleting finished, old rows in bounded batches (the leader's retention job). */
+  readonly retention: RetentionStore;
 
   constructor(
     readonly db: Db,
@@ -61,6 +64,7 @@ export class Store {
     this.logs = new LogsStore(ctx);
     this.autoscale = new AutoscaleStore(ctx);
     this.gauges = new GaugesStore(ctx);
+    this.retention = new RetentionStore(ctx);
   }
 
   close(): Promise<void> {

@@ -40,3 +40,13 @@ t.test('/metrics protection: a token and a separate listener, checked and never 
   t.throws(() => loadConfig({ GANTRY_METRICS_PORT: '8080' }), { message: /GANTRY_METRICS_PORT must differ from GANTRY_PORT/ });
   t.throws(() => loadConfig({ GANTRY_METRICS_HOST: '0.0.0.0' }), { message: /GANTRY_METRICS_HOST needs GANTRY_METRICS_PORT/ });
 });
+
+t.test('retention: periods, batch, pause and interval, with clear errors', async (t) => {
+  t.same(loadConfig({}).retention, { tasksDays: 30, schedulesDays: 30, batch: 1000, pauseMs: 100, intervalS: 3600 }, 'defaults');
+  t.match(loadConfig({ GANTRY_RETENTION_TASKS_DAYS: '7' }).retention, { tasksDays: 7, schedulesDays: 7 }, 'schedules follow tasks unless set');
+  t.match(loadConfig({ GANTRY_RETENTION_TASKS_DAYS: '0', GANTRY_RETENTION_SCHEDULES_DAYS: '90' }).retention, { tasksDays: 0, schedulesDays: 90 }, '0 disables a kind');
+  t.throws(() => loadConfig({ GANTRY_RETENTION_TASKS_DAYS: '-1' }), { message: /GANTRY_RETENTION_TASKS_DAYS must be at least 0/ });
+  t.throws(() => loadConfig({ GANTRY_RETENTION_BATCH: '0' }), { message: /GANTRY_RETENTION_BATCH must be at least 1/ });
+  t.throws(() => loadConfig({ GANTRY_RETENTION_INTERVAL_S: 'hourly' }), { message: /GANTRY_RETENTION_INTERVAL_S must be an integer/ });
+  t.throws(() => loadConfig({ GANTRY_RETENTION_PAUSE_MS: '600000' }), { message: /GANTRY_RETENTION_PAUSE_MS must be at most 60000/ });
+});
