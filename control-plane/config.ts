@@ -1,3 +1,5 @@
+import fs from 'node:fs';
+import tls from 'node:tls';
 import os from 'node:os';
 import path from 'node:path';
 import { EnvReader } from '../lib/env.ts';
@@ -13,6 +15,8 @@ export interface ControlPlaneConfig {
   readonly port: number;
   /** The URL printed for people and clients; derived from host and port unless set. */
   readonly publicUrl: string | undefined;
+  /** HTTPS for the REST API: both PEM files (GANTRY_TLS_CERT, GANTRY_TLS_KEY), reloaded when they change. */
+  readonly tls: { certFile: string; keyFile: string } | undefined;
   readonly logLevel: string;
   /** GANTRY_LOG_FORMAT: json, pretty, or auto (pretty on a terminal, JSON otherwise). */
   readonly logFormat: 'auto' | 'json' | 'pretty';
@@ -271,6 +275,28 @@ function parseRetention(e: EnvReader): RetentionSettings {
   });
 }
 
+/** Both TLS files or neither, each readable and the pair loadable, named by its variable. */
+function apiTls(certFile: string | undefined, keyFile: string | undefined): ControlPlaneConfig['tls'] {
+  if (!certFile && !keyFile) return undefined;
+  if (!certFile || !keyFile) {
+    throw new ConfigError(`GANTRY_TLS_CERT and GANTRY_TLS_KEY go together: set both (PEM files) for HTTPS, or neither (${certFile ? 'GANTRY_TLS_KEY' : 'GANTRY_TLS_CERT'} is missing)`);
+  }
+  const pem: Record<string, Buffer> = {};
+  for (const [name, file] of [['GANTRY_TLS_CERT', certFile], ['GANTRY_TLS_KEY', keyFile]] as const) {
+    try {
+      pem[name] = fs.readFileSync(file);
+    } catch (err) {
+      throw new ConfigError(`${name}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    }
+  }
+  try {
+    tls.createSecureContext({ cert: pem.GANTRY_TLS_CERT, key: pem.GANTRY_TLS_KEY });
+  } catch (err) {
+    throw new ConfigError(`GANTRY_TLS_CERT and GANTRY_TLS_KEY do not load as a PEM certificate and its key: ${(err as Error).message}`);
+  }
+  return { certFile, keyFile };
+}
+
 export function loadConfig(env: Record<string, string | undefined> = process.env): ControlPlaneConfig {
   const e = new EnvReader(env);
   const databaseUrl = e.str('DATABASE_URL');
@@ -284,6 +310,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     host: e.str('GANTRY_HOST', '127.0.0.1'),
     port,
     publicUrl: e.str('GANTRY_PUBLIC_URL'),
+    tls: apiTls(e.str('GANTRY_TLS_CERT'), e.str('GANTRY_TLS_KEY')),
     logLevel: e.oneOf('LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
     logFormat: e.oneOf('GANTRY_LOG_FORMAT', 'auto', ['auto', 'json', 'pretty'] as const),
     maxJsonBody: e.int('GANTRY_MAX_JSON_BODY', 5 * 1024 * 1024, { min: 65536 }),

@@ -9,6 +9,7 @@ import type { ControlPlaneConfig } from './config.ts';
 import { startControlPlane, type ControlPlane } from './start.ts';
 import { openStore } from './store/index.ts';
 import { startAdminSocket } from './admin-socket.ts';
+import { isLoopback } from './http/server.ts';
 
 /** `gantry start`: the control plane with what a first run on one machine needs. */
 export interface Embedded {
@@ -101,6 +102,9 @@ function banner(
     `  API base URL: ${cp.url}/2/`,
     `  runner gRPC:  127.0.0.1:${cp.grpcPort}` +
       (local.count > 0 ? ` (the default cluster scales local runner processes: at least ${local.count}, ${local.slots} slots each)` : ''),
+    ...(config.tls || isLoopback(config.host)
+      ? []
+      : [`  warning:      the API listens on ${config.host} without TLS: tokens cross the network in clear (set GANTRY_TLS_CERT and GANTRY_TLS_KEY, or serve it behind a TLS proxy)`]),
     `  runners in:   ${clusters.length > 0 ? clusters.join(', ') : 'no cluster yet: tasks wait until a runner joins (see README.md, "Runners")'}`,
   ];
   if (boot) {

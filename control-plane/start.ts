@@ -1,4 +1,4 @@
-import http from 'node:http';
+import { createApiServer, isLoopback } from './http/server.ts';
 import type { AddressInfo } from 'node:net';
 import { systemClock, type Clock } from '../lib/clock.ts';
 import { startWith, type ProgramState } from '../lib/lifecycle.ts';
@@ -121,8 +121,11 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
       draining: () => state !== 'running',
       hub,
     });
-    // Host-less HTTP/1.1 requests reach the app, which refuses them as JSON (Node's own 400 has no body).
-    const server = http.createServer({ requireHostHeader: false }, app.callback());
+    const api = createApiServer(app.callback(), {
+      ...(config.tls ? { tls: config.tls } : {}),
+      log: log.child({ component: 'http' }),
+    });
+    const server = api.server;
     server.keepAliveTimeout = 5000;
     answerClientErrors(server);
     answerOtherProtocolErrors(server);
@@ -134,6 +137,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
       'REST API',
       () =>
         new Promise<void>((resolve) => {
+          api.close();
           server.close(() => resolve());
           server.closeIdleConnections();
           setTimeout(() => server.closeAllConnections(), 2000).unref();
@@ -155,7 +159,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
     dispatcher.start(config.dispatchTickMs);
     const addr = server.address() as AddressInfo;
     const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
-    const url = config.publicUrl ?? `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${addr.port}`;
+    const url = config.publicUrl ?? `${api.scheme}://${host === '0.0.0.0' ? '127.0.0.1' : host}:${addr.port}`;
     const autoscaler = createAutoscaler({
       secrets: store.clusters,
       settings: config,
@@ -194,6 +198,9 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
     }
     state = 'running';
     log.info({ url, grpcPort: gateway.port, metricsUrl, engine: store.db.engine, coordinator: coord.kind }, 'control plane listening');
+    if (!config.tls && !isLoopback(config.host)) {
+      log.warn({ host: config.host }, 'the REST API listens beyond loopback without TLS: OAuth tokens cross the network in clear (set GANTRY_TLS_CERT and GANTRY_TLS_KEY, or serve it behind a TLS proxy)');
+    }
 
     let stopping: Promise<void> | undefined;
     return {

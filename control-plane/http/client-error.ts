@@ -1,4 +1,5 @@
 import type http from 'node:http';
+import type https from 'node:https';
 import type { Duplex } from 'node:stream';
 
 /**
@@ -12,7 +13,7 @@ import type { Duplex } from 'node:stream';
  * socket closes once that reply is out. When its body did not arrive whole, no handler has
  * acted (every one reads its body, declared or not, before acting), and ours is the reply.
  */
-export function answerClientErrors(server: http.Server): void {
+export function answerClientErrors(server: http.Server | https.Server): void {
   const serving = new WeakMap<Duplex, { req: http.IncomingMessage; res: http.ServerResponse }>();
   server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
     const entry = { req, res };
@@ -61,7 +62,7 @@ function rawJson(socket: Duplex, status: number, reason: string, msg: string): v
  * get a JSON `{"msg"}`. A request without `Host` reaches Koa (requireHostHeader off) and is
  * refused there, as JSON too.
  */
-export function answerOtherProtocolErrors(server: http.Server): void {
+export function answerOtherProtocolErrors(server: http.Server | https.Server): void {
   server.on('connect', (_req: http.IncomingMessage, socket: Duplex) => {
     rawJson(socket, 405, 'Method Not Allowed', 'CONNECT is not supported: this is a REST API, not a proxy');
   });
