@@ -230,16 +230,21 @@ export class LeasesStore {
     return new Set(r.rows.map((x) => x.id));
   }
 
-  /** Live leases that hold a concurrency slot: of packages with a max_concurrency and of projects with a limit. */
+  /**
+   * Accepted and running leases that hold a concurrency slot: of packages with a
+   * max_concurrency and of projects with a limit. An offered lease is left out: its claim
+   * takes its slot before the offer goes out (Dispatcher.withSlots), and one taken for it
+   * meanwhile from here would be a second slot for the same lease, keeping another task out.
+   */
   async liveLimited(): Promise<{ leaseId: string; scope: string; limit: number }[]> {
     const r = await this.c.db.query<{ lease_id: string; scope: string; limit: number }>(
       `SELECT l.id AS lease_id, 'code:' || l.code_id AS scope, r.max_concurrency AS "limit"
        FROM task_leases l JOIN codes c ON c.id = l.code_id JOIN code_revisions r ON r.id = c.latest_revision_id
-       WHERE l.ended_at IS NULL AND r.max_concurrency IS NOT NULL
+       WHERE l.ended_at IS NULL AND l.state IN ('accepted', 'running') AND r.max_concurrency IS NOT NULL
        UNION ALL
        SELECT l.id, 'project:' || p.id, p.max_running
        FROM task_leases l JOIN tasks t ON t.id = l.task_id JOIN projects p ON p.id = t.project_id
-       WHERE l.ended_at IS NULL AND p.max_running IS NOT NULL`,
+       WHERE l.ended_at IS NULL AND l.state IN ('accepted', 'running') AND p.max_running IS NOT NULL`,
     );
     return r.rows.map((x) => ({ leaseId: x.lease_id, scope: x.scope, limit: x.limit }));
   }
