@@ -1,5 +1,5 @@
-// Failure injection: cancel while the runner is offline, and cancel after completion
-// (research/dispatch.md 4.11 item 4), against real runner processes and the real Docker engine.
+// Failure injection: cancel while the runner is offline, and cancel after completion,
+// against real runner processes and the real Docker engine.
 import t from 'tap';
 import { startTestApi, uploadCode } from '../../helpers/api.ts';
 import { LeasePhase, Outcome } from '../../../proto/gen/gantry/runner/v1/runner.ts';

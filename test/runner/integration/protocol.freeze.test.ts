@@ -1,6 +1,5 @@
-// Failure injection: a runner process frozen with SIGSTOP while its task runs
-// (research/dispatch.md 4.11 item 2), against real runner processes and the real Docker
-// engine. Shorter than the lease TTL the lease rides it out; longer, the lease is reclaimed,
+// Failure injection: a runner process frozen with SIGSTOP while its task runs, against
+// real runner processes and the real Docker engine. Shorter than the lease TTL the lease rides it out; longer, the lease is reclaimed,
 // the task runs again elsewhere and the frozen runner's late result is refused.
 import t from 'tap';
 import { startTestApi, uploadCode, type TestApi } from '../../helpers/api.ts';
