@@ -1,5 +1,5 @@
-// Failure injection: a runner that stops reading its control stream (grpc-node#1332). It announces thousands of free slots with thousands of
-// tasks queued, then never reads again: the control plane must stop writing to it once its
+// Failure injection: a runner that stops reading its control stream (grpc-node#1332).
+// It announces thousands of free slots with thousands of tasks queued, then never reads again: the control plane must stop writing to it once its
 // unflushed frames pass half the bound, drop it when it has read nothing for
 // session_dead_after, hold no more than the bound in memory (no claim loads the whole
 // queue), and give the offered tasks back at their accept deadline, for a real runner.

@@ -1,6 +1,6 @@
 // Failure injection: a runner process frozen with SIGSTOP while its task runs, against
-// real runner processes and the real Docker engine. Shorter than the lease TTL the lease rides it out; longer, the lease is reclaimed,
-// the task runs again elsewhere and the frozen runner's late result is refused.
+// real runner processes and the real Docker engine. Shorter than the lease TTL the lease
+// rides it out; longer, the lease is reclaimed, the task runs again elsewhere and the frozen runner's late result is refused.
 import t from 'tap';
 import { startTestApi, uploadCode, type TestApi } from '../../helpers/api.ts';
 import {
