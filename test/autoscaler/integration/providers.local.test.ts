@@ -320,7 +320,16 @@ t.test('a record written before its spawn recorded a pid is resolved by the inst
   writeState(s.dataDir, readState(s.dataDir).instances.map((r) => ({ ...r, pid: null, state: 'pending' })));
   const b = s.make();
   const l = await b.list(CL);
-  t.same(l.instances.map((i) => [i.instanceId, i.state, i.tags['gantry:pid']]), [[id, 'running', String(pid)]]);
+  // Said when it fails: what the process looked like and what the runner last logged.
+  const proc = () => {
+    try {
+      return `cmdline ${JSON.stringify(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean))}, state ${/^State:\s*(.*)$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]}`;
+    } catch (err) {
+      return (err as Error).message;
+    }
+  };
+  t.same(l.instances.map((i) => [i.instanceId, i.state, i.tags['gantry:pid']]), [[id, 'running', String(pid)]],
+    `adopted by its instance id (pid ${pid}: ${proc()}; its log ends ${JSON.stringify(fs.readFileSync(a.logFile(id), 'utf8').slice(-600))})`);
   t.same(await b.stopAll(), [id]);
   // Adopted, not our child: it may stay a zombie a moment until its parent (this test
   // process, through the first provider's handle) reaps it.
