@@ -109,7 +109,7 @@ async function main() {
   const admin = process.env.GANTRY_BENCH_PG_URL ?? process.env.GANTRY_TEST_PG_URL ?? 'postgres://gantry:gantry@127.0.0.1:5432/postgres';
   const db = await freshDatabase(admin, 'gantry_bench');
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'gantry-bench-'));
-  const log = createLogger({ name: 'bench', level: 'warn' });
+  const log = createLogger({ name: 'bench', level: 'warn', destination: process.stderr });
   const env = {
     DATABASE_URL: db.url,
     GANTRY_DATA_DIR: work,

@@ -117,7 +117,7 @@ async function main(): Promise<number> {
     ...(db ? { DATABASE_URL: db.url } : {}),
   };
   const config = loadConfig(env);
-  const log = createLogger({ name: 'fuzz', level: 'warn' });
+  const log = createLogger({ name: 'fuzz', level: 'warn', destination: process.stderr });
   let child: Awaited<ReturnType<typeof startControlPlane>> | undefined;
   let lease: ReturnType<Etcd3['lease']> | undefined;
   try {

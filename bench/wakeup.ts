@@ -43,7 +43,7 @@ async function main() {
   u.pathname = `/${name}`;
   const dbUrl = u.toString();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gantry-wakeup-'));
-  const log = createLogger({ name: 'bench', level: 'warn' });
+  const log = createLogger({ name: 'bench', level: 'warn', destination: process.stderr });
   const env = {
     DATABASE_URL: dbUrl,
     ETCD_ENDPOINTS: ETCD,
