@@ -238,7 +238,7 @@ export async function runAdmin(store: Store, argv: string[], ctx: AdminContext =
       if (!values.wait) return asked;
       ctx.progress?.(asked);
       for (let last = '';;) {
-        const r = (await store.runners.list()).find((x) => x.id === id);
+        const [r] = await store.runners.list({ runnerId: id });
         if (!r || r.state === 'disconnected') return `runner ${id}: drained and gone`;
         const line = `runner ${id}: ${r.state}, ${r.busy} task(s) running`;
         if (line !== last) ctx.progress?.(line);

@@ -28,12 +28,10 @@ import type { ExecResult, Execution, Executor } from './executor/types.ts';
 import { LogShipper, LogSpool } from './logs.ts';
 import type { RunnerMetrics } from './metrics.ts';
 import { StatsSampler } from './stats.ts';
+import { DEFAULT_TASK_MEMORY_MB } from './slots.ts';
 
 export const AGENT_VERSION = '0.1.0';
 export const PROTOCOL_VERSION = 1;
-
-/** Memory of one task until the control plane names the cluster's (and for offers that name none). */
-const DEFAULT_TASK_MEMORY_MB = 512;
 
 const OUTCOME: Record<ExecResult['outcome'], Outcome> = {
   succeeded: Outcome.OUTCOME_SUCCEEDED,

@@ -4,6 +4,9 @@
  * machine with much RAM (a 2-CPU host with 24 GB made 47 slots of 512 MB); CPUs alone
  * overcommit memory when tasks are large.
  */
+/** Memory of one task until the control plane names the cluster's (and for offers that name none). */
+export const DEFAULT_TASK_MEMORY_MB = 512;
+
 export interface SlotBasis {
   cpus: number;
   memoryMb: number;

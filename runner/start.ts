@@ -8,7 +8,7 @@ import { NoopExecutor } from './executor/noop.ts';
 import type { Executor } from './executor/types.ts';
 import { startHealthServer } from './health.ts';
 import { RunnerMetrics } from './metrics.ts';
-import { deriveSlots } from './slots.ts';
+import { DEFAULT_TASK_MEMORY_MB, deriveSlots } from './slots.ts';
 import { StatsSampler } from './stats.ts';
 
 export interface Runner {
@@ -101,5 +101,5 @@ async function slotPlan(config: RunnerConfig): Promise<{ slots: number; rederive
   if (config.slots > 0) return { slots: config.slots };
   const basis = { cpus: os.availableParallelism(), memoryMb: await StatsSampler.totalMemoryMb(), slotsPerCpu: config.slotsPerCpu };
   const slots = (taskMemoryMb: number) => deriveSlots({ ...basis, taskMemoryMb }).slots;
-  return config.taskMemoryMb !== undefined ? { slots: slots(config.taskMemoryMb) } : { slots: slots(512), rederive: slots };
+  return config.taskMemoryMb !== undefined ? { slots: slots(config.taskMemoryMb) } : { slots: slots(DEFAULT_TASK_MEMORY_MB), rederive: slots };
 }

@@ -191,8 +191,8 @@ export class RunnersStore {
     return r.rowCount > 0;
   }
 
-  /** Runners, newest first, optionally of one cluster, with their live leases counted. */
-  async list(o: { clusterId?: string } = {}): Promise<RunnerListing[]> {
+  /** Runners, newest first, optionally of one cluster or one runner, with their live leases counted. */
+  async list(o: { clusterId?: string; runnerId?: string } = {}): Promise<RunnerListing[]> {
     const r = await this.c.db.query<{
       id: string; cluster: string; hostname: string | null; instance_id: string | null; connected: boolean; draining: boolean;
       slots: number; busy: number; last_beat_at: Date | null; penalty_until: Date | null; penalty_reason: string | null;
@@ -202,9 +202,9 @@ export class RunnersStore {
          (SELECT count(*)::int FROM task_leases l WHERE l.runner_id = r.id AND l.ended_at IS NULL) AS busy,
          r.last_beat_at, r.penalty_until, r.penalty_reason, r.drain_requested_at
        FROM runners r JOIN clusters c ON c.id = r.cluster_id
-       WHERE $1::text IS NULL OR r.cluster_id = $1
+       WHERE ($1::text IS NULL OR r.cluster_id = $1) AND ($2::text IS NULL OR r.id = $2)
        ORDER BY r.connected DESC, r.last_beat_at DESC NULLS LAST, r.id`,
-      [o.clusterId ?? null],
+      [o.clusterId ?? null, o.runnerId ?? null],
     );
     return r.rows.map((x) => ({
       id: x.id,
