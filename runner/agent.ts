@@ -572,6 +572,7 @@ export class RunnerAgent {
           codeName: code.name,
           image: code.image,
           command: code.command,
+          mergeStderr: code.mergeStderr,
           env: code.env,
           payload: o.payload,
           config: code.config,

@@ -209,6 +209,7 @@ export class RunnerSession implements OfferTarget {
             config: r.config ?? '',
             hasArchive: r.checksum !== null,
             archiveChecksum: r.checksum ?? '',
+            mergeStderr: r.logStreams === 'merged',
           },
           payload: r.payload,
           timeoutS: r.timeout,

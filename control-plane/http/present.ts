@@ -34,6 +34,7 @@ export function presentCode(c: Code): Json {
     default_priority: c.defaultPriority,
     config: c.config,
     env_vars: c.envVars,
+    log_streams: c.logStreams,
     file_name: c.fileName,
     code_size: c.codeSize,
     paused: c.paused,
@@ -61,6 +62,7 @@ export function presentRevision(r: CodeRevision, name: string): Json {
     priority: r.defaultPriority,
     config: r.config,
     env_vars: r.envVars,
+    log_streams: r.logStreams,
   });
 }
 

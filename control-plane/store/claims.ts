@@ -1,4 +1,5 @@
 import type { StoreCtx } from './ctx.ts';
+import type { LogStreams } from './codes.ts';
 import { run, statement } from './statements.ts';
 import { taskValues, type NewTask, type TasksStore } from './tasks.ts';
 
@@ -33,6 +34,7 @@ export interface Offer {
   envVars: Record<string, string>;
   config: string | null;
   checksum: string | null;
+  logStreams: LogStreams;
   payload: string;
   timeout: number;
   priority: number;
@@ -71,6 +73,7 @@ interface OfferRow {
   env_vars: Record<string, string>;
   config: string | null;
   checksum: string | null;
+  log_streams: LogStreams;
   payload: string;
   timeout: number;
   priority: number;
@@ -94,6 +97,7 @@ function toOffer(r: OfferRow, maxConcurrency: number | null = null, projectMaxRu
     envVars: r.env_vars,
     config: r.config,
     checksum: r.checksum,
+    logStreams: r.log_streams,
     payload: r.payload,
     timeout: r.timeout,
     priority: r.priority,

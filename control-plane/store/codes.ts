@@ -22,7 +22,16 @@ export interface CodeSettings {
   defaultPriority?: number;
   envVars?: Record<string, string>;
   stack?: string | null;
+  logStreams?: LogStreams;
 }
+
+/**
+ * How a package's tasks hand their output over: `merged` joins stderr to stdout inside the
+ * container, so the log keeps the order lines were written in; `separate` keeps the two
+ * apart (the engine may then swap lines of the two written within milliseconds).
+ */
+export const LOG_STREAMS = ['merged', 'separate'] as const;
+export type LogStreams = (typeof LOG_STREAMS)[number];
 
 export interface CodeArchive {
   data: Buffer;
@@ -44,6 +53,7 @@ export interface CodeRevision {
   defaultPriority: number;
   envVars: Record<string, string>;
   stack: string | null;
+  logStreams: LogStreams;
   fileName: string | null;
   checksum: string | null;
   codeSize: number | null;
@@ -73,6 +83,7 @@ interface SettingsRow {
   default_priority: number;
   env_vars: Record<string, string>;
   stack: string | null;
+  log_streams: LogStreams;
   file_name: string | null;
   checksum: string | null;
   code_size: number | null;
@@ -108,6 +119,7 @@ function toSettings(r: SettingsRow): Omit<CodeRevision, 'id' | 'codeId' | 'creat
     defaultPriority: r.default_priority,
     envVars: r.env_vars,
     stack: r.stack,
+    logStreams: r.log_streams,
     fileName: r.file_name,
     checksum: r.checksum,
     codeSize: r.code_size,
@@ -132,7 +144,7 @@ function toCode(r: CodeRow): Code {
 
 const CODE_COLUMNS = `c.id, c.project_id, c.name, c.rev, c.latest_revision_id, c.paused, c.created_at, c.updated_at,
   r.image, r.command, r.config, r.max_concurrency, r.retries, r.retries_delay, r.default_priority, r.env_vars,
-  r.stack, r.file_name, r.checksum, r.code_size`;
+  r.stack, r.log_streams, r.file_name, r.checksum, r.code_size`;
 
 export const TASK_STATUSES = ['queued', 'running', 'complete', 'error', 'cancelled', 'killed', 'timeout'] as const;
 export type TaskStatus = (typeof TASK_STATUSES)[number];
@@ -188,8 +200,8 @@ export class CodesStore {
       const rev = code.rev + 1;
       await q.query(
         `INSERT INTO code_revisions (id, code_id, project_id, rev, image, command, config, max_concurrency, retries,
-           retries_delay, default_priority, env_vars, stack, file_name, checksum, code_size, created_at)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb,$13,$14,$15,$16,$17)`,
+           retries_delay, default_priority, env_vars, stack, file_name, checksum, code_size, created_at, log_streams)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb,$13,$14,$15,$16,$17,$18)`,
         [
           revId,
           code.id,
@@ -208,6 +220,7 @@ export class CodesStore {
           archive?.checksum ?? null,
           archive ? archive.data.length : null,
           now,
+          pick('logStreams', 'merged'),
         ],
       );
       if (archive) {

@@ -101,6 +101,8 @@ interface Ctx {
   pullFailures: Map<string, { until: number; msg: string }>;
   /** Stops the pulls under way when the executor closes. */
   pullAborts: Set<AbortController>;
+  /** Whether an image (by id) has a /bin/sh to join stderr to stdout with (TaskSpec.mergeStderr). */
+  shells: Map<string, boolean>;
 }
 
 export class DockerExecutor implements Executor {
@@ -126,6 +128,7 @@ export class DockerExecutor implements Executor {
       pulls: new Map(),
       pullFailures: new Map(),
       pullAborts: new Set(),
+      shells: new Map(),
     };
   }
 
@@ -198,6 +201,8 @@ export class DockerExecutor implements Executor {
 }
 
 type StopReason = 'timeout' | 'cancel' | 'kill';
+/** A container's Entrypoint and Cmd; neither: the image's own. */
+type Argv = Pick<Dockerode.ContainerCreateOptions, 'Entrypoint' | 'Cmd'>;
 
 class DockerExecution implements Execution {
   readonly result: Promise<ExecResult>;
@@ -371,9 +376,20 @@ class DockerExecution implements Execution {
     const createStart = Date.now();
     let container: Dockerode.Container;
     try {
-      container = await this.#api(docker.createContainer(this.#createOptions(dir)), 'create');
+      const argv = await this.#argv();
+      container = await this.#api(docker.createContainer(this.#createOptions(dir, argv.merged ?? argv.plain)), 'create');
       this.#container = container;
+      // An image without /bin/sh cannot have its stderr joined to stdout: its two streams
+      // are read apart instead, as when the package asks for that.
+      if (argv.merged && !(await this.#hasShell(container, argv.imageId))) {
+        this.#container = null;
+        await this.#removeNow(container);
+        if (this.#stopped()) return this.#stoppedEarly(t0);
+        container = await this.#api(docker.createContainer(this.#createOptions(dir, argv.plain)), 'create');
+        this.#container = container;
+      }
     } catch (err) {
+      await this.#forceRemove(); // the container made before a failed look for /bin/sh
       if (isBadReference(err)) return this.#early('task_fault', badReference(spec.image, err), t0);
       if (this.#missingNetwork(err)) return this.#early('failed', this.#missingNetwork(err)!, t0);
       return this.#early('runner_error', failure(`could not create container for image ${spec.image}`, err, docker), t0);
@@ -464,7 +480,49 @@ class DockerExecution implements Execution {
     return { ...base, outcome: 'failed', msg: `exit code ${base.exitCode}` };
   }
 
-  #createOptions(dir: string): Dockerode.ContainerCreateOptions {
+  /**
+   * What the container runs: `/bin/sh -c command`, or the image's own entrypoint and command
+   * when the package gives none (`plain`). With mergeStderr, `merged` is the same run with
+   * stderr joined to stdout by the shell before anything else is written, so the one pipe
+   * keeps the order of every line (two pipes do not: the engine reads them apart). For the
+   * image's own command that takes its entrypoint and command from the image, and the
+   * image's /bin/sh, which `imageId` names for #hasShell.
+   */
+  async #argv(): Promise<{ plain: Argv; merged?: Argv; imageId?: string }> {
+    const spec = this.#spec;
+    if (spec.command.trim()) {
+      const plain: Argv = { Entrypoint: [], Cmd: ['/bin/sh', '-c', spec.command] };
+      return spec.mergeStderr ? { plain, merged: { Entrypoint: [], Cmd: ['/bin/sh', '-c', `exec 2>&1\n${spec.command}`] } } : { plain };
+    }
+    if (!spec.mergeStderr) return { plain: {} };
+    const image = await this.#api(this.#ctx.docker.getImage(spec.image).inspect(), 'image inspect');
+    const own = [...(image.Config?.Entrypoint ?? []), ...(image.Config?.Cmd ?? [])];
+    // No command at all: the engine says so at create, as without merging.
+    if (own.length === 0) return { plain: {} };
+    return { plain: {}, merged: { Entrypoint: ['/bin/sh', '-c', 'exec "$@" 2>&1', 'sh'], Cmd: own }, imageId: image.Id };
+  }
+
+  /** Whether the created container's filesystem has /bin/sh; remembered per image (a command package always needs one). */
+  async #hasShell(container: Dockerode.Container, imageId: string | undefined): Promise<boolean> {
+    if (!imageId) return true;
+    const shells = this.#ctx.shells;
+    const known = shells.get(imageId);
+    if (known !== undefined) return known;
+    let found: boolean;
+    try {
+      destroy((await this.#api(container.infoArchive({ path: '/bin/sh' }), 'archive stat')) as NodeJS.ReadableStream);
+      found = true;
+    } catch (err) {
+      if (statusOf(err) !== 404) throw err;
+      found = false;
+    }
+    if (shells.size >= MAX_REMEMBERED_SHELLS) shells.delete(shells.keys().next().value!);
+    shells.set(imageId, found);
+    if (!found) this.#log.info({ image: this.#spec.image }, 'image has no /bin/sh: its stdout and stderr are read apart');
+    return found;
+  }
+
+  #createOptions(dir: string, argv: Argv): Dockerode.ContainerCreateOptions {
     const spec = this.#spec;
     const env = new Map<string, string>();
     for (const [k, v] of Object.entries(spec.env ?? {})) if (k && !k.includes('=')) env.set(k, v);
@@ -482,7 +540,7 @@ class DockerExecution implements Execution {
     return {
       name: `gantry-${spec.leaseId}`,
       Image: spec.image,
-      ...(spec.command.trim() ? { Entrypoint: [], Cmd: ['/bin/sh', '-c', spec.command] } : {}),
+      ...argv,
       ...(spec.codeDir ? { WorkingDir: CODE_DIR } : {}),
       ...(policy.user ? { User: policy.user } : {}),
       Env: [...env].map(([k, v]) => `${k}=${v}`),
@@ -858,6 +916,7 @@ async function pullImage(ctx: Ctx, image: string, auth: string | undefined, key:
 
 /** The negative cache of pulls: bounded, expired entries dropped as new ones come. */
 const MAX_REMEMBERED_PULLS = 1000;
+const MAX_REMEMBERED_SHELLS = 1000;
 
 function remember(ctx: Ctx, key: string, msg: string): void {
   if (ctx.pullFailureTtlMs <= 0) return;

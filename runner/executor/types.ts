@@ -17,6 +17,12 @@ export interface TaskSpec {
   image: string;
   /** Run with `/bin/sh -c command`; empty: the image's own entrypoint and command. */
   command: string;
+  /**
+   * Join stderr to stdout inside the container, so the output keeps the order it was written
+   * in (everything then arrives as stdout). Needs the image's /bin/sh; an image without one
+   * has its streams read apart.
+   */
+  mergeStderr?: boolean;
   /** The code's env_vars. */
   env: Record<string, string>;
   payload: string;

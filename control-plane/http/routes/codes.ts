@@ -39,6 +39,7 @@ export function parseCodeData(d: CodeInput): { name: string; settings: CodeSetti
   if ('retries_delay' in d) settings.retriesDelay = d.retries_delay ?? 0;
   const prio = 'default_priority' in d ? d.default_priority : 'priority' in d ? d.priority : undefined;
   if (prio !== undefined) settings.defaultPriority = prio ?? 0;
+  if (d.log_streams) settings.logStreams = d.log_streams;
   if (d.env_vars) {
     const out: Record<string, string> = {};
     for (const [k, v] of Object.entries(d.env_vars)) {

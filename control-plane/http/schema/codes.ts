@@ -1,8 +1,8 @@
 import { Type, type Static } from '@sinclair/typebox';
-import { TASK_STATUSES } from '../../store/codes.ts';
+import { LOG_STREAMS, TASK_STATUSES } from '../../store/codes.ts';
 import { AuthQuery, OAuthQuery, PagingQuery, ProjectParams } from './common.ts';
 import { endpoint } from './endpoint.ts';
-import { DateTime, Dict, ErrorBody, Id, Int, MsgBody, Obj, Reply, Str, Time } from './kit.ts';
+import { DateTime, Dict, ErrorBody, Id, Int, MsgBody, Obj, OneOf, Reply, Str, Time } from './kit.ts';
 
 /** Docker's reference grammar: [registry[:port]/]path[:tag][@digest]. */
 export const IMAGE_REF =
@@ -36,6 +36,10 @@ export const CodeData = Obj(
       description: 'environment variables of every task (at most 65536 bytes in all; Gantry sets PAYLOAD_FILE, CONFIG_FILE, TASK_ID, PROJECT_ID and CODE_NAME itself)',
       message: { type: '{field} must be an object of string values' },
     }),
+    log_streams: OneOf(LOG_STREAMS, {
+      description:
+        "merged (the default for a new package): the task's stderr joins its stdout inside the container, so its log keeps the order lines were written in; separate: the two stay apart for ?stream=stderr, and lines of the two written within milliseconds may swap",
+    }),
   },
   { required: ['name'], what: 'code' },
 );
@@ -61,6 +65,7 @@ const CodeProps = {
     default_priority: Type.Integer({ minimum: 0, maximum: 2 }),
     config: Type.String(),
     env_vars: Type.Record(Type.String(), Type.String()),
+    log_streams: OneOf(LOG_STREAMS),
     file_name: Type.String(),
     code_size: Type.Integer({ minimum: 0 }),
     paused: Type.Boolean(),
@@ -89,6 +94,7 @@ const Revision = Reply(
     priority: Type.Integer({ minimum: 0, maximum: 2 }),
     config: Type.String(),
     env_vars: Type.Record(Type.String(), Type.String()),
+    log_streams: OneOf(LOG_STREAMS),
   },
   ['stack', 'command', 'checksum', 'code_size', 'file_name', 'max_concurrency', 'config'],
   { title: 'CodeRevision' },

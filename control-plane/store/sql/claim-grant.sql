@@ -30,6 +30,6 @@ WITH
     RETURNING 1
   )
 SELECT upd.lease_id, upd.attempt, upd.id AS task_id, upd.project_id, upd.code_id, upd.code_name, upd.code_rev,
-  upd.code_revision_id, r.image, r.command, r.env_vars, r.config, r.checksum, upd.payload, upd.timeout,
+  upd.code_revision_id, r.image, r.command, r.env_vars, r.config, r.checksum, r.log_streams, upd.payload, upd.timeout,
   upd.priority, upd.cluster, upd.schedule_id, $6::timestamptz AS expires_at
 FROM upd JOIN code_revisions r ON r.id = upd.code_revision_id ORDER BY upd.ord

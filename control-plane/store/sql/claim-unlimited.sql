@@ -89,7 +89,7 @@ WITH
   )
 SELECT (SELECT yes FROM limited) AS limited, g.* FROM (SELECT 1) one LEFT JOIN (
   SELECT upd.lease_id, upd.attempt, upd.id AS task_id, upd.project_id, upd.code_id, upd.code_name, upd.code_rev,
-    upd.code_revision_id, r.image, r.command, r.env_vars, r.config, r.checksum, upd.payload, upd.timeout,
+    upd.code_revision_id, r.image, r.command, r.env_vars, r.config, r.checksum, r.log_streams, upd.payload, upd.timeout,
     upd.priority, upd.cluster, upd.schedule_id, $11::timestamptz AS expires_at, upd.ord
   FROM upd JOIN code_revisions r ON r.id = upd.code_revision_id
 ) g ON true ORDER BY g.ord

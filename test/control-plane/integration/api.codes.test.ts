@@ -3,7 +3,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import t from 'tap';
 import type { Test } from 'tap';
 import { ManualClock } from '../../../lib/clock.ts';
-import { ENGINES } from '../../helpers/db.ts';
+import { ENGINES, freshPgDatabase, tempDir } from '../../helpers/db.ts';
+import { openPglite, openPostgres, type Db } from '../../../control-plane/store/db.ts';
+import { loadMigrations, migrate } from '../../../control-plane/store/migrate.ts';
+import { silentLogger } from '../../../lib/logger.ts';
 import { startTestApi, uploadCode, type ApiUser, type Reply, type TestApi } from '../../helpers/api.ts';
 import { isError, sendChunked } from '../../helpers/assert.ts';
 import { claimableIds } from '../../helpers/claims.ts';
@@ -254,11 +257,20 @@ for (const engine of ENGINES) {
       t.equal(g5.rev, 5);
       for (const k of ['command', 'config', 'max_concurrency']) t.notOk(k in g5, `${k} stays cleared`);
 
+      // log_streams: merged unless asked otherwise, and inherited like the rest.
+      t.equal(g5.log_streams, 'merged');
+      clock.advance(1000);
+      t.equal((await upload(u, { name: 'inherit', log_streams: 'separate' })).body.log_streams, 'separate');
+      t.equal((await upload(u, { name: 'inherit', image: 'iron/hello:5' })).body.log_streams, 'separate', 'inherited');
+      t.equal((await upload(u, { name: 'inherit', log_streams: 'merged' })).body.log_streams, 'merged');
+      const revs = (await u.project('GET', `/codes/${id}/revisions`, { query: { per_page: 100 } })).body.revisions as { rev: number; log_streams: string }[];
+      t.same(revs.slice(-4).map((r) => [r.rev, r.log_streams]), [[5, 'merged'], [6, 'separate'], [7, 'separate'], [8, 'merged']], 'each revision shows its own');
+
       // The image too is kept when left out, like the other settings ("" reads as left out).
       clock.advance(1000);
       uploaded(t, await upload(u, { name: 'inherit', retries: 1 }), 'rev 6, without an image');
       uploaded(t, await upload(u, { name: 'inherit', image: '' }), 'rev 7, image ""');
-      t.match((await u.project('GET', `/codes/${id}`)).body, { rev: 7, image: 'iron/hello:5', retries: 1 });
+      t.match((await u.project('GET', `/codes/${id}`)).body, { rev: 10, image: 'iron/hello:5', retries: 1 });
 
       // History is kept as it was uploaded.
       const rows = await api.store.db.query<{ rev: number; image: string; config: string | null; retries: number; checksum: string | null }>(
@@ -273,8 +285,11 @@ for (const engine of ENGINES) {
           [3, 'iron/hello:3', 'user=Alice', 7, null],
           [4, 'iron/hello:4', null, 0, null],
           [5, 'iron/hello:5', null, 0, null],
-          [6, 'iron/hello:5', null, 1, null],
-          [7, 'iron/hello:5', null, 1, null],
+          [6, 'iron/hello:5', null, 0, null],
+          [7, 'iron/hello:5', null, 0, null],
+          [8, 'iron/hello:5', null, 0, null],
+          [9, 'iron/hello:5', null, 1, null],
+          [10, 'iron/hello:5', null, 1, null],
         ],
       );
       t.equal(await codeCount(api, u.projectId, 'inherit'), 1, 'one package for all revisions');
@@ -396,6 +411,8 @@ for (const engine of ENGINES) {
         ['config multibyte over 64 KB', { name: 'bad', image: IMAGE, config: 'é'.repeat(32769) }, /^config must be at most 65536 bytes/],
         ['config not a string', { name: 'bad', image: IMAGE, config: { a: 1 } }, /^config must be a string/],
         ['command not a string', { name: 'bad', image: IMAGE, command: ['a'] }, /^command must be a string/],
+        ['log_streams unknown', { name: 'bad', image: IMAGE, log_streams: 'both' }, /^log_streams must be one of merged, separate/],
+        ['log_streams not a string', { name: 'bad', image: IMAGE, log_streams: true }, /^log_streams must be a string/],
         ['retries 11', { name: 'bad', image: IMAGE, retries: 11 }, /^retries must be an integer from 0 to 10/],
         ['retries -1', { name: 'bad', image: IMAGE, retries: -1 }, /^retries must be an integer from 0 to 10/],
         ['retries 1.5', { name: 'bad', image: IMAGE, retries: 1.5 }, /^retries must be an integer/],
@@ -522,6 +539,7 @@ for (const engine of ENGINES) {
       t.same(c.env_vars, { GREETING: 'Good Morning' });
       t.equal(c.priority, 1, 'priority, as documented');
       t.equal(c.code_size, zip.length);
+      t.equal(c.log_streams, 'merged', 'a new package joins stderr to stdout, so its log keeps the order');
       for (const k of ['id', 'project_id', 'latest_history_id']) t.match(c[k], ID, `${k} is an id`);
       for (const k of ['created_at', 'latest_change']) t.match(c[k], RFC3339, `${k} is RFC 3339`);
       t.notOk('runtime' in c || 'stack' in c, 'image packages have no runtime or stack');
@@ -908,5 +926,39 @@ for (const engine of ENGINES) {
       `SELECT (SELECT count(*)::int FROM code_revisions) AS revisions, (SELECT count(*)::int FROM code_archives) AS archives`,
     );
     t.same(stored.rows[0], { revisions: 2, archives: 2 }, 'no revision or archive left by the aborted or refused uploads');
+  });
+}
+
+for (const engine of ENGINES) {
+  t.test(`revisions that existed before migration 014 keep their streams apart (${engine})`, async (t) => {
+    const db: Db =
+      engine === 'postgres'
+        ? openPostgres({ url: await freshPgDatabase(t), poolMax: 2, connectTimeoutMs: 3000, queryTimeoutMs: 15000, log: silentLogger() })
+        : await openPglite(tempDir(t, 'gantry-pglite-'));
+    t.teardown(() => db.close());
+    const all = loadMigrations();
+    t.ok(all.some((m) => m.name === '014_log_streams.sql'));
+    await migrate(db, silentLogger(), all.filter((m) => m.version < 14));
+    const now = new Date();
+    const ids = { user: 'a'.repeat(24), project: 'b'.repeat(24), code: 'c'.repeat(24), rev: 'd'.repeat(24) };
+    await db.query('INSERT INTO users (id, email, created_at) VALUES ($1, $2, $3)', [ids.user, 'old@example.com', now]);
+    await db.query('INSERT INTO projects (id, user_id, name, created_at) VALUES ($1, $2, $3, $4)', [ids.project, ids.user, 'old', now]);
+    await db.query('INSERT INTO codes (id, project_id, name, rev, latest_revision_id, created_at, updated_at) VALUES ($1, $2, $3, 1, $4, $5, $5)', [
+      ids.code,
+      ids.project,
+      'old',
+      ids.rev,
+      now,
+    ]);
+    await db.query('INSERT INTO code_revisions (id, code_id, project_id, rev, image, created_at) VALUES ($1, $2, $3, 1, $4, $5)', [
+      ids.rev,
+      ids.code,
+      ids.project,
+      IMAGE,
+      now,
+    ]);
+    await migrate(db, silentLogger(), all);
+    t.same((await db.query('SELECT log_streams FROM code_revisions')).rows, [{ log_streams: 'separate' }], 'tasks of an old package read their stderr apart, as they did');
+    await t.rejects(db.query("UPDATE code_revisions SET log_streams = 'both'"), /violates check constraint/, 'the database refuses another value');
   });
 }

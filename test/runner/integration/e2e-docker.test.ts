@@ -35,8 +35,11 @@ async function finalOf(api: TestApi, id: string, timeoutMs = 60000) {
 t.test('tasks run in Docker containers and reach the right status (PostgreSQL)', async (t) => {
   const api = await startTestApi(t, 'postgres', { scheduler: true, env: FAST });
   await startTestRunner(t, api, { env: { GANTRY_RUNNER_SLOTS: '4' } });
-  const up = async (name: string, command: string) => t.equal((await uploadCode(api.user, { name, image: TEST_IMAGE, command })).status, 200);
-  await up('cat', 'cat $PAYLOAD_FILE; echo; echo to-stderr >&2');
+  const up = async (name: string, command: string, more: Record<string, unknown> = {}) =>
+    t.equal((await uploadCode(api.user, { name, image: TEST_IMAGE, command, ...more })).status, 200);
+  await up('cat', 'cat $PAYLOAD_FILE; echo; echo to-stderr >&2', { log_streams: 'separate' });
+  // A new package's default: stderr joined to stdout, so the log is in the order written.
+  await up('order', 'i=1; while [ $i -le 200 ]; do echo $i-out; echo $i-err >&2; i=$((i+1)); done');
   await up('exit3', 'echo failing; exit 3');
   await up('sleepy', 'sleep 30');
   await up('hog', 'head -c 400m /dev/zero | tail');
@@ -54,6 +57,15 @@ t.test('tasks run in Docker containers and reach the right status (PostgreSQL)',
   });
   t.match(log, /hello-payload/, 'the log contains the payload');
   t.equal((await api.user.project('GET', `/tasks/${ok}/log`, { query: { stream: 'stderr' } })).text, 'to-stderr\n', 'stderr apart');
+
+  const ordered = await runTask(api, 'order');
+  t.equal((await finalOf(api, ordered)).status, 'complete');
+  const want = Array.from({ length: 200 }, (_, i) => `${i + 1}-out\n${i + 1}-err\n`).join('');
+  const got = await until('ordered log complete', async () => {
+    const r = await api.user.project('GET', `/tasks/${ordered}/log`);
+    return r.text.length >= want.length ? r.text : undefined;
+  });
+  t.ok(got === want, `the log keeps the order of stdout and stderr lines (${JSON.stringify(got.slice(0, 60))}...)`);
 
   const failT = await finalOf(api, fail);
   t.equal(failT.status, 'error');

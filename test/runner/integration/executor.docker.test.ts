@@ -6,6 +6,7 @@
 import t, { type Test } from 'tap';
 import Dockerode from 'dockerode';
 import { mkdtemp, mkdir, readdir, rm, writeFile, access } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { DockerExecutor, DockerUnavailableError } from '../../../runner/executor/docker.ts';
@@ -159,6 +160,67 @@ t.test('stdout and stderr are kept apart, in order', async (t) => {
   t.equal(res.outcome, 'succeeded');
   t.equal(rec.stdout(), 'out\nout2\n');
   t.equal(rec.stderr(), 'err\nerr2\n');
+});
+
+/** Lines 1-out, 1-err, 2-out, ... as a shell writes them, each line a write of its own. */
+const INTERLEAVED = 'i=1; while [ $i -le 300 ]; do echo $i-out; echo $i-err >&2; i=$((i+1)); done';
+const interleaved = Array.from({ length: 300 }, (_, i) => `${i + 1}-out\n${i + 1}-err\n`).join('');
+
+t.test('mergeStderr: stderr joins stdout in the container, and the order of every line is kept', async (t) => {
+  const ctx = await setup(t);
+  // Two pipes read apart swap lines of the two written microseconds apart; one pipe cannot.
+  for (let round = 0; round < 3; round++) {
+    const rec = recorder();
+    const res = await ctx.executor.start(ctx.spec({ command: INTERLEAVED, mergeStderr: true }), rec.hooks).result;
+    t.equal(res.outcome, 'succeeded', res.msg);
+    t.ok(rec.stdout() === interleaved, `round ${round}: 300 pairs in the order written (${rec.stdout().slice(0, 40)}...)`);
+    t.equal(rec.stderr(), '', 'nothing arrives as stderr');
+  }
+  const rec = recorder();
+  const res = await ctx.executor.start(ctx.spec({ command: 'echo out; echo err >&2; exit 4', mergeStderr: true }), rec.hooks).result;
+  t.match(res, { outcome: 'failed', exitCode: 4 }, 'the exit code is the command\'s');
+  t.equal(rec.stdout(), 'out\nerr\n');
+});
+
+t.test("mergeStderr with the image's own entrypoint, and an image without /bin/sh", async (t) => {
+  const ctx = await setup(t);
+  const tag = (name: string) => `gantry-test/${name}-${ctx.id}:latest`.toLowerCase();
+  const withEntry = tag('entry');
+  const noShell = tag('no-shell');
+  t.teardown(async () => {
+    for (const image of [withEntry, noShell]) await docker.getImage(image).remove({ force: true }).catch(() => undefined);
+  });
+  // The test image with an entrypoint and a command of its own, which the task runs.
+  const base = await docker.createContainer({ Image: IMAGE, Cmd: ['true'] });
+  await base.commit({ repo: withEntry.split(':')[0], tag: 'latest', changes: ['ENTRYPOINT ["/bin/sh", "-c"]', `CMD ["${INTERLEAVED.replaceAll('"', '\\"')}"]`] });
+  await base.remove();
+  // An image with no /bin/sh at all: one static busybox under /app, as its entrypoint.
+  const root = await mkdtemp(path.join(os.tmpdir(), 'gantry-noshell-'));
+  t.teardown(() => rm(root, { recursive: true, force: true }));
+  await mkdir(path.join(root, 'app'));
+  execFileSync('cp', ['/bin/busybox', path.join(root, 'app', 'busybox')]);
+  execFileSync('sh', [
+    '-c',
+    `tar -C '${root}' -c . | docker import --change 'ENTRYPOINT ["/app/busybox", "sh", "-c", "/app/busybox echo out; /app/busybox echo err >&2"]' - ${noShell}`,
+  ]);
+
+  for (let round = 0; round < 2; round++) {
+    const rec = recorder();
+    const res = await ctx.executor.start(ctx.spec({ image: withEntry, command: '', mergeStderr: true }), rec.hooks).result;
+    t.equal(res.outcome, 'succeeded', res.msg);
+    t.ok(rec.stdout() === interleaved, `round ${round}: the image's own command, every line in order`);
+    t.equal(rec.stderr(), '');
+  }
+  // Without /bin/sh nothing can join the streams: the task runs all the same, its streams read
+  // apart (the second time from what the executor remembers of the image).
+  for (let round = 0; round < 2; round++) {
+    const rec = recorder();
+    const res = await ctx.executor.start(ctx.spec({ image: noShell, command: '', mergeStderr: true }), rec.hooks).result;
+    t.equal(res.outcome, 'succeeded', `round ${round}: ${res.msg}`);
+    t.equal(rec.stdout(), 'out\n');
+    t.equal(rec.stderr(), 'err\n');
+  }
+  t.same(await ours(ctx.id), [], 'no container left behind, the one made to look for /bin/sh included');
 });
 
 t.test('large output arrives whole and in order', async (t) => {

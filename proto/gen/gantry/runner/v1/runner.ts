@@ -718,6 +718,11 @@ export interface CodeSpec {
   hasArchive: boolean;
   /** MD5 of the zip, the cache key for its unpacked copy */
   archiveChecksum: string;
+  /**
+   * Join stderr to stdout inside the container, so the log keeps the order the task wrote
+   * its lines in (the code package's log_streams is merged); false: two streams, as before.
+   */
+  mergeStderr: boolean;
 }
 
 export interface CodeSpec_EnvEntry {
@@ -4684,6 +4689,7 @@ function createBaseCodeSpec(): CodeSpec {
     config: "",
     hasArchive: false,
     archiveChecksum: "",
+    mergeStderr: false,
   };
 }
 
@@ -4718,6 +4724,9 @@ export const CodeSpec: MessageFns<CodeSpec> = {
     }
     if (message.archiveChecksum !== "") {
       writer.uint32(82).string(message.archiveChecksum);
+    }
+    if (message.mergeStderr !== false) {
+      writer.uint32(88).bool(message.mergeStderr);
     }
     return writer;
   },
@@ -4818,6 +4827,14 @@ export const CodeSpec: MessageFns<CodeSpec> = {
             message.archiveChecksum = reader.string();
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.mergeStderr = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4871,6 +4888,11 @@ export const CodeSpec: MessageFns<CodeSpec> = {
         : isSet(object.archive_checksum)
         ? globalThis.String(object.archive_checksum)
         : "",
+      mergeStderr: isSet(object.mergeStderr)
+        ? globalThis.Boolean(object.mergeStderr)
+        : isSet(object.merge_stderr)
+        ? globalThis.Boolean(object.merge_stderr)
+        : false,
     };
   },
 
@@ -4912,6 +4934,9 @@ export const CodeSpec: MessageFns<CodeSpec> = {
     if (message.archiveChecksum !== "") {
       obj.archiveChecksum = message.archiveChecksum;
     }
+    if (message.mergeStderr !== false) {
+      obj.mergeStderr = message.mergeStderr;
+    }
     return obj;
   },
 
@@ -4938,6 +4963,7 @@ export const CodeSpec: MessageFns<CodeSpec> = {
     message.config = object.config ?? "";
     message.hasArchive = object.hasArchive ?? false;
     message.archiveChecksum = object.archiveChecksum ?? "";
+    message.mergeStderr = object.mergeStderr ?? false;
     return message;
   },
 };
