@@ -1,4 +1,5 @@
 import type { Code, CodeRevision } from '../store/codes.ts';
+import type { Execution } from '../store/executions.ts';
 import type { Schedule } from '../store/schedules.ts';
 import type { Task } from '../store/tasks.ts';
 
@@ -124,5 +125,33 @@ export function presentSchedule(s: Schedule): Json {
     next_start: s.nextStart,
     created_at: s.createdAt,
     updated_at: s.updatedAt,
+  });
+}
+
+/** An execution of a task (ExecutionsStore). */
+export function presentExecution(e: Execution): Json {
+  const ended = e.state === 'done';
+  const failed = ended && e.outcome !== 'complete';
+  return clean({
+    number: e.number,
+    attempt: e.attempt,
+    task_id: e.taskId,
+    status: e.state === 'done' ? (e.outcome ?? 'ended') : e.state === 'accepted' ? 'starting' : 'running',
+    current: e.current,
+    runner_id: e.runnerId,
+    instance_id: e.instanceId,
+    hostname: e.hostname,
+    container_id: e.containerId,
+    image: e.image,
+    command: e.command,
+    exit_code: e.exitCode,
+    error: failed ? e.msg : null,
+    msg: e.msg,
+    offered_at: e.offeredAt,
+    accepted_at: e.acceptedAt,
+    started_at: e.startedAt,
+    finished_at: e.finishedAt,
+    duration: e.startedAt && e.finishedAt ? Math.max(0, e.finishedAt.getTime() - e.startedAt.getTime()) : null,
+    log_size: e.logSize,
   });
 }

@@ -16,6 +16,7 @@ import { LeasesStore } from './leases.ts';
 import { OutcomesStore } from './outcomes.ts';
 import { RunnersStore } from './runners.ts';
 import { LogsStore } from './logs.ts';
+import { ExecutionsStore } from './executions.ts';
 import { AutoscaleStore } from './autoscale.ts';
 import { QuotasStore } from './quotas.ts';
 import { GaugesStore } from './gauges.ts';
@@ -38,6 +39,7 @@ export class Store {
   /** How leases end: results, releases, reclaims, sweeps, timeouts. */
   readonly outcomes: OutcomesStore;
   readonly logs: LogsStore;
+  readonly executions: ExecutionsStore;
   readonly autoscale: AutoscaleStore;
   readonly quotas: QuotasStore;
   /** Scrape-time readings of the queue and the fleet (Prometheus gauges). */
@@ -62,6 +64,7 @@ export class Store {
     this.leases = new LeasesStore(ctx);
     this.outcomes = new OutcomesStore(ctx, this.tasks, this.leases);
     this.logs = new LogsStore(ctx);
+    this.executions = new ExecutionsStore(ctx);
     this.autoscale = new AutoscaleStore(ctx);
     this.gauges = new GaugesStore(ctx);
     this.retention = new RetentionStore(ctx);

@@ -105,9 +105,10 @@ export class LeasesStore {
   /** Offered → accepted for many leases of one runner; returns the lease ids accepted. */
   async acceptMany(runnerId: string, items: LeaseKey[], ttlMs: number): Promise<Set<string>> {
     if (items.length === 0) return new Set();
-    const expires = new Date(this.c.clock.now().getTime() + ttlMs);
+    const now = this.c.clock.now();
+    const expires = new Date(now.getTime() + ttlMs);
     const r = await this.c.db.tx((q) =>
-      run<{ id: string }>(q, ACCEPT, [items.map((i) => i.leaseId), items.map((i) => i.attempt), runnerId, expires]),
+      run<{ id: string }>(q, ACCEPT, [items.map((i) => i.leaseId), items.map((i) => i.attempt), runnerId, expires, now]),
     );
     return new Set(r.rows.map((x) => x.id));
   }

@@ -35,7 +35,8 @@ interface Cursor {
 
 /**
  * Task logs as the runner's log stream delivers them: chunks at byte offsets of the
- * attempt's combined log. Appends are contiguous (a chunk must start at the committed
+ * attempt's combined log (each attempt's kept under its number; the task's cursor,
+ * log_size/log_crc/log_complete, is its current attempt's). Appends are contiguous (a chunk must start at the committed
  * offset); a duplicate is acknowledged, a gap is answered with the committed offset so the
  * runner resends. The stored log's CRC-32 is kept as chunks arrive and checked against the
  * runner's at the final frame; on a mismatch the log is dropped and resent whole.
@@ -64,7 +65,7 @@ export class LogsStore {
       );
       const leases = new Map(rows.rows.map((r) => [r.id, r]));
       const cursors = new Map<string, Cursor>();
-      const chunks: { taskId: string; offset: number; stream: number; data: Uint8Array }[] = [];
+      const chunks: { taskId: string; attempt: number; offset: number; stream: number; data: Uint8Array }[] = [];
       const out: LogAckResult[] = [];
       for (const f of frames) {
         const l = leases.get(f.leaseId);
@@ -73,8 +74,8 @@ export class LogsStore {
           continue;
         }
         // The log stream can overtake the control stream: frames of a lease whose Accept is
-        // not processed yet are stored like any other (the claim that made this attempt
-        // already cleared the previous attempt's log).
+        // not processed yet are stored like any other (under this attempt's number: the
+        // earlier attempts' logs are kept apart).
         let cur = cursors.get(l.id);
         if (!cur) {
           const size = Number(l.log_size);
@@ -82,7 +83,7 @@ export class LogsStore {
           cursors.set(l.id, cur);
         }
         if (!cur.complete && f.data.length > 0 && f.offset === cur.size) {
-          chunks.push({ taskId: cur.taskId, offset: f.offset, stream: f.stream, data: f.data });
+          chunks.push({ taskId: cur.taskId, attempt: cur.attempt, offset: f.offset, stream: f.stream, data: f.data });
           cur.size += f.data.length;
           cur.crc = crc32(f.data, cur.crc);
           cur.dirty = true;
@@ -123,12 +124,19 @@ export class LogsStore {
           throw Object.assign(new Error('a log was written concurrently; applying the frames again'), { code: '40001' });
         }
       }
-      const resets = [...cursors.values()].filter((c) => c.reset).map((c) => c.taskId);
-      if (resets.length > 0) await q.query('DELETE FROM task_log_chunks WHERE task_id = ANY($1::text[])', [resets]);
+      const resets = [...cursors.values()].filter((c) => c.reset);
+      if (resets.length > 0) {
+        await q.query(
+          'DELETE FROM task_log_chunks d USING unnest($1::text[], $2::int[]) AS v(task_id, attempt) WHERE d.task_id = v.task_id AND d.attempt = v.attempt',
+          [resets.map((c) => c.taskId), resets.map((c) => c.attempt)],
+        );
+      }
       if (chunks.length > 0) {
         const params: unknown[] = [];
-        const values = chunks.map((ch) => `($${params.push(ch.taskId)}, $${params.push(ch.offset)}, $${params.push(ch.stream)}, $${params.push(ch.data)})`);
-        await q.query(`INSERT INTO task_log_chunks (task_id, byte_offset, stream, data) VALUES ${values.join(', ')}`, params);
+        const values = chunks.map(
+          (ch) => `($${params.push(ch.taskId)}, $${params.push(ch.attempt)}, $${params.push(ch.offset)}, $${params.push(ch.stream)}, $${params.push(ch.data)})`,
+        );
+        await q.query(`INSERT INTO task_log_chunks (task_id, attempt, byte_offset, stream, data) VALUES ${values.join(', ')}`, params);
       }
       return out;
     });

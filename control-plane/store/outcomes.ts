@@ -185,8 +185,9 @@ export class OutcomesStore {
         status = 'cancelled';
         msg = 'Cancelled by user';
       } else if (task.runner_losses + 1 <= cfg.runnerLossBudget) {
-        await run(q, LEASE_END, [lease.id, now, 'handed_back']);
-        await run(q, TASK_REQUEUE, [task.id, task.runner_losses + 1, `Runner could not run the task (${c.msg}); retrying on another runner`, now]);
+        const why = `Runner could not run the task (${c.msg}); retrying on another runner`;
+        await run(q, LEASE_END, [lease.id, now, 'handed_back', c.exitCode ?? null, why]);
+        await run(q, TASK_REQUEUE, [task.id, task.runner_losses + 1, why, now]);
         return recorded;
       } else {
         status = 'error';
@@ -194,7 +195,7 @@ export class OutcomesStore {
       }
     }
     if (status === 'cancelled' && !msg) msg = 'Cancelled by user';
-    await run(q, LEASE_END, [lease.id, now, status]);
+    await run(q, LEASE_END, [lease.id, now, status, c.exitCode ?? null, msg || null]);
     await this.finish(q, task.id, lease.id, status, msg || null, {
       exitCode: c.exitCode,
       startedAt: c.startedAt ? new Date(c.startedAt) : null,
@@ -310,7 +311,8 @@ export class OutcomesStore {
       ).rows[0];
       if (!lease) return { result: 'none', ended: false };
       const task = (await run<TaskForOutcome>(q, TASK_LOCK, [lease.task_id])).rows[0];
-      await run(q, LEASE_END, [lease.id, now, outcome]);
+      const why = outcome === 'handed_back' ? 'Handed back by a draining runner' : 'Runner lost: it went silent past the lease TTL';
+      await run(q, LEASE_END, [lease.id, now, outcome, null, why]);
       if (!task || task.lease_id !== lease.id) return { result: 'none', ended: true };
       if (task.cancel_requested_at) {
         await this.finish(q, task.id, lease.id, 'cancelled', 'Cancelled by user', { endedAt: now });
@@ -336,7 +338,7 @@ export class OutcomesStore {
         await q.query<LeaseRow>('SELECT * FROM task_leases WHERE id = $1 AND attempt = $2 AND ended_at IS NULL FOR UPDATE', [leaseId, attempt])
       ).rows[0];
       if (!l) return false;
-      await run(q, LEASE_END, [l.id, now, 'timeout']);
+      await run(q, LEASE_END, [l.id, now, 'timeout', null, 'Timed out (enforced by the control plane)']);
       await this.finish(q, l.task_id, l.id, 'timeout', 'Timed out (enforced by the control plane)', { endedAt: now });
       return true;
     });

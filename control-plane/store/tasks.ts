@@ -5,6 +5,7 @@ import type { TaskStatus } from './codes.ts';
 import type { QuotasStore } from './quotas.ts';
 import { run, statement } from './statements.ts';
 import { ConflictError } from '../errors.ts';
+import { readLog } from './executions.ts';
 
 export const FINAL_STATUSES: readonly TaskStatus[] = ['complete', 'error', 'cancelled', 'killed', 'timeout'];
 
@@ -126,6 +127,8 @@ export interface NewTask {
 
 export interface TaskFilter {
   codeName?: string;
+  /** Only the tasks this schedule queued. */
+  scheduleId?: string;
   statuses?: TaskStatus[];
   from?: Date;
   to?: Date;
@@ -232,6 +235,7 @@ export class TasksStore {
     const where = ['project_id = $1'];
     const params: unknown[] = [projectId];
     if (f.codeName !== undefined) where.push(`code_name = $${params.push(f.codeName)}`);
+    if (f.scheduleId !== undefined) where.push(`schedule_id = $${params.push(f.scheduleId)}`);
     if (f.statuses && f.statuses.length > 0) where.push(`status = ANY($${params.push(f.statuses)}::text[])`);
     if (f.from) where.push(`created_at >= $${params.push(f.from)}`);
     if (f.to) where.push(`created_at <= $${params.push(f.to)}`);
@@ -297,20 +301,11 @@ export class TasksStore {
   }
 
   /**
-   * The task's log: both streams interleaved in the order they arrived, or one stream
-   * (`stdout`/`stderr`) alone.
+   * The task's log, its current attempt's: both streams interleaved in the order they
+   * arrived, or one stream (`stdout`/`stderr`) alone (ExecutionsStore.log reads any attempt's).
    */
   async log(taskId: string, stream?: 'stdout' | 'stderr'): Promise<Buffer> {
-    // Gantry's own notes (stream 0: truncation, attempts) belong to the combined log only.
-    const r = stream
-      ? await this.c.db.query<{ data: Uint8Array }>(
-          'SELECT data FROM task_log_chunks WHERE task_id = $1 AND stream = $2 ORDER BY byte_offset',
-          [taskId, stream === 'stdout' ? 1 : 2],
-        )
-      : await this.c.db.query<{ data: Uint8Array }>('SELECT data FROM task_log_chunks WHERE task_id = $1 ORDER BY byte_offset', [
-          taskId,
-        ]);
-    return Buffer.concat(r.rows.map((x) => x.data));
+    return readLog(this.c.db, taskId, null, stream);
   }
 
   /**

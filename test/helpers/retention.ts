@@ -57,7 +57,7 @@ export async function taskWorld(store: Store, tag: string) {
       );
     }
     for (let c = 0; c < (o.chunks ?? 0); c++) {
-      await store.db.query('INSERT INTO task_log_chunks (task_id, byte_offset, stream, data) VALUES ($1, $2, 1, $3)', [id, c * 4, Buffer.from('log\n')]);
+      await store.db.query('INSERT INTO task_log_chunks (task_id, attempt, byte_offset, stream, data) VALUES ($1, $2, $3, 1, $4)', [id, leases, c * 4, Buffer.from('log\n')]);
     }
     await store.db.query('UPDATE tasks SET status = $2, end_time = $3, attempt = $4, log_size = $5 WHERE id = $1', [
       id, o.status, o.endedAt === undefined ? null : o.endedAt, leases, (o.chunks ?? 0) * 4,

@@ -5,7 +5,7 @@ import type { NewSchedule } from '../../store/schedules.ts';
 import { requireProject } from '../auth.ts';
 import { ep } from '../schema/index.ts';
 import { validated } from '../schema/endpoint.ts';
-import { presentSchedule } from '../present.ts';
+import { presentSchedule, presentTask } from '../present.ts';
 import { ROUTER_OPTIONS, type ApiState } from '../state.ts';
 import { MAX_RUN_EVERY, type ScheduleInput } from '../schema/schedules.ts';
 import { optTime, pagination } from '../validate.ts';
@@ -68,6 +68,14 @@ export function schedulesRouter(): Router<ApiState> {
 
   r.get('/projects/:projectId/schedules/:scheduleId', requireProject, validated(ep('getSchedule')), async (ctx) => {
     ctx.body = presentSchedule(await loadSchedule(ctx));
+  });
+
+  r.get('/projects/:projectId/schedules/:scheduleId/tasks', requireProject, validated(ep('listScheduleTasks')), async (ctx) => {
+    const sched = await loadSchedule(ctx);
+    const tasks = ctx.state.deps.store.tasks;
+    const list = await tasks.list(ctx.state.projectId!, { scheduleId: sched.id }, pagination(ctx.state.query!));
+    const waiting = await tasks.waitReasons(list.filter((x) => x.status === 'queued').map((x) => x.id));
+    ctx.body = { tasks: list.map((x) => presentTask(x, waiting.get(x.id))) };
   });
 
   r.post('/projects/:projectId/schedules/:scheduleId/cancel', requireProject, validated(ep('cancelSchedule')), async (ctx) => {

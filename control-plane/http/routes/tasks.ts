@@ -3,7 +3,7 @@ import { isId } from '../../../lib/ids.ts';
 import { HttpError, badRequest, notFound } from '../../errors.ts';
 import type { Code, TaskStatus } from '../../store/codes.ts';
 import { TASK_STATUSES } from '../../store/codes.ts';
-import type { NewTask } from '../../store/tasks.ts';
+import type { NewTask, Task } from '../../store/tasks.ts';
 import { requireProject } from '../auth.ts';
 import { readRaw } from '../body.ts';
 import { ep } from '../schema/index.ts';
@@ -106,15 +106,33 @@ function newTask(projectId: string, code: Code, payload: string, opts: ReturnTyp
   };
 }
 
+/** The task `:taskId` of the request's project, or 404. */
+export async function loadTask(ctx: RouterContext<ApiState>): Promise<Task> {
+  const id = ctx.params.taskId ?? '';
+  const task = isId(id) ? await ctx.state.deps.store.tasks.get(ctx.state.projectId!, id) : undefined;
+  if (!task) throw notFound('Task not found');
+  return task;
+}
+
+/**
+ * Cancels a task of the request's project: a queued one at once, a running one by asking
+ * its runner (the outcome then comes from the runner). The reply's msg; a 400 for a task
+ * that already ended otherwise.
+ */
+export async function cancelTask(ctx: RouterContext<ApiState>, taskId: string): Promise<string> {
+  const out = await ctx.state.deps.store.tasks.cancel(ctx.state.projectId!, taskId);
+  if (!out) throw notFound('Task not found');
+  if (out.kind === 'final') {
+    if (out.task.status === 'cancelled') return 'Cancelled';
+    throw badRequest(`Task already finished with status ${out.task.status}; only queued or running tasks can be cancelled`);
+  }
+  ctx.state.log.info({ taskId, kind: out.kind }, 'task cancel');
+  if (out.kind === 'cancelling' && out.task.runnerId) ctx.state.deps.hub.cancelRequested(out.task.runnerId);
+  return out.kind === 'cancelled' ? 'Cancelled' : 'Cancellation requested';
+}
+
 export function tasksRouter(): Router<ApiState> {
   const r = new Router<ApiState>(ROUTER_OPTIONS);
-
-  const loadTask = async (ctx: RouterContext<ApiState>) => {
-    const id = ctx.params.taskId ?? '';
-    const task = isId(id) ? await ctx.state.deps.store.tasks.get(ctx.state.projectId!, id) : undefined;
-    if (!task) throw notFound('Task not found');
-    return task;
-  };
 
   r.get('/projects/:projectId/tasks', requireProject, validated(ep('listTasks')), async (ctx) => {
     const q = ctx.state.query!;
@@ -184,18 +202,7 @@ export function tasksRouter(): Router<ApiState> {
 
   r.post('/projects/:projectId/tasks/:taskId/cancel', requireProject, validated(ep('cancelTask')), async (ctx) => {
     const task = await loadTask(ctx);
-    const out = await ctx.state.deps.store.tasks.cancel(ctx.state.projectId!, task.id);
-    if (!out) throw notFound('Task not found');
-    if (out.kind === 'final') {
-      if (out.task.status === 'cancelled') {
-        ctx.body = { msg: 'Cancelled' };
-        return;
-      }
-      throw badRequest(`Task already finished with status ${out.task.status}; only queued or running tasks can be cancelled`);
-    }
-    ctx.state.log.info({ taskId: task.id, kind: out.kind }, 'task cancel');
-    if (out.kind === 'cancelling' && out.task.runnerId) ctx.state.deps.hub.cancelRequested(out.task.runnerId);
-    ctx.body = { msg: out.kind === 'cancelled' ? 'Cancelled' : 'Cancellation requested' };
+    ctx.body = { msg: await cancelTask(ctx, task.id) };
   });
 
   r.post('/projects/:projectId/tasks/:taskId/progress', requireProject, validated(ep('setTaskProgress')), async (ctx) => {

@@ -1,5 +1,5 @@
 import { Type, type TSchema } from '@sinclair/typebox';
-import { Id, Int, List, Obj, Str } from './kit.ts';
+import { ErrorBody, Id, Int, List, Obj, Str } from './kit.ts';
 
 /** Query parameters every list takes. */
 export const Paging = {
@@ -36,3 +36,12 @@ export const Batch = <I extends TSchema>(item: I, max: number, noun: string, max
     },
     requiredHint: `an array of 1 to ${max} ${noun}`,
   });
+
+/** The errors every project endpoint can answer: 400 (naming the field and the limit), 401, and a 404 naming what may be missing. */
+export function projectErrors(missing: string) {
+  return {
+    400: { description: 'invalid input: the message names the field and the limit', schema: ErrorBody },
+    401: { description: 'no valid OAuth token', schema: ErrorBody },
+    404: { description: `no such ${missing}`, schema: ErrorBody },
+  };
+}

@@ -1,8 +1,9 @@
 -- Leases for tasks a limited claim chose and locked, and their offers, in the order given.
 -- The task keeps its status and updated_at (it is still queued to its user), so the update
 -- touches no indexed column and can stay on its heap page (a HOT update, when the page has
--- room). Each attempt has its own log: a task offered again starts from an empty one, so
--- this attempt's output may be stored as soon as it arrives, even before the Accept.
+-- room). Each attempt has its own log (the earlier attempts' stay, under their own attempt
+-- number): a task offered again starts an empty one, so this attempt's output may be stored
+-- as soon as it arrives, even before the Accept.
 --
 -- Parameters:
 --   $1 tasks          text[]: in offer order
@@ -24,10 +25,6 @@ WITH
     INSERT INTO task_leases (id, task_id, attempt, runner_id, session_epoch, code_id, cluster, granted_at, expires_at, state)
     SELECT lease_id, id, attempt, $3, $5, code_id, cluster, $4, $6, 'offered' FROM upd
     RETURNING id
-  ),
-  cleared AS (
-    DELETE FROM task_log_chunks d USING upd WHERE d.task_id = upd.id AND upd.attempt > 1
-    RETURNING 1
   )
 SELECT upd.lease_id, upd.attempt, upd.id AS task_id, upd.project_id, upd.code_id, upd.code_name, upd.code_rev,
   upd.code_revision_id, r.image, r.command, r.env_vars, r.config, r.checksum, r.log_streams, upd.payload, upd.timeout,

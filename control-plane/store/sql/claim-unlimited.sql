@@ -70,7 +70,8 @@ WITH
   ),
   -- The grant, as in claim-grant.sql: the task keeps its status and updated_at (it is still
   -- queued to its user), so the update touches no indexed column and can stay on its heap
-  -- page. Each attempt has its own log: a task offered again starts from an empty one.
+  -- page. Each attempt has its own log: a task offered again starts an empty one, and the
+  -- earlier attempts' logs stay.
   upd AS (
     UPDATE tasks t SET lease_id = v.lease_id, runner_id = $9, attempt = t.attempt + 1,
       log_size = 0, log_crc = 0, log_complete = false
@@ -82,10 +83,6 @@ WITH
     INSERT INTO task_leases (id, task_id, attempt, runner_id, session_epoch, code_id, cluster, granted_at, expires_at, state)
     SELECT lease_id, id, attempt, $9, $10, code_id, cluster, $2, $11, 'offered' FROM upd
     RETURNING id
-  ),
-  cleared AS (
-    DELETE FROM task_log_chunks d USING upd WHERE d.task_id = upd.id AND upd.attempt > 1
-    RETURNING 1
   )
 SELECT (SELECT yes FROM limited) AS limited, g.* FROM (SELECT 1) one LEFT JOIN (
   SELECT upd.lease_id, upd.attempt, upd.id AS task_id, upd.project_id, upd.code_id, upd.code_name, upd.code_rev,

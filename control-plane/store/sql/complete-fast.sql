@@ -26,8 +26,9 @@ WITH
       AS v(lease_id, attempt, status, msg, exit_code, started_at, ended_at, folded_at, container_id)
   ),
   l AS (
-    UPDATE task_leases l SET state = 'done', ended_at = $11, outcome = v.status,
-      started_at = coalesce(l.started_at, v.folded_at::timestamptz), container_id = coalesce(l.container_id, v.container_id)
+    UPDATE task_leases l SET state = 'done', ended_at = $11, outcome = v.status, exit_code = v.exit_code, msg = v.msg,
+      started_at = coalesce(l.started_at, v.folded_at::timestamptz), container_id = coalesce(l.container_id, v.container_id),
+      accepted_at = coalesce(l.accepted_at, v.folded_at::timestamptz, $11)
     FROM v, task_leases o, tasks t
     WHERE l.id = v.lease_id AND o.id = l.id AND t.id = o.task_id
       AND l.attempt = v.attempt AND l.runner_id = $10 AND l.state <> 'done'

@@ -14,7 +14,7 @@ WITH
   v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[]) AS v(id, attempt, container_id, started_at)),
   l AS (
     UPDATE task_leases l SET state = 'running', started_at = v.started_at::timestamptz, container_id = v.container_id,
-      expires_at = $6
+      expires_at = $6, accepted_at = coalesce(l.accepted_at, $7)
     FROM v WHERE l.id = v.id AND l.attempt = v.attempt AND l.runner_id = $5 AND l.state IN ('offered', 'accepted')
     RETURNING l.id, l.task_id, l.granted_at, l.started_at, l.cluster
   ),

@@ -463,7 +463,7 @@ for (const engine of ENGINES) {
         [1, 24, 'out ✓\n'],
       ];
       for (const [stream, offset, data] of chunks) {
-        await api.store.db.query('INSERT INTO task_log_chunks (task_id, stream, byte_offset, data) VALUES ($1, $2, $3, $4)', [
+        await api.store.db.query('INSERT INTO task_log_chunks (task_id, attempt, stream, byte_offset, data) VALUES ($1, 0, $2, $3, $4)', [
           id,
           stream,
           offset,
