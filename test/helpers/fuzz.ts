@@ -284,6 +284,9 @@ export class World {
         return pool(this.schedules, []);
       case 'clusterId':
         return pool(this.liveClusters(), this.clusters);
+      case 'number':
+        // An execution's number: the world's first tasks have one or two (api.fuzz.test.ts).
+        return d.pick(['1', '1', '2']);
       default:
         return 'x';
     }

@@ -25,6 +25,8 @@ const RUNS = Number(process.env.GANTRY_FUZZ_RUNS ?? 15);
 /** Rounds over all operations, so that what one operation does (a delete) meets the others. */
 const ROUNDS = Number(process.env.GANTRY_FUZZ_ROUNDS ?? 4);
 const REPLAY = process.env.GANTRY_FUZZ_REPLAY?.split(':');
+/** Extra rounds, at most, until every required kind of input was sent. */
+const TOP_UP_ROUNDS = 5;
 
 /** Operations no request can get accepted: tokens are never shown again; no cluster here has instances to terminate. */
 const NEVER_ACCEPTED = new Set(['getClusterToken', 'terminateClusterInstances', 'unrouted']);
@@ -67,6 +69,27 @@ for (const engine of ENGINES) {
     const rows = new FingerprintOracle(await RowFingerprints.open((sql, params) => api.store.db.query(sql, params)));
     const fuzzer = new Fuzzer({ send: (r) => transport.send(r), rows }, new World(api.user, other, revoked.token));
     await fuzzer.setup();
+    // Executions as runners leave them (no runner takes part here): each of the world's tasks
+    // ran once, lost its runner, and runs a second time, so the executions' reads and their
+    // stop have real rows to answer from.
+    for (const [i, task] of fuzzer.world.tasks.entries()) {
+      const row = (await api.store.db.query<{ code_id: string }>('SELECT code_id FROM tasks WHERE id = $1', [task.id])).rows[0];
+      if (!row) continue;
+      const now = new Date();
+      const lease = (a: number, state: string, outcome: string | null) =>
+        api.store.db.query(
+          `INSERT INTO task_leases (id, task_id, attempt, runner_id, code_id, granted_at, expires_at, accepted_at, started_at, ended_at, state, outcome, container_id)
+           VALUES ($1, $2, $3, 'fuzz-runner', $4, $5, $5, $5, $5, $6, $7, $8, $9)`,
+          [`fuzz-lease-${i}-${a}`, task.id, a, row.code_id, now, outcome ? now : null, state, outcome, 'c'.repeat(64)],
+        );
+      await lease(1, 'done', 'reclaimed');
+      await lease(2, 'running', null);
+      await api.store.db.query(`UPDATE tasks SET attempt = 2, lease_id = $2, runner_id = 'fuzz-runner', status = 'running', cancel_requested_at = NULL WHERE id = $1`, [
+        task.id,
+        `fuzz-lease-${i}-2`,
+      ]);
+      await api.store.db.query('INSERT INTO task_log_chunks (task_id, attempt, byte_offset, stream, data) VALUES ($1, 1, 0, 1, $2)', [task.id, Buffer.from('fuzz\n')]);
+    }
     const ops = [...fuzzer.operations, UNROUTED];
 
     // Every request runs, failing or not (a fault on one kind of input must not hide the
@@ -101,6 +124,16 @@ for (const engine of ENGINES) {
     for (let round = 0; round < ROUNDS; round++) {
       for (const [i, op] of ops.entries()) await run(op, seedOf(round, i), runsOf(op));
       // The process still serves after everything this round sent.
+      await fuzzer.liveness();
+    }
+    // A kind drawn rarely (one branch of one operation's form) may not come up in a run of
+    // this size for a given seed and document: more requests on fresh seeds, on the
+    // operations that can send it, until every required kind has been sent (bounded).
+    for (let extra = 0; extra < TOP_UP_ROUNDS; extra++) {
+      const missing = REQUIRED_KINDS.filter((k) => !Object.hasOwn(fuzzer.stats.byKind, k));
+      if (missing.length === 0) break;
+      const bodiesOnly = missing.every((k) => k.startsWith('body:'));
+      for (const [i, op] of ops.entries()) if (!bodiesOnly || op.body) await run(op, seedOf(ROUNDS + extra, i), runsOf(op));
       await fuzzer.liveness();
     }
 
