@@ -39,6 +39,8 @@ export interface ControlPlaneConfig {
   /** Seconds a client is told to wait (Retry-After) when the database is unavailable. */
   readonly retryAfterSeconds: number;
   /** How long `start` waits for an unreachable PostgreSQL before giving up (0: forever). */
+  /** How long /healthcheck waits for each dependency before calling it down (GANTRY_HEALTHCHECK_TIMEOUT_MS). */
+  readonly healthcheckTimeoutMs: number;
   readonly dbStartWaitSeconds: number;
   /** The runner gateway (gRPC): address, and TLS when both files are given. */
   readonly grpcHost: string;
@@ -327,6 +329,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     pgQueryTimeoutMs: e.int('GANTRY_PG_QUERY_TIMEOUT_MS', 15000, { min: 100 }),
     retryAfterSeconds: e.int('GANTRY_RETRY_AFTER_SECONDS', 2, { min: 1, max: 3600 }),
     dbStartWaitSeconds: e.int('GANTRY_DB_START_WAIT_SECONDS', 0, { min: 0 }),
+    healthcheckTimeoutMs: e.int('GANTRY_HEALTHCHECK_TIMEOUT_MS', 2000, { min: 50, max: 60000 }),
     grpcHost: e.str('GANTRY_GRPC_HOST', '127.0.0.1'),
     grpcPort: e.int('GANTRY_GRPC_PORT', 9090, { min: 0, max: 65535 }),
     grpcTlsCert: e.str('GANTRY_GRPC_TLS_CERT'),

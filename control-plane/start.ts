@@ -118,6 +118,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
       log: log.child({ component: 'http' }),
       metrics,
       coordStatus: () => coord.status(),
+      coordPing: () => coord.ping(),
       draining: () => state !== 'running',
       hub,
     });

@@ -100,6 +100,15 @@ export class EtcdCoordinator implements Coordinator {
     this.client.close();
   }
 
+  async ping(): Promise<boolean> {
+    try {
+      await this.client.get(this.keys.electionPrefix()).exec();
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   status(): CoordStatus {
     return {
       kind: 'etcd',

@@ -26,6 +26,10 @@ export class LocalCoordinator implements Coordinator {
     this.leadership = undefined;
   }
 
+  async ping(): Promise<boolean> {
+    return true;
+  }
+
   status(): CoordStatus {
     return {
       kind: 'local',

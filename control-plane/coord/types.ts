@@ -49,6 +49,8 @@ export interface Coordinator {
   /** Gives up leadership and slots' session; idempotent. */
   stop(): Promise<void>;
   status(): CoordStatus;
+  /** Asks the backend now (a read): true when it answers. The caller bounds the wait. */
+  ping(): Promise<boolean>;
   /** Called with each leadership this replica wins (run leader work until its signal aborts). */
   onLeadership(cb: (l: Leadership) => void): void;
   /** Called with every event published by another replica. */

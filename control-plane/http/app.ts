@@ -15,6 +15,8 @@ import { executionsRouter } from './routes/executions.ts';
 import { schedulesRouter } from './routes/schedules.ts';
 import { tasksRouter } from './routes/tasks.ts';
 import { ROUTER_OPTIONS, type ApiDeps, type ApiState } from './state.ts';
+import { settledWithin } from '../../lib/deadline.ts';
+import { presentFarm } from './present.ts';
 
 /**
  * The one answer to every error: `{"msg": message}` with the status of its kind
@@ -47,7 +49,7 @@ function answerError(ctx: Koa.ParameterizedContext<ApiState>, err: unknown): voi
   ctx.state.log.error({ err }, 'unhandled error');
 }
 
-/** The IronWorker v2 REST API under `/2/`, plus `/healthz` and `/readyz`. */
+/** The IronWorker v2 REST API under `/2/`, plus `/healthz`, `/readyz` and `/healthcheck`. */
 export function createApp(deps: ApiDeps): Koa<ApiState> {
   const app = new Koa<ApiState>();
   app.proxy = true;
@@ -94,7 +96,7 @@ export function createApp(deps: ApiDeps): Koa<ApiState> {
   return app;
 }
 
-/** Every route of the API: `/healthz`, `/readyz`, `/metrics`, and `/2/…` (each declared in schema/). */
+/** Every route of the API: `/healthz`, `/readyz`, `/healthcheck`, `/metrics`, and `/2/…` (each declared in schema/). */
 export function apiRouters(deps: ApiDeps): Router<ApiState>[] {
   const root = new Router<ApiState>(ROUTER_OPTIONS);
   root.get('/healthz', (ctx) => {
@@ -131,10 +133,42 @@ export function apiRouters(deps: ApiDeps): Router<ApiState>[] {
     };
   });
 
+  // Each configured dependency asked now, each within the same bound, so a hung one makes
+  // a 503 in time rather than a hung health check.
+  const startedAt = Date.now();
+  root.get('/healthcheck', async (ctx) => {
+    const t0 = Date.now();
+    const bound = deps.config.healthcheckTimeoutMs;
+    const ask = (p: () => Promise<boolean>) => settledWithin(p().catch(() => false), bound);
+    const coord = deps.coordStatus?.();
+    const etcd = coord?.kind === 'etcd';
+    const [postgres, etcdUp] = await Promise.all([ask(() => deps.store.db.ping()), etcd && deps.coordPing ? ask(deps.coordPing) : Promise.resolve(null)]);
+    const database = deps.store.db.engine;
+    const errors: string[] = [];
+    if (postgres !== true) errors.push(`${database}: ${postgres === undefined ? `no answer within ${bound} ms` : 'unreachable'}`);
+    if (etcd && etcdUp !== true) errors.push(`etcd: ${etcdUp === undefined ? `no answer within ${bound} ms` : 'unreachable'}`);
+    ctx.status = errors.length === 0 ? 200 : 503;
+    ctx.body = {
+      errors,
+      postgres: postgres === true,
+      etcd: etcd ? etcdUp === true : null,
+      database,
+      leader: coord?.leader ?? null,
+      is_leader: coord?.isLeader ?? false,
+      replica: deps.config.serverId,
+      draining: deps.draining?.() ?? false,
+      uptime_s: Math.floor((Date.now() - startedAt) / 1000),
+      checked_in_ms: Date.now() - t0,
+    };
+  });
+
   const v2 = new Router<ApiState>({ ...ROUTER_OPTIONS, prefix: '/2' });
   // Stacks are deprecated: Gantry runs Docker images, so the list is empty.
   v2.get('/stacks', requireUser, validated(ep('listStacks')), (ctx) => {
     ctx.body = [];
+  });
+  v2.get('/status', requireUser, validated(ep('getStatus')), async (ctx) => {
+    ctx.body = presentFarm(await deps.store.status.farm({ userId: ctx.state.userId! }));
   });
   const document = JSON.stringify(openApiDocument());
   v2.get('/openapi.json', (ctx) => {

@@ -1,5 +1,6 @@
 import type { Code, CodeRevision } from '../store/codes.ts';
 import type { Execution } from '../store/executions.ts';
+import type { FarmStatus } from '../store/status.ts';
 import type { Schedule } from '../store/schedules.ts';
 import type { Task } from '../store/tasks.ts';
 
@@ -154,4 +155,46 @@ export function presentExecution(e: Execution): Json {
     duration: e.startedAt && e.finishedAt ? Math.max(0, e.finishedAt.getTime() - e.startedAt.getTime()) : null,
     log_size: e.logSize,
   });
+}
+
+/** The farm's status (StatusStore.farm). */
+export function presentFarm(f: FarmStatus): Json {
+  return {
+    hosts: f.hosts.map((h) =>
+      clean({
+        runner_id: h.runnerId,
+        cluster: h.cluster,
+        hostname: h.hostname,
+        instance_id: h.instanceId,
+        connected: h.connected,
+        available: h.available,
+        draining: h.draining,
+        penalised: h.penalised,
+        penalty_until: h.penaltyUntil,
+        last_error: h.lastError,
+        slots: h.slots,
+        busy: h.busy,
+        last_beat_at: h.lastBeatAt,
+      }),
+    ),
+    running: f.running.map((r) =>
+      clean({
+        task_id: r.taskId,
+        project_id: r.projectId,
+        code_name: r.codeName,
+        cluster: r.cluster,
+        runner_id: r.runnerId,
+        container_id: r.containerId,
+        state: r.state,
+        since: r.since,
+      }),
+    ),
+    others_running: f.othersRunning,
+    queues: {
+      clusters: f.queues.clusters.map((c) => ({ cluster: c.cluster, queued: c.queued, delayed: c.delayed, running: c.running })),
+      codes: f.queues.codes.map((c) => ({ project_id: c.projectId, code_id: c.codeId, code_name: c.codeName, queued: c.queued, delayed: c.delayed, running: c.running })),
+    },
+    upcoming: f.upcoming.map((u) => clean({ schedule_id: u.scheduleId, project_id: u.projectId, code_name: u.codeName, next_start: u.nextStart })),
+    counts: f.counts,
+  };
 }

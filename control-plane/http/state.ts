@@ -19,6 +19,8 @@ export interface ApiDeps {
   readonly hub: ApiHub;
   /** The coordinator's view (etcd or local), for /readyz. */
   readonly coordStatus?: () => CoordStatus;
+  /** Asks the coordinator's backend now (etcd), for /healthcheck. */
+  readonly coordPing?: () => Promise<boolean>;
   /** True while this replica drains (graceful stop): /readyz fails so balancers move on. */
   readonly draining?: () => boolean;
   /** Prometheus metrics: served at /metrics, and counting requests. */

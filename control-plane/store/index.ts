@@ -17,6 +17,7 @@ import { OutcomesStore } from './outcomes.ts';
 import { RunnersStore } from './runners.ts';
 import { LogsStore } from './logs.ts';
 import { ExecutionsStore } from './executions.ts';
+import { StatusStore } from './status.ts';
 import { AutoscaleStore } from './autoscale.ts';
 import { QuotasStore } from './quotas.ts';
 import { GaugesStore } from './gauges.ts';
@@ -40,6 +41,7 @@ export class Store {
   readonly outcomes: OutcomesStore;
   readonly logs: LogsStore;
   readonly executions: ExecutionsStore;
+  readonly status: StatusStore;
   readonly autoscale: AutoscaleStore;
   readonly quotas: QuotasStore;
   /** Scrape-time readings of the queue and the fleet (Prometheus gauges). */
@@ -65,6 +67,7 @@ export class Store {
     this.outcomes = new OutcomesStore(ctx, this.tasks, this.leases);
     this.logs = new LogsStore(ctx);
     this.executions = new ExecutionsStore(ctx);
+    this.status = new StatusStore(ctx);
     this.autoscale = new AutoscaleStore(ctx);
     this.gauges = new GaugesStore(ctx);
     this.retention = new RetentionStore(ctx);

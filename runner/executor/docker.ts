@@ -16,6 +16,7 @@ import { resolveContainerPolicy, type ContainerPolicy } from '../../lib/containe
 import { GantryError } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/logger.ts';
 import type { ExecHooks, ExecResult, Execution, Executor, Outcome, TaskSpec } from './types.ts';
+import { settledWithin } from '../../lib/deadline.ts';
 
 export interface DockerExecutorOptions {
   /** The engine; default: dockerode's own default (DOCKER_HOST or /var/run/docker.sock). */
@@ -1058,12 +1059,8 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 }
 
 /** Whether `p` settled within `ms`. */
-function within(p: Promise<void>, ms: number): Promise<boolean> {
-  let t: NodeJS.Timeout | undefined;
-  const late = new Promise<boolean>((resolve) => {
-    t = setTimeout(() => resolve(false), ms);
-  });
-  return Promise.race([p.then(() => true), late]).finally(() => clearTimeout(t));
+async function within(p: Promise<void>, ms: number): Promise<boolean> {
+  return (await settledWithin(p.then(() => true), ms)) ?? false;
 }
 
 function destroy(stream: NodeJS.ReadableStream): void {

@@ -83,10 +83,21 @@ export class EtcdInstance {
     }
   }
 
+  /** Freezes the server (SIGSTOP): connections stay open and nothing is answered, as with a hung host. */
+  freeze(): void {
+    this.proc?.kill('SIGSTOP');
+  }
+
+  /** Lets a frozen server run again. */
+  thaw(): void {
+    this.proc?.kill('SIGCONT');
+  }
+
   /** Kills the server (SIGKILL: no goodbye to clients) and waits until it is gone. */
   async stop(): Promise<void> {
     const p = this.proc;
     if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    p.kill('SIGCONT');
     p.kill('SIGKILL');
     await this.exited;
   }
