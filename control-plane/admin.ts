@@ -2,6 +2,7 @@ import { parseArgs } from 'node:util';
 import { QUOTA_MAX, type QuotaLimits } from './config.ts';
 import { SecretsUnavailableError } from './store/clusters.ts';
 import type { Store } from './store/index.ts';
+import { presentFarm } from './http/present.ts';
 import { UsageError } from '../lib/errors.ts';
 
 export { UsageError };
@@ -33,6 +34,8 @@ export const USAGE = `Usage: gantry <command> [options]
                                          take a runner out of service: no new work; running tasks finish
                                          (up to --timeout, default 3600) or are handed back; it then exits.
                                          With --wait, shows its progress until it has left
+  status [--json]                        the whole farm: runners, running tasks, queues by cluster and code
+                                         package, the next scheduled runs, counts (GET /2/status, for every user)
   cluster reencrypt                      re-seal every cluster secret with the first key of GANTRY_SECRET_KEYS (key rotation)
 
 Configuration comes from the environment (see README.md: DATABASE_URL, GANTRY_DATA_DIR, GANTRY_PORT, ...).
@@ -42,7 +45,7 @@ On the embedded default, the commands also work while \`gantry start\` runs: the
 const COMMANDS = [
   'start', 'migrate', 'user create', 'user list', 'user quota', 'project create', 'project list', 'project limit',
   'token create', 'token list', 'token revoke', 'cluster create', 'cluster token', 'cluster list', 'cluster stats',
-  'cluster delete', 'cluster reencrypt', 'runner list', 'runner drain',
+  'cluster delete', 'cluster reencrypt', 'runner list', 'runner drain', 'status',
 ];
 
 /** What an admin command may do besides the store: say what it is doing, and tell dispatch of a change. */
@@ -68,8 +71,9 @@ const QUOTA_OPTIONS = [
  * main.ts so tests call it in-process.
  */
 export async function runAdmin(store: Store, argv: string[], ctx: AdminContext = {}): Promise<string> {
-  const [noun, verb, ...rest] = argv;
-  if (!COMMANDS.includes(`${noun} ${verb}`)) {
+  // `status` is one word; every other command is a noun and a verb.
+  const [noun, verb, ...rest] = argv[0] === 'status' ? ['status', '', ...argv.slice(1)] : argv;
+  if (!COMMANDS.includes(noun === 'status' ? 'status' : `${noun} ${verb}`)) {
     const what = [noun, verb].filter(Boolean).join(' ');
     throw new UsageError(`${what ? `Unknown command: gantry ${what}` : 'No command given'}\n\n${USAGE}`);
   }
@@ -90,10 +94,11 @@ export async function runAdmin(store: Store, argv: string[], ctx: AdminContext =
       mode: { type: 'string' },
       timeout: { type: 'string' },
       wait: { type: 'boolean' },
+      json: { type: 'boolean' },
     },
     strict: true,
   });
-  const need = (k: Exclude<keyof typeof values, 'wait'>) => {
+  const need = (k: Exclude<keyof typeof values, 'wait' | 'json'>) => {
     const v = values[k];
     if (!v) throw new UsageError(`gantry ${noun} ${verb}: --${k} is required\n\n${USAGE}`);
     return v;
@@ -108,7 +113,8 @@ export async function runAdmin(store: Store, argv: string[], ctx: AdminContext =
     if (!u) throw new UsageError(`No user with id or email ${JSON.stringify(ref)}; list them with: gantry user list`);
     return u;
   };
-  switch (`${noun} ${verb}`) {
+  const command = noun === 'status' ? 'status' : `${noun} ${verb}`;
+  switch (command) {
     case 'user create': {
       const email = need('email');
       if (await store.accounts.findUser(email)) throw new UsageError(`A user with email ${email} already exists`);
@@ -210,6 +216,27 @@ export async function runAdmin(store: Store, argv: string[], ctx: AdminContext =
       if (!out) throw new UsageError(`No cluster named ${JSON.stringify(values.name)}; list them with: gantry cluster list`);
       ctx.instancesChanged?.();
       return `cluster ${c.id} ${c.name} deleted: ${out.tasksCancelled} queued task(s) cancelled, ${out.instancesMarked.length} instance(s) to terminate`;
+    }
+    case 'status': {
+      const f = await store.status.farm({ all: true });
+      if (values.json) return JSON.stringify(presentFarm(f), null, 2);
+      const t = f.counts.tasks;
+      const lines = [
+        `runners: ${f.hosts.filter((h) => h.connected).length} connected, ${f.hosts.filter((h) => h.available).length} available`,
+        ...f.hosts.map(
+          (h) =>
+            `  ${h.runnerId} cluster=${h.cluster} ${h.available ? 'available' : h.draining ? 'draining' : h.penalised ? `penalised until ${h.penaltyUntil!.toISOString()} (${h.lastError})` : h.connected ? 'busy' : 'disconnected'} slots=${h.slots} busy=${h.busy}${h.hostname ? ` host=${h.hostname}` : ''}`,
+        ),
+        `running: ${f.running.length}`,
+        ...f.running.map((r) => `  task ${r.taskId} ${r.codeName} on ${r.runnerId} (${r.cluster}) ${r.state} since ${r.since.toISOString()}`),
+        'queues (queued / delayed / running):',
+        ...f.queues.clusters.map((c) => `  cluster ${c.cluster}: ${c.queued} / ${c.delayed} / ${c.running}`),
+        ...f.queues.codes.map((c) => `  code ${c.codeName} (project ${c.projectId}): ${c.queued} / ${c.delayed} / ${c.running}`),
+        `next scheduled runs:${f.upcoming.length === 0 ? ' none' : ''}`,
+        ...f.upcoming.map((u) => `  ${u.nextStart.toISOString()} ${u.codeName} (schedule ${u.scheduleId})`),
+        `counts: ${f.counts.codes} code packages, ${f.counts.schedules} schedules; tasks ${Object.entries(t).map(([k, v]) => `${k}=${v}`).join(' ')}`,
+      ];
+      return lines.join('\n');
     }
     case 'runner list': {
       const c = values.cluster ? await clusterOf(values.cluster) : undefined;

@@ -98,7 +98,7 @@ t.test('an unknown command is named; --help lists every command', async (t) => {
   t.equal(help.code, 0);
   for (const cmd of ['start', 'migrate', 'user create', 'user list', 'user quota', 'project create', 'project list', 'project limit', 'token create',
     'token list', 'token revoke', 'cluster create', 'cluster token', 'cluster list', 'cluster stats', 'cluster delete', 'cluster reencrypt',
-    'runner list', 'runner drain']) {
+    'runner list', 'runner drain', 'status']) {
     t.match(help.out, new RegExp(`^  ${cmd}\\b`, 'm'), `--help lists ${cmd}`);
   }
 });

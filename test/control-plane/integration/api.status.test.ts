@@ -4,6 +4,7 @@
  * etcd servers, one of them frozen with SIGSTOP.
  */
 import t from 'tap';
+import { runAdmin } from '../../../control-plane/admin.ts';
 import { startTestApi, uploadCode } from '../../helpers/api.ts';
 import { isError } from '../../helpers/assert.ts';
 import { ENGINES } from '../../helpers/db.ts';
@@ -104,5 +105,16 @@ for (const engine of ENGINES) {
     t.notOk(JSON.stringify((await status(other)).body).includes(running!), 'the other user does not see mine');
 
     isError(t, await api.request('GET', '/2/status', { token: null }), 401, /./);
+
+    // The operator's view (`gantry status`): every user's tasks and every cluster's runners.
+    const farm = JSON.parse(await runAdmin(api.store, ['status', '--json']));
+    t.same(farm.running.map((r: { task_id: string }) => r.task_id).sort(), [running, theirs].sort(), "everyone's running tasks");
+    t.same(farm.hosts.map((h: { runner_id: string }) => h.runner_id).sort(), [runner.runnerId, own.runnerId].sort(), "every cluster's runners");
+    t.equal(farm.others_running, 0);
+    const text = await runAdmin(api.store, ['status']);
+    t.match(text, /^runners: 2 connected, \d available$/m);
+    t.match(text, new RegExp(`^  task ${running} sleeper on ${runner.runnerId} \\(default\\) running since `, 'm'));
+    t.match(text, /^  cluster default: 1 \/ 2 \/ 1$/m);
+    t.match(text, /^counts: 3 code packages, 1 schedules; tasks queued=3 running=2 /m);
   });
 }
