@@ -3,6 +3,7 @@ import type { Execution } from '../store/executions.ts';
 import type { FarmStatus } from '../store/status.ts';
 import type { Schedule } from '../store/schedules.ts';
 import type { Task } from '../store/tasks.ts';
+import { upcomingFires } from '../../lib/cron.ts';
 
 export type Json = Record<string, unknown>;
 
@@ -118,6 +119,11 @@ export function presentSchedule(s: Schedule): Json {
     task_delay: s.taskDelay,
     start_at: s.startAt,
     run_every: s.runEvery,
+    cron: s.cron,
+    timezone: s.timezone,
+    next_fires: upcomingFires({ ...s, runsLeft: s.runTimes === null ? null : Math.max(0, s.runTimes - s.runCount) }, s.status === 'scheduled' ? s.nextStart : null).map((d) =>
+      d.toISOString(),
+    ),
     end_at: s.endAt,
     run_times: s.runTimes,
     run_count: s.runCount,

@@ -3,6 +3,7 @@ import { pageSql } from './ctx.ts';
 import type { TasksStore } from './tasks.ts';
 import { checkFence, type Fence } from './fence.ts';
 import type { QuotasStore } from './quotas.ts';
+import { DEFAULT_TIMEZONE, firstFire, nextFireAfter } from '../../lib/cron.ts';
 
 export interface Schedule {
   id: string;
@@ -16,6 +17,9 @@ export interface Schedule {
   taskDelay: number;
   startAt: Date;
   runEvery: number | null;
+  /** A five-field cron expression instead of runEvery, read in `timezone` (lib/cron.ts). */
+  cron: string | null;
+  timezone: string | null;
   endAt: Date | null;
   runTimes: number | null;
   runCount: number;
@@ -35,6 +39,8 @@ interface ScheduleRow extends Pick<Schedule, 'id' | 'name' | 'payload' | 'priori
   task_delay: number;
   start_at: Date;
   run_every: number | null;
+  cron: string | null;
+  timezone: string | null;
   end_at: Date | null;
   run_times: number | null;
   run_count: number;
@@ -58,6 +64,8 @@ function toSchedule(r: ScheduleRow): Schedule {
     taskDelay: r.task_delay,
     startAt: r.start_at,
     runEvery: r.run_every,
+    cron: r.cron,
+    timezone: r.timezone,
     endAt: r.end_at,
     runTimes: r.run_times,
     runCount: r.run_count,
@@ -81,29 +89,23 @@ export interface NewSchedule {
   taskDelay: number;
   startAt: Date;
   runEvery: number | null;
+  /** Instead of runEvery: a five-field cron expression, read in `timezone` (default UTC). */
+  cron?: string | null;
+  timezone?: string | null;
   endAt: Date | null;
   runTimes: number | null;
 }
 
-/**
- * The period boundary after `now`: start_at + k * run_every for the smallest k that lies
- * strictly after `now`. Firing late (after downtime) therefore fires once and moves on to
- * the next future period: no burst of missed runs.
- */
-export function nextPeriodAfter(startAt: Date, runEvery: number, now: Date): Date {
-  const step = runEvery * 1000;
-  const k = Math.floor((now.getTime() - startAt.getTime()) / step) + 1;
-  return new Date(startAt.getTime() + Math.max(k, 1) * step);
-}
-
 /** What firing a schedule at `now` makes of it: its next start, or its end and why. */
-export function afterFiring(s: Pick<Schedule, 'startAt' | 'runEvery' | 'endAt' | 'runTimes' | 'runCount'>, now: Date) {
+export function afterFiring(s: Pick<Schedule, 'startAt' | 'runEvery' | 'cron' | 'timezone' | 'endAt' | 'runTimes' | 'runCount'>, now: Date) {
   const runCount = s.runCount + 1;
   if (s.runTimes !== null && runCount >= s.runTimes) {
     return { runCount, nextStart: null, status: 'complete' as const, msg: 'Ran max times.' };
   }
-  if (s.runEvery === null) return { runCount, nextStart: null, status: 'complete' as const, msg: 'Ran once.' };
-  const next = nextPeriodAfter(s.startAt, s.runEvery, now);
+  // The boundary strictly after `now`: firing late (after downtime) fires once and moves on
+  // to the next future period, no burst of missed runs.
+  const next = nextFireAfter(s, now);
+  if (next === null) return { runCount, nextStart: null, status: 'complete' as const, msg: s.cron === null ? 'Ran once.' : 'No fire time left.' };
   if (s.endAt !== null && next > s.endAt) {
     return { runCount, nextStart: null, status: 'complete' as const, msg: 'Reached end_at.' };
   }
@@ -131,10 +133,11 @@ export class SchedulesStore {
         ids.push(id);
         await q.query(
           `INSERT INTO schedules (id, project_id, code_name, name, payload, priority, timeout, cluster, task_delay,
-             start_at, run_every, end_at, run_times, next_start, status, created_at, updated_at)
-           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$10,'scheduled',$14,$14)`,
+             start_at, run_every, end_at, run_times, next_start, status, created_at, updated_at, cron, timezone)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,'scheduled',$15,$15,$16,$17)`,
           [id, projectId, s.codeName, s.name, s.payload, s.priority, s.timeout, s.cluster, s.taskDelay, s.startAt,
-            s.runEvery, s.endAt, s.runTimes, now],
+            s.runEvery, s.endAt, s.runTimes, firstFire({ ...s, cron: s.cron ?? null, timezone: s.timezone ?? null }), now, s.cron ?? null,
+            s.cron ? (s.timezone ?? DEFAULT_TIMEZONE) : null],
         );
       }
       return ids;

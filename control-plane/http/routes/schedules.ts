@@ -10,6 +10,7 @@ import { ROUTER_OPTIONS, type ApiState } from '../state.ts';
 import { MAX_RUN_EVERY, type ScheduleInput } from '../schema/schedules.ts';
 import { optTime, pagination } from '../validate.ts';
 import { authorizeClusters, parseRunOptions, resolveCodes } from './tasks.ts';
+import { CronError, DEFAULT_TIMEZONE, firstFire, parseCron } from '../../../lib/cron.ts';
 
 
 export function schedulesRouter(): Router<ApiState> {
@@ -42,9 +43,26 @@ export function schedulesRouter(): Router<ApiState> {
       if (runEvery !== null && runEvery < deps.config.minRunEveryS) {
         throw badRequest(`${prefix}run_every must be an integer from ${deps.config.minRunEveryS} to ${MAX_RUN_EVERY}, got ${runEvery}`);
       }
+      const cron = o.cron ?? null;
+      if (cron !== null && runEvery !== null) throw badRequest(`${prefix}cron and ${prefix}run_every cannot both be given: a schedule repeats by one of them`);
+      if (o.timezone != null && cron === null) throw badRequest(`${prefix}timezone is only read with ${prefix}cron`);
+      const timezone = cron === null ? null : (o.timezone ?? DEFAULT_TIMEZONE);
+      if (cron !== null) {
+        try {
+          parseCron(cron, timezone!);
+        } catch (err) {
+          if (!(err instanceof CronError)) throw err;
+          const field = err.message.startsWith('unknown time zone') ? `${prefix}timezone` : `${prefix}cron`;
+          throw badRequest(`${field} must be ${field.endsWith('timezone') ? 'an IANA time zone name' : 'a five-field cron expression (minute hour day-of-month month day-of-week)'}: ${err.message}`);
+        }
+      }
       const startAt = optTime(o, 'start_at', `${prefix}start_at`) ?? now;
       const endAt = optTime(o, 'end_at', `${prefix}end_at`) ?? null;
       if (endAt && endAt <= startAt) throw badRequest(`${prefix}end_at must be after start_at`);
+      const first = firstFire({ startAt, runEvery, cron, timezone });
+      if (endAt && first && first > endAt) {
+        throw badRequest(`${prefix}cron has no fire time between start_at and end_at (the first after start_at is ${first.toISOString()})`);
+      }
       const label = o.name ?? o.label ?? null;
       return {
         codeName: name,
@@ -57,6 +75,8 @@ export function schedulesRouter(): Router<ApiState> {
         startAt,
         endAt,
         runEvery,
+        cron,
+        timezone,
         runTimes: o.run_times ?? null,
       };
     });

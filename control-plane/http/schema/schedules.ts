@@ -14,7 +14,12 @@ export const NewSchedule = Obj(
     label: Str(255, { nullable: true }),
     start_at: Time({ description: 'the first run (default: now)' }),
     end_at: Time({ description: 'no run after this time' }),
-    run_every: Int(1, MAX_RUN_EVERY, { nullable: true, description: 'seconds between runs (at least 60); omitted: run once' }),
+    run_every: Int(1, MAX_RUN_EVERY, { nullable: true, description: 'seconds between runs (at least 60); omitted (and no cron): run once' }),
+    cron: Str(255, {
+      nullable: true,
+      description: 'instead of run_every: a five-field cron expression (minute hour day-of-month month day-of-week, or @hourly, @daily, ...), e.g. "0 3 * * *"',
+    }),
+    timezone: Str(64, { nullable: true, description: 'the IANA time zone the cron expression is read in, e.g. "Europe/Berlin" (default UTC)' }),
     run_times: Int(1, 2 ** 31 - 1, { nullable: true, description: 'the most runs' }),
   },
   { required: ['code_name'] },
@@ -46,6 +51,9 @@ const Schedule = Reply(
     task_delay: Type.Integer({ minimum: 0 }),
     start_at: DateTime(),
     run_every: Type.Integer({ minimum: 1 }),
+    cron: Type.String(),
+    timezone: Type.String(),
+    next_fires: Type.Array(DateTime(), { maxItems: 5, description: 'the next five fire times (fewer when end_at or run_times comes first)' }),
     end_at: DateTime(),
     run_times: Type.Integer({ minimum: 1 }),
     run_count: Type.Integer({ minimum: 0 }),
@@ -55,7 +63,7 @@ const Schedule = Reply(
     created_at: DateTime(),
     updated_at: DateTime(),
   },
-  ['name', 'label', 'msg', 'run_every', 'end_at', 'run_times', 'last_run_time', 'next_start'],
+  ['name', 'label', 'msg', 'run_every', 'cron', 'timezone', 'end_at', 'run_times', 'last_run_time', 'next_start'],
   { title: 'Schedule' },
 );
 

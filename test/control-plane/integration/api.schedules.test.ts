@@ -99,6 +99,7 @@ for (const engine of ENGINES) {
         task_delay: 0,
         start_at: now,
         run_every: 3600,
+        next_fires: [0, 1, 2, 3, 4].map((h) => new Date(clock.now().getTime() + h * 3600_000).toISOString()),
         run_count: 0,
         error_count: 0,
         next_start: now,
@@ -121,6 +122,7 @@ for (const engine of ENGINES) {
         start_at: '2026-01-02T12:30:00.000Z',
         end_at: '2026-02-01T00:00:00.000Z',
         run_every: 60,
+        next_fires: ['12:30', '12:31', '12:32', '12:33', '12:34'].map((hm) => `2026-01-02T${hm}:00.000Z`),
         run_times: 5,
         run_count: 0,
         error_count: 0,
@@ -158,6 +160,14 @@ for (const engine of ENGINES) {
         [[{ ...ok, payload: 'x'.repeat(65537) }], 400, /^schedules\[0\]\.payload must be at most 65536 bytes/],
         [[{ ...ok, payload: 'a\u0000' }], 400, /^schedules\[0\]\.payload .*NUL/],
         [[{ ...ok, name: 'x'.repeat(256) }], 400, /^schedules\[0\]\.name must be at most 255 bytes/],
+        [[{ ...ok, cron: '0 * * * *' }], 400, /^schedules\[0\]\.cron and schedules\[0\]\.run_every cannot both be given/],
+        [[{ ...ok, run_every: undefined, cron: '0 * * * * *' }], 400, /^schedules\[0\]\.cron must be a five-field cron expression .*: mode '5-part' requires exactly 5 parts/],
+        [[{ ...ok, run_every: undefined, cron: '0 25 * * *' }], 400, /^schedules\[0\]\.cron must be a five-field cron expression .*hour: 25/],
+        [[{ ...ok, run_every: undefined, cron: '0 0 31 2 *' }], 400, /^schedules\[0\]\.cron must be .*never fires/],
+        [[{ ...ok, run_every: undefined, cron: 7 }], 400, /^schedules\[0\]\.cron must be a string/],
+        [[{ ...ok, run_every: undefined, cron: '0 3 * * *', timezone: 'Mars/Base' }], 400, /^schedules\[0\]\.timezone must be an IANA time zone name: unknown time zone "Mars\/Base"/],
+        [[{ ...ok, timezone: 'Europe/Berlin' }], 400, /^schedules\[0\]\.timezone is only read with schedules\[0\]\.cron/],
+        [[{ ...ok, run_every: undefined, cron: '0 3 * * *', start_at: '2026-03-01T04:00:00Z', end_at: '2026-03-02T02:00:00Z' }], 400, /^schedules\[0\]\.cron has no fire time between start_at and end_at/],
         [[ok, 'nope'], 400, /^schedules\[1\] must be an object/],
         [[], 400, /^schedules is required/],
       ];
@@ -245,6 +255,40 @@ for (const engine of ENGINES) {
         [0, MIN, 2 * MIN],
         'one task per period',
       );
+    });
+
+    t.test('cron: fires on its instants in its time zone, once each; next_start and next_fires shown', async (t) => {
+      await codeOk(t, u, 'sc-cron');
+      // 2026-01-01T12:00Z now; at 09:30 and 17:30 Berlin time (UTC+1 in winter) on weekdays.
+      const id = await scheduleOne(t, u, { code_name: 'sc-cron', cron: '30 9,17 * * 1-5', timezone: 'Europe/Berlin', run_times: 4 });
+      let s = await getSchedule(t, u, id);
+      t.match(s, { cron: '30 9,17 * * 1-5', timezone: 'Europe/Berlin', status: 'scheduled', next_start: '2026-01-01T16:30:00.000Z' });
+      t.notOk('run_every' in s);
+      t.same(s.next_fires, ['2026-01-01T16:30:00.000Z', '2026-01-02T08:30:00.000Z', '2026-01-02T16:30:00.000Z', '2026-01-05T08:30:00.000Z'], 'four: run_times bounds them');
+      t.equal(await fire(), 0, 'not before its first instant');
+      clock.set(Date.parse('2026-01-01T16:30:00Z'));
+      t.equal(await fire(), 1);
+      t.equal(await fire(), 0, 'once per instant');
+      // Down over the weekend: one fire on return, then the next future instant.
+      clock.set(Date.parse('2026-01-05T09:00:00Z'));
+      t.equal(await fire(), 1, 'after downtime: once');
+      s = await getSchedule(t, u, id);
+      t.match(s, { run_count: 2, next_start: '2026-01-05T16:30:00.000Z' });
+      t.same(s.next_fires, ['2026-01-05T16:30:00.000Z', '2026-01-06T08:30:00.000Z']);
+      t.same(
+        (await tasksOf(api, id)).map((x) => new Date(x.scheduled_for).toISOString()),
+        ['2026-01-01T16:30:00.000Z', '2026-01-02T08:30:00.000Z'],
+        'each task is keyed by the instant it was due',
+      );
+      // The stored row says what the API said.
+      const row = (await api.store.db.query('SELECT cron, timezone, run_every FROM schedules WHERE id = $1', [id])).rows[0];
+      t.same(row, { cron: '30 9,17 * * 1-5', timezone: 'Europe/Berlin', run_every: null });
+      // A cron without a time zone is read in UTC; an interval schedule shows its next five too.
+      const utc = await getSchedule(t, u, await scheduleOne(t, u, { code_name: 'sc-cron', cron: '@daily' }));
+      t.match(utc, { timezone: 'UTC', next_start: '2026-01-06T00:00:00.000Z' });
+      const every = await getSchedule(t, u, await scheduleOne(t, u, { code_name: 'sc-cron', run_every: 3600, end_at: '2026-01-05T12:00:00Z' }));
+      t.same(every.next_fires, ['2026-01-05T09:00:00.000Z', '2026-01-05T10:00:00.000Z', '2026-01-05T11:00:00.000Z', '2026-01-05T12:00:00.000Z'], 'end_at bounds them');
+      t.notOk('cron' in every || 'timezone' in every);
     });
 
     t.test('after downtime: fires once, then on the next future boundary', async (t) => {

@@ -5,15 +5,14 @@
  */
 import t, { type Test } from 'tap';
 import { silentLogger } from '../../../lib/logger.ts';
-import { newId } from '../../../lib/ids.ts';
 import { systemClock } from '../../../lib/clock.ts';
-import { loadConfig } from '../../../control-plane/config.ts';
-import { startControlPlane, type ControlPlane } from '../../../control-plane/start.ts';
-import { openStore, type Store } from '../../../control-plane/store/index.ts';
+import type { ControlPlane } from '../../../control-plane/start.ts';
+import type { Store } from '../../../control-plane/store/index.ts';
 import { loadRunnerConfig } from '../../../runner/config.ts';
 import { startRunner, type Runner } from '../../../runner/start.ts';
-import { freshPgDatabase, tempDir } from '../../helpers/db.ts';
-import { EtcdInstance, etcdPrefix } from '../../helpers/etcd.ts';
+import { tempDir } from '../../helpers/db.ts';
+import { replicaRig } from '../../helpers/replicas.ts';
+import { EtcdInstance } from '../../helpers/etcd.ts';
 import { until } from '../../helpers/runner.ts';
 import { FINAL, maxRunning } from '../../helpers/faults.ts';
 import { etcdEndpoint } from '../../helpers/services.ts';
@@ -42,17 +41,8 @@ interface Rig {
   call(cp: ControlPlane, method: string, path: string, json?: unknown, form?: FormData): Promise<{ status: number; body: any }>;
 }
 
-async function rig(t: Test, etcd = etcdEndpoint(), prefix = etcdPrefix(t)): Promise<Rig> {
-  const dbUrl = await freshPgDatabase(t);
-  const open = () =>
-    openStore(
-      { databaseUrl: dbUrl, dataDir: tempDir(t), pgPoolMax: 4, pgConnectTimeoutMs: 3000, pgQueryTimeoutMs: 15000 },
-      silentLogger(),
-      systemClock,
-      newId,
-    );
-  const setup = await open();
-  t.teardown(() => setup.close());
+async function rig(t: Test, etcd = etcdEndpoint(), prefix?: string): Promise<Rig> {
+  const { dbUrl, setup, replica } = await replicaRig(t, systemClock, { etcd, ...(prefix ? { prefix } : {}) });
   const user = await setup.accounts.createUser(`ip${Date.now()}@example.com`);
   const project = await setup.accounts.createProject(user.id, 'ha');
   const { token } = await setup.accounts.createToken(user.id, 'ha');
@@ -63,26 +53,7 @@ async function rig(t: Test, etcd = etcdEndpoint(), prefix = etcdPrefix(t)): Prom
     token,
     projectId: project.id,
     cluster: { id: cluster.id, token: ctoken },
-    async replica(name, env = {}) {
-      const store = await open();
-      const config = loadConfig({
-        GANTRY_PORT: '0',
-        GANTRY_GRPC_PORT: '0',
-        GANTRY_LOCAL_RUNNERS: '0',
-        DATABASE_URL: dbUrl,
-        ETCD_ENDPOINTS: etcd,
-        GANTRY_ETCD_PREFIX: prefix,
-        GANTRY_SERVER_ID: name,
-        ...FAST,
-        ...env,
-      });
-      const cp = await startControlPlane(config, silentLogger(), { store });
-      t.teardown(async () => {
-        await cp.stop();
-        await store.close();
-      });
-      return cp;
-    },
+    replica: (name, env = {}) => replica(name, { ...FAST, ...env }),
     async runner(cps, env = {}) {
       const config = loadRunnerConfig({
         GANTRY_CONTROL_PLANE: cps.map((cp) => `127.0.0.1:${cp.grpcPort}`).join(','),

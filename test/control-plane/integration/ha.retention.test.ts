@@ -5,49 +5,27 @@
  * whole, and every surviving task has all of its chunks and leases.
  */
 import t, { type Test } from 'tap';
-import { silentLogger } from '../../../lib/logger.ts';
-import { newId } from '../../../lib/ids.ts';
-import { systemClock } from '../../../lib/clock.ts';
-import { loadConfig } from '../../../control-plane/config.ts';
-import { startControlPlane } from '../../../control-plane/start.ts';
-import { openStore } from '../../../control-plane/store/index.ts';
-import { freshPgDatabase, tempDir } from '../../helpers/db.ts';
-import { etcdPrefix } from '../../helpers/etcd.ts';
+import { replicaRig } from '../../helpers/replicas.ts';
 import { until } from '../../helpers/runner.ts';
-import { etcdEndpoint } from '../../helpers/services.ts';
 import { DAY, captureLog, danglingLinks, deletedByKind, existing, rowsOf, taskWorld } from '../../helpers/retention.ts';
 
 const OLD = 40;
 
 async function rig(t: Test) {
-  const dbUrl = await freshPgDatabase(t);
-  const prefix = etcdPrefix(t);
-  const open = () =>
-    openStore({ databaseUrl: dbUrl, dataDir: tempDir(t), pgPoolMax: 4, pgConnectTimeoutMs: 3000, pgQueryTimeoutMs: 15000 }, silentLogger(), systemClock, newId);
-  const setup = await open();
-  t.teardown(() => setup.close());
+  const { setup, replica: start } = await replicaRig(t);
   const replica = async (name: string) => {
-    const store = await open();
     const { log, lines } = captureLog();
-    const config = loadConfig({
-      GANTRY_PORT: '0',
-      GANTRY_GRPC_PORT: '0',
-      GANTRY_LOCAL_RUNNERS: '0',
-      DATABASE_URL: dbUrl,
-      ETCD_ENDPOINTS: etcdEndpoint(),
-      GANTRY_ETCD_PREFIX: prefix,
-      GANTRY_SERVER_ID: name,
-      GANTRY_COORD_TTL_S: '2',
-      LOG_LEVEL: 'debug',
-      // Every old task is 5 rows (itself, 3 chunks, a lease): a batch of 4 rows takes one, then pauses.
-      GANTRY_RETENTION_BATCH: '4',
-      GANTRY_RETENTION_PAUSE_MS: '150',
-    });
-    const cp = await startControlPlane(config, log, { store });
-    t.teardown(async () => {
-      await cp.stop();
-      await store.close();
-    });
+    const cp = await start(
+      name,
+      {
+        GANTRY_COORD_TTL_S: '2',
+        LOG_LEVEL: 'debug',
+        // Every old task is 5 rows (itself, 3 chunks, a lease): a batch of 4 rows takes one, then pauses.
+        GANTRY_RETENTION_BATCH: '4',
+        GANTRY_RETENTION_PAUSE_MS: '150',
+      },
+      log,
+    );
     const summary = (msg: string) => lines.find((l) => l.component === 'retention' && l.msg === msg);
     return { cp, lines, summary };
   };
