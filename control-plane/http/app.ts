@@ -12,6 +12,7 @@ import { bearerMatches, metricsUnauthorized, requestMetrics } from './metrics-en
 import { clustersRouter } from './routes/clusters.ts';
 import { codesRouter } from './routes/codes.ts';
 import { schedulesRouter } from './routes/schedules.ts';
+import { queueRouter } from './routes/queue.ts';
 import { tasksRouter } from './routes/tasks.ts';
 import { ROUTER_OPTIONS, type ApiDeps, type ApiState } from './state.ts';
 
@@ -140,7 +141,7 @@ export function apiRouters(deps: ApiDeps): Router<ApiState>[] {
     ctx.type = 'application/json';
     ctx.body = document;
   });
-  for (const r of [codesRouter(), tasksRouter(), schedulesRouter()]) v2.use(r.routes());
+  for (const r of [codesRouter(), tasksRouter(), schedulesRouter(), queueRouter()]) v2.use(r.routes());
   v2.use(clustersRouter().routes());
   return [root, v2];
 }

@@ -35,6 +35,7 @@ export function presentCode(c: Code): Json {
     config: c.config,
     env_vars: c.envVars,
     log_streams: c.logStreams,
+    category: c.category,
     file_name: c.fileName,
     code_size: c.codeSize,
     paused: c.paused,
@@ -63,6 +64,7 @@ export function presentRevision(r: CodeRevision, name: string): Json {
     config: r.config,
     env_vars: r.envVars,
     log_streams: r.logStreams,
+    category: r.category,
   });
 }
 
