@@ -72,7 +72,7 @@ export class Store {
     this.gauges = new GaugesStore(ctx);
     this.retention = new RetentionStore(ctx);
     this.queueLoad = new QueueLoadStore(ctx);
-    this.requeue = new RequeueStore(ctx, this.tasks, this.quotas);
+    this.requeue = new RequeueStore(ctx, this.quotas);
   }
 
   close(): Promise<void> {

@@ -220,19 +220,19 @@ export class QueueLoadStore {
     const limit = params.push(p.perPage);
     const offset = params.push(p.page * p.perPage);
     const cond = where.map((w) => ` AND ${w}`).join('');
-    const sql = hourly
-      ? `SELECT k.hour AS time, coalesce(s.pending, 0)::int AS pending, coalesce(s.queued, 0)::int AS queued, coalesce(s.running, 0)::int AS running
-         FROM queue_load_hours k LEFT JOIN (
-           SELECT q.hour, round(sum(q.pending_mean)) AS pending, round(sum(q.queued_mean)) AS queued, round(sum(q.running_mean)) AS running
-           FROM queue_load_hourly q ${joins} WHERE q.project_id = $1 AND q.hour >= $2 AND q.hour <= $3${cond} GROUP BY q.hour
-         ) s ON s.hour = k.hour
-         WHERE k.hour >= $2 AND k.hour <= $3 ORDER BY k.hour LIMIT $${limit} OFFSET $${offset}`
-      : `SELECT k.recorded_at AS time, coalesce(s.pending, 0)::int AS pending, coalesce(s.queued, 0)::int AS queued, coalesce(s.running, 0)::int AS running
-         FROM queue_load_ticks k LEFT JOIN (
-           SELECT q.at, sum(q.pending) AS pending, sum(q.queued) AS queued, sum(q.running) AS running
-           FROM queue_load q ${joins} WHERE q.project_id = $1 AND q.at >= $2 AND q.at <= $3${cond} GROUP BY q.at
-         ) s ON s.at = k.at
-         WHERE k.at >= $2 AND k.at <= $3 ORDER BY k.at LIMIT $${limit} OFFSET $${offset}`;
+    // The page's instants first, then the series of only those: a page costs its own rows,
+    // wherever it is in the range.
+    const [ticks, at, time, series, t] = hourly
+      ? ['queue_load_hours', 'hour', 'hour', 'queue_load_hourly', { p: 'round(sum(q.pending_mean))', q: 'round(sum(q.queued_mean))', r: 'round(sum(q.running_mean))' }]
+      : ['queue_load_ticks', 'at', 'recorded_at', 'queue_load', { p: 'sum(q.pending)', q: 'sum(q.queued)', r: 'sum(q.running)' }];
+    const sql = `WITH page AS (SELECT ${at} AS at, ${time} AS time FROM ${ticks} WHERE ${at} >= $2 AND ${at} <= $3 ORDER BY ${at} LIMIT $${limit} OFFSET $${offset})
+      SELECT p.time, coalesce(s.pending, 0)::int AS pending, coalesce(s.queued, 0)::int AS queued, coalesce(s.running, 0)::int AS running
+      FROM page p LEFT JOIN (
+        SELECT q.${at} AS at, ${t.p} AS pending, ${t.q} AS queued, ${t.r} AS running
+        FROM ${series} q ${joins}
+        WHERE q.project_id = $1 AND q.${at} >= (SELECT min(at) FROM page) AND q.${at} <= (SELECT max(at) FROM page)${cond}
+        GROUP BY q.${at}
+      ) s ON s.at = p.at ORDER BY p.at`;
     const [rows, count] = await Promise.all([
       this.c.db.query<LoadPoint>(sql, params),
       this.c.db.query<{ n: number }>(

@@ -2,7 +2,7 @@ import type { StoreCtx, Page } from './ctx.ts';
 import { pageSql } from './ctx.ts';
 import type { TaskStatus } from './codes.ts';
 import type { QuotasStore } from './quotas.ts';
-import { toTask, LIST_COLUMNS, type NewTask, type Task, type TaskRow, type TasksStore } from './tasks.ts';
+import { toTask, LIST_COLUMNS, type Task, type TaskRow } from './tasks.ts';
 import type { QuotaExceededError } from '../errors.ts';
 
 /**
@@ -43,10 +43,29 @@ function matching(projectId: string, f: RequeueFilter): { from: string; params: 
   return { from: `tasks t JOIN codes c ON c.id = t.code_id JOIN code_revisions lr ON lr.id = c.latest_revision_id WHERE ${where.join(' AND ')}`, params };
 }
 
+/**
+ * The new tasks, one per original (in the order given), as retry makes them (TasksStore.retry):
+ * the package's latest revision and its retries when it still exists, else the task's own;
+ * the payload, cluster, timeout and label of the original, its priority unless $3 gives one.
+ * $1 originals, $2 new ids, $3 priority or null, $4 now, $5 the requeue's id.
+ */
+const REQUEUE_INSERT = `
+INSERT INTO tasks (id, project_id, code_id, code_name, code_revision_id, code_rev, status, priority, cluster, timeout,
+  delay, payload, label, original_task_id, retry_count, retries_left, retries_delay, created_at, updated_at, eligible_at, requeue_id)
+SELECT x.id, t.project_id, t.code_id, t.code_name,
+  CASE WHEN c.deleted_at IS NULL THEN lr.id ELSE t.code_revision_id END,
+  CASE WHEN c.deleted_at IS NULL THEN lr.rev ELSE t.code_rev END,
+  'queued', coalesce($3::smallint, t.priority), t.cluster, t.timeout, 0, t.payload, t.label, t.id, t.retry_count + 1,
+  CASE WHEN c.deleted_at IS NULL THEN lr.retries ELSE t.retries_left END,
+  CASE WHEN c.deleted_at IS NULL THEN lr.retries_delay ELSE t.retries_delay END,
+  $4, $4, $4, $5
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(original, id, n)
+JOIN tasks t ON t.id = x.original JOIN codes c ON c.id = t.code_id JOIN code_revisions lr ON lr.id = c.latest_revision_id
+ORDER BY x.n`;
+
 export class RequeueStore {
   constructor(
     private readonly c: StoreCtx,
-    private readonly tasks: TasksStore,
     private readonly quotas: QuotasStore,
   ) {}
 
@@ -57,14 +76,13 @@ export class RequeueStore {
    */
   async requeue(projectId: string, f: RequeueFilter, limit: number, priority?: number): Promise<RequeueOutcome> {
     const { from, params } = matching(projectId, f);
-    const out = await this.c.db.tx(async (q): Promise<RequeueOutcome> => {
-      const found = await q.query<TaskRow & { retries_left: number; retries_delay: number; latest_id: string; latest_rev: number;
-        latest_retries: number; latest_retries_delay: number; deleted: boolean }>(
-        `SELECT t.*, lr.id AS latest_id, lr.rev AS latest_rev, lr.retries AS latest_retries, lr.retries_delay AS latest_retries_delay,
-           c.deleted_at IS NOT NULL AS deleted
-         FROM ${from} ORDER BY t.id LIMIT $${params.length + 1} FOR UPDATE OF t`,
-        [...params, limit + 1],
-      );
+    const now = this.c.clock.now();
+    return this.c.db.tx(async (q): Promise<RequeueOutcome> => {
+      // Ids only: a task's payload (up to 64 KiB) never leaves the database.
+      const found = await q.query<{ id: string }>(`SELECT t.id FROM ${from} ORDER BY t.id LIMIT $${params.length + 1} FOR UPDATE OF t`, [
+        ...params,
+        limit + 1,
+      ]);
       if (found.rows.length > limit) {
         const n = await q.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${from}`, params);
         return { kind: 'too_many', matched: Number(n.rows[0]!.n) };
@@ -73,33 +91,15 @@ export class RequeueStore {
       if (found.rows.length === 0) return { kind: 'requeued', requeueId, ids: [] };
       const refused = await this.quotas.admitQueued(q, projectId, found.rows.length);
       if (refused) return { kind: 'refused', error: refused };
-      // As retry does: the latest revision of a package that still exists, else the task's own.
-      const news: NewTask[] = found.rows.map((t) => ({
-        projectId,
-        codeId: t.code_id,
-        codeName: t.code_name,
-        revisionId: t.deleted ? t.code_revision_id : t.latest_id,
-        rev: t.deleted ? t.code_rev : t.latest_rev,
-        retries: t.deleted ? t.retries_left : t.latest_retries,
-        retriesDelay: t.deleted ? t.retries_delay : t.latest_retries_delay,
-        payload: t.payload,
-        priority: priority ?? t.priority,
-        cluster: t.cluster,
-        timeout: t.timeout,
-        delay: 0,
-        label: t.label,
-        originalTaskId: t.id,
-        retryCount: t.retry_count + 1,
-      }));
-      const ids = await this.tasks.insert(q, news);
-      await q.query('UPDATE tasks SET requeue_id = $1 WHERE id = ANY($2::text[])', [requeueId, ids]);
+      const originals = found.rows.map((r) => r.id);
+      const ids = originals.map(() => this.c.ids());
+      await q.query(REQUEUE_INSERT, [originals, ids, priority ?? null, now, requeueId]);
       await q.query('UPDATE tasks o SET retry_task_id = x.id FROM unnest($1::text[], $2::text[]) AS x(original, id) WHERE o.id = x.original', [
-        found.rows.map((t) => t.id),
+        originals,
         ids,
       ]);
       return { kind: 'requeued', requeueId, ids };
     });
-    return out;
   }
 
   /** The clusters the matching tasks ran in (the caller checks the user may still queue onto them). */
