@@ -9,6 +9,7 @@ import type { Fence } from '../../../control-plane/store/fence.ts';
 import { ENGINES } from '../../helpers/db.ts';
 import { startTestApi, type ApiUser, type TestApi } from '../../helpers/api.ts';
 import { codeOk, isError } from '../../helpers/assert.ts';
+import { until } from '../../helpers/runner.ts';
 
 /**
  * The queue services on both engines, in virtual time: the load the leader records (its
@@ -49,6 +50,18 @@ async function finish(api: TestApi, ids: string[], status: string) {
   await api.store.db.query(`UPDATE tasks SET status = $2, end_time = $3, lease_id = NULL WHERE id = ANY($1::text[])`, [ids, status, api.store.clock.now()]);
 }
 
+t.test('embedded mode: the local coordinator leads, and its leader records on its own', async (t) => {
+  const api = await startTestApi(t, 'pglite', { scheduler: true, env: { GANTRY_QUEUE_LOAD_INTERVAL_S: '1' } });
+  await codeOk(t, api.user, 'solo');
+  await queue(api.user, 'solo', 2);
+  await until('two instants recorded', async () => {
+    const r = await api.user.project('GET', '/load?started=PT1M');
+    return r.body.count >= 2 && r.body.results.at(-1).queued_count === 2;
+  }, 20_000, 100);
+  const r = await api.user.project('GET', '/load?started=PT1M');
+  t.ok(r.body.results.every((x: any, i: number, a: any[]) => i === 0 || Date.parse(x.time) > Date.parse(a[i - 1].time)), 'one point per instant, in order');
+});
+
 for (const engine of ENGINES) {
   t.test(`queue services on ${engine}`, async (t) => {
     const clock = new ManualClock(T0);
@@ -79,6 +92,19 @@ for (const engine of ENGINES) {
     });
 
     t.test('recording: one row per project, package and priority in each state; an instant once; the cluster demand', async (t) => {
+      const { cluster } = await api.store.clusters.create('fleet');
+      for (const [id, slots, draining] of [['r-a', 4, false], ['r-b', 8, true]] as const) {
+        await api.store.db.query(
+          `INSERT INTO runners (id, cluster_id, slots, connected, draining, last_beat_at, created_at) VALUES ($1, $2, $3, true, $4, $5, $5)`,
+          [id, cluster.id, slots, draining, new Date(T0 + 25_000)],
+        );
+      }
+      for (const [id, type] of [['i-1', 'ADD'], ['i-2', 'LIVE'], ['i-3', 'TERMINATE']]) {
+        await api.store.db.query(
+          `INSERT INTO cluster_instances (id, cluster_id, instance_id, provider, type, created_at, updated_at) VALUES ($1, $2, $1, 'local', $3, $4, $4)`,
+          [id, cluster.id, type, clock.now()],
+        );
+      }
       const queuedA = await queue(u, 'alpha', 3, { priority: 2 });
       await queue(u, 'alpha', 2, { delay: 3600 }); // pending
       const runningB = await queue(u, 'beta', 2);
@@ -100,6 +126,8 @@ for (const engine of ENGINES) {
       t.equal(rows.rows[0].at.getTime(), T0, 'the instant is the start of its interval');
       const cl = await api.store.queueLoad.clusterLoad('default', new Date(T0), new Date(T0));
       t.match(cl, [{ cluster: 'default', busy: 2, queued: 4, runners: 0, slots: 0, instances: { add: 0, live: 0, kill: 0 } }], "the autoscaler's demand: busy + leasable now");
+      const fleet = await api.store.queueLoad.clusterLoad('fleet', new Date(T0), new Date(T0));
+      t.match(fleet, [{ cluster: 'fleet', busy: 0, queued: 0, runners: 2, slots: 4, instances: { add: 1, live: 1, kill: 0 } }], 'the fleet: runners, slots (a draining runner\'s not counted), instances by state');
       clock.set(T0 + 50_000);
       await tick();
       const again = await api.store.queueLoad.record(new Date(T0), 15_000, FENCE);
@@ -110,8 +138,10 @@ for (const engine of ENGINES) {
         await tick();
       }
       t.equal(Number((await api.store.db.query<any>('SELECT count(*)::int AS n FROM queue_load_ticks')).rows[0].n), 5, 'one tick per interval');
-      t.teardown(() => undefined);
       void queuedA;
+      const stale = api.store.queueLoad.record(new Date(T0 + 10 * MIN), 15_000, { term: 0, holder: 'stale' });
+      await t.rejects(stale, { code: 'fenced' }, "a stale leader's pass is refused");
+      t.equal(Number((await api.store.db.query<any>('SELECT count(*)::int AS n FROM queue_load_ticks WHERE at = $1', [new Date(T0 + 10 * MIN)])).rows[0].n), 0, 'and writes nothing');
     });
 
     t.test('load: fields, filters (repeatable), default range, paging', async (t) => {
@@ -137,6 +167,8 @@ for (const engine of ENGINES) {
       t.match(r.body.results[0], { pending_count: 0, queued_count: 4, running_count: 0 }, 'by priority, repeated');
       r = await u.project('GET', '/load?job_type_name=beta&job_type_priority=0');
       t.match(r.body.results[0], { pending_count: 0, queued_count: 0, running_count: 2 }, 'filters of different kinds combine');
+      r = await u.project('GET', '/load?job_type_name=beta&job_type_category=etl');
+      t.match(r.body.results[0], { pending_count: 0, queued_count: 0, running_count: 0 }, 'a name and a category that never meet');
       r = await u.project('GET', '/load?job_type_name=nothing');
       t.equal(r.body.count, 5, 'instants without matching rows count 0');
       t.match(r.body.results[0], { pending_count: 0, queued_count: 0, running_count: 0 });
@@ -317,9 +349,10 @@ for (const engine of ENGINES) {
       t.equal(await count('queue_load_ticks'), 3, 'per-interval rows older than 30 days go');
       clock.set(T0 + 30 * DAY + HOUR / 2);
       await ret.tick(FENCE, new AbortController().signal);
-      for (const table of ['queue_load_ticks', 'cluster_load']) t.equal(await count(table), 1, `${table}: only the instant after the hour is left`);
-      const left = await api.store.db.query<any>('SELECT DISTINCT at FROM queue_load');
-      t.same(left.rows.map((x) => x.at.getTime()), [T0 + HOUR], 'queue_load: only the series of the instant after the hour are left');
+      for (const table of ['queue_load_ticks', 'queue_load', 'cluster_load']) {
+        const left = await api.store.db.query<any>(`SELECT DISTINCT at FROM ${table}`);
+        t.same(left.rows.map((x) => x.at.getTime()), [T0 + HOUR], `${table}: only the rows of the instant after the hour are left`);
+      }
       t.equal(await count('queue_load_hourly'), 4, 'the roll-up stays');
       r = await u.project('GET', `/load?started=${new Date(T0).toISOString()}&ended=${new Date(T0 + 2 * HOUR).toISOString()}`);
       t.equal(r.body.count, 1, 'a range older than the per-interval rows is read from the roll-up');
