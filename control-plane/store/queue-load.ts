@@ -245,10 +245,19 @@ export class QueueLoadStore {
     return { count: Number(count.rows[0]!.n), points: rows.rows };
   }
 
-  /** Recorded demand and fleet of a cluster from `from` to `to`, oldest first (the autoscaler's history). */
-  async clusterLoad(cluster: string, from: Date, to: Date): Promise<ClusterLoadPoint[]> {
-    const r = await this.c.db.query<ClusterLoadRow>('SELECT * FROM cluster_load WHERE cluster = $1 AND at >= $2 AND at <= $3 ORDER BY at', [cluster, from, to]);
-    return r.rows.map(toClusterLoad);
+  /** A page of a cluster's recorded demand and fleet from `from` to `to` (inclusive), oldest first, and how many instants there are. */
+  async clusterLoad(cluster: string, from: Date, to: Date, p: Page = { page: 0, perPage: 1000 }): Promise<{ count: number; points: ClusterLoadPoint[] }> {
+    const [rows, count] = await Promise.all([
+      this.c.db.query<ClusterLoadRow>('SELECT * FROM cluster_load WHERE cluster = $1 AND at >= $2 AND at <= $3 ORDER BY at LIMIT $4 OFFSET $5', [
+        cluster,
+        from,
+        to,
+        p.perPage,
+        p.page * p.perPage,
+      ]),
+      this.c.db.query<{ n: number }>('SELECT count(*)::int AS n FROM cluster_load WHERE cluster = $1 AND at >= $2 AND at <= $3', [cluster, from, to]),
+    ]);
+    return { count: Number(count.rows[0]!.n), points: rows.rows.map(toClusterLoad) };
   }
 
   /**

@@ -53,6 +53,18 @@ export function isoInstant(v: unknown, field: string, now: Date): Date | undefin
   }
 }
 
+/** `started` and `ended` of a load query: ended defaults to now, started to a week before it; at most MAX_LOAD_DAYS apart. */
+export function loadRange(q: Obj, now: Date): { started: Date; ended: Date } {
+  const ended = isoInstant(q.ended, 'ended', now) ?? now;
+  const started = isoInstant(q.started, 'started', now) ?? new Date(ended.getTime() - WEEK_MS);
+  if (started > ended) throw badRequest(`started (${started.toISOString()}) must not be after ended (${ended.toISOString()})`);
+  const span = ended.getTime() - started.getTime();
+  if (span > MAX_LOAD_DAYS * DAY_MS) {
+    throw badRequest(`the range from started to ended must be at most ${MAX_LOAD_DAYS} days, got ${(span / DAY_MS).toFixed(2)} days`);
+  }
+  return { started, ended };
+}
+
 /** A repeatable query parameter or a body list as an array (absent: undefined). */
 function many<T>(v: unknown): T[] | undefined {
   if (v === undefined || v === null) return undefined;
@@ -65,7 +77,7 @@ function origin(ctx: RouterContext<ApiState>): string {
 }
 
 /** The URL of another page of this request: `page` replaced (null when there is none). */
-function pageUrl(ctx: RouterContext<ApiState>, base: string, page: number, perPage: number, count: number): string | null {
+export function pageUrl(ctx: RouterContext<ApiState>, base: string, page: number, perPage: number, count: number): string | null {
   if (page < 0 || page * perPage >= count) return null;
   const u = new URL(base, origin(ctx));
   u.searchParams.set('page', String(page));
@@ -73,7 +85,7 @@ function pageUrl(ctx: RouterContext<ApiState>, base: string, page: number, perPa
   return u.toString();
 }
 
-function paging(q: Obj): { page: number; perPage: number } {
+export function paging(q: Obj): { page: number; perPage: number } {
   return { page: (q.page as number | undefined) ?? 0, perPage: (q.per_page as number | undefined) ?? 100 };
 }
 
@@ -84,13 +96,7 @@ export function queueRouter(): Router<ApiState> {
     const { deps } = ctx.state;
     const q = ctx.state.query!;
     const now = deps.clock.now();
-    const ended = isoInstant(q.ended, 'ended', now) ?? now;
-    const started = isoInstant(q.started, 'started', now) ?? new Date(ended.getTime() - WEEK_MS);
-    if (started > ended) throw badRequest(`started (${started.toISOString()}) must not be after ended (${ended.toISOString()})`);
-    const span = ended.getTime() - started.getTime();
-    if (span > MAX_LOAD_DAYS * DAY_MS) {
-      throw badRequest(`the range from started to ended must be at most ${MAX_LOAD_DAYS} days, got ${(span / DAY_MS).toFixed(2)} days`);
-    }
+    const { started, ended } = loadRange(q, now);
     const minuteDays = deps.config.retention.queueLoadDays;
     const hourly = q.resolution === 'hour' || (q.resolution === undefined && minuteDays > 0 && started.getTime() < now.getTime() - minuteDays * DAY_MS);
     const filter: LoadFilter = {

@@ -37,6 +37,11 @@ const CodeIdItem = Str(24, { pattern: ID_PATTERN, describe: 'a code package id (
 const NameItem = Str(255, { minLength: 1 });
 const PriorityItem = Int(0, 2);
 
+const PAGING = {
+  page: Int(0, 100_000, { description: 'page number, from 0' }),
+  per_page: Int(1, 1000, { description: 'results per page (default 100)' }),
+};
+
 export const LoadQuery = Obj({
   started: IsoTime('start of the range (default: a week before ended)'),
   ended: IsoTime('end of the range (default: now)'),
@@ -47,8 +52,7 @@ export const LoadQuery = Obj({
   resolution: OneOf(['minute', 'hour'] as const, {
     description: 'minute: every recorded interval; hour: the hourly roll-up (each count the mean over the hour). Default: minute, or hour when started is older than the per-interval rows are kept',
   }),
-  page: Int(0, 100_000, { description: 'page number, from 0' }),
-  per_page: Int(1, 1000, { description: 'results per page (default 100)' }),
+  ...PAGING,
   ...OAuthQuery,
 });
 
@@ -130,7 +134,7 @@ export const RequeueBody = Obj({
 export type RequeueInput = Static<typeof RequeueBody>;
 
 const Requeued = Paged(Task, { requeue_id: Id('pages on: GET .../queue/requeue-jobs/{requeue_id}') });
-const PageQuery = Obj({ page: Int(0, 100_000, { description: 'page number, from 0' }), per_page: Int(1, 1000, { description: 'tasks per page (default 100)' }), ...OAuthQuery });
+const PageQuery = Obj({ ...PAGING, ...OAuthQuery });
 
 export const queueEndpoints = [
   endpoint({
@@ -181,6 +185,38 @@ export const queueEndpoints = [
     query: PageQuery,
     body: { kind: 'json', schema: RequeueBody },
     responses: { 200: { description: 'the new tasks, first page', schema: Requeued }, ...writeErrors },
+  }),
+  endpoint({
+    id: 'getClusterLoad',
+    method: 'GET',
+    path: '/2/clusters/:clusterId/load',
+    tag: 'clusters',
+    summary: `A cluster's recorded demand and fleet (what its autoscaler saw) over at most ${MAX_LOAD_DAYS} days (default: the past week), oldest first`,
+    auth: 'user',
+    params: { clusterId: Id('the cluster id') },
+    query: Obj({ started: LoadQuery.properties.started, ended: LoadQuery.properties.ended, ...PAGING, ...OAuthQuery }),
+    responses: {
+      200: {
+        description: 'per recorded instant: busy leases, tasks that could be leased, connected runners and their slots, instances by state',
+        schema: Paged(
+          Reply(
+            {
+              time: DateTime('the recorded instant'),
+              busy: Type.Integer({ minimum: 0 }),
+              queued: Type.Integer({ minimum: 0 }),
+              runners: Type.Integer({ minimum: 0 }),
+              slots: Type.Integer({ minimum: 0 }),
+              instances: Reply({ add: Type.Integer({ minimum: 0 }), live: Type.Integer({ minimum: 0 }), kill: Type.Integer({ minimum: 0 }) }),
+            },
+            [],
+            { title: 'ClusterLoadPoint' },
+          ),
+        ),
+      },
+      401: errors[401],
+      404: { description: 'no such cluster, or not yours nor shared with you', schema: errors[404].schema },
+      400: errors[400],
+    },
   }),
   endpoint({
     id: 'listRequeued',

@@ -92,7 +92,7 @@ for (const engine of ENGINES) {
     });
 
     t.test('recording: one row per project, package and priority in each state; an instant once; the cluster demand', async (t) => {
-      const { cluster } = await api.store.clusters.create('fleet');
+      const { cluster } = await api.store.clusters.create('fleet', { userId: u.userId });
       for (const [id, slots, draining] of [['r-a', 4, false], ['r-b', 8, true]] as const) {
         await api.store.db.query(
           `INSERT INTO runners (id, cluster_id, slots, connected, draining, last_beat_at, created_at) VALUES ($1, $2, $3, true, $4, $5, $5)`,
@@ -124,9 +124,9 @@ for (const engine of ENGINES) {
         'pending (delayed), queued (eligible) and running (leased) per series',
       );
       t.equal(rows.rows[0].at.getTime(), T0, 'the instant is the start of its interval');
-      const cl = await api.store.queueLoad.clusterLoad('default', new Date(T0), new Date(T0));
+      const cl = (await api.store.queueLoad.clusterLoad('default', new Date(T0), new Date(T0))).points;
       t.match(cl, [{ cluster: 'default', busy: 2, queued: 4, runners: 0, slots: 0, instances: { add: 0, live: 0, kill: 0 } }], "the autoscaler's demand: busy + leasable now");
-      const fleet = await api.store.queueLoad.clusterLoad('fleet', new Date(T0), new Date(T0));
+      const fleet = (await api.store.queueLoad.clusterLoad('fleet', new Date(T0), new Date(T0))).points;
       t.match(fleet, [{ cluster: 'fleet', busy: 0, queued: 0, runners: 2, slots: 4, instances: { add: 1, live: 1, kill: 0 } }], 'the fleet: runners, slots (a draining runner\'s not counted), instances by state');
       clock.set(T0 + 50_000);
       await tick();
@@ -138,6 +138,15 @@ for (const engine of ENGINES) {
         await tick();
       }
       t.equal(Number((await api.store.db.query<any>('SELECT count(*)::int AS n FROM queue_load_ticks')).rows[0].n), 5, 'one tick per interval');
+      const r = await api.request('GET', `/2/clusters/${cluster.id}/load?per_page=2`);
+      t.equal(r.status, 200, r.text);
+      t.equal(r.body.count, 5, "the cluster's five instants");
+      t.same(r.body.results[0], { time: new Date(T0).toISOString(), busy: 0, queued: 0, runners: 2, slots: 4, instances: { add: 1, live: 1, kill: 0 } });
+      t.match(r.body.next, new RegExp(`/2/clusters/${cluster.id}/load\\?.*page=1`));
+      isError(t, await api.request('GET', `/2/clusters/${cluster.id}/load?started=P40D`), 400, /at most 31 days/);
+      const other = await api.newUser();
+      isError(t, await api.request('GET', `/2/clusters/${cluster.id}/load`, { token: other.token }), 404, undefined, "another user's cluster");
+      isError(t, await api.request('GET', `/2/clusters/${cluster.id}/load`, { token: null }), 401);
       void queuedA;
       const stale = api.store.queueLoad.record(new Date(T0 + 10 * MIN), 15_000, { term: 0, holder: 'stale' });
       await t.rejects(stale, { code: 'fenced' }, "a stale leader's pass is refused");
@@ -207,7 +216,6 @@ for (const engine of ENGINES) {
       isError(t, await u.project('GET', '/load', { token: null }), 401);
       isError(t, await u.project('GET', '/queue/status', { token: null }), 401);
       const other = await api.newUser();
-      isError(t, await other.project('GET', `/../${u.projectId}/load`.replace('/..', '')), 404);
       for (const [m, p] of [['GET', '/load'], ['GET', '/queue/status'], ['POST', '/queue/new-job'], ['POST', '/queue/requeue-jobs']] as const) {
         const r = await api.request(m, `/2/projects/${u.projectId}${p}`, { token: other.token, ...(m === 'POST' ? { json: { job_type_id: alpha.id } } : {}) });
         isError(t, r, 404, undefined, `${m} ${p} of another user's project`);
