@@ -212,6 +212,8 @@ for (const engine of ENGINES) {
       isError(t, await u.project('GET', '/load?job_type_priority=3'), 400, /job_type_priority must be an integer from 0 to 2, got 3/);
       isError(t, await u.project('GET', `/load?${Array.from({ length: 101 }, () => 'job_type_name=a').join('&')}`), 400, /job_type_name must hold at most 100 entries, got 101/);
       isError(t, await u.project('GET', '/load?per_page=1001'), 400, /per_page must be an integer from 1 to 1000/);
+      isError(t, await u.project('GET', '/load?page=100001'), 400, /page must be an integer from 0 to 100000/);
+      isError(t, await u.project('GET', `/load?job_type_category=${'c'.repeat(256)}`), 400, /job_type_category must be at most 255 bytes/);
       isError(t, await u.project('GET', '/load?resolution=second'), 400, /resolution must be one of minute, hour/);
       isError(t, await u.project('GET', '/load', { token: null }), 401);
       isError(t, await u.project('GET', '/queue/status', { token: null }), 401);
@@ -267,6 +269,11 @@ for (const engine of ENGINES) {
       isError(t, await u.project('POST', '/queue/new-job', { json: { job_type_id: alpha.id, job_data: { x: 'a'.repeat(65536) } } }), 400, /job_data must be at most 65536 bytes as JSON text, got 65544/);
       isError(t, await u.project('POST', '/queue/new-job', { json: { job_type_id: alpha.id, priority: 3 } }), 400, /priority must be an integer from 0 to 2/);
       isError(t, await u.project('POST', '/queue/new-job', { json: { job_type_id: alpha.id, cluster: 'nowhere' } }), 400, /cluster: no cluster named "nowhere"/);
+      isError(t, await u.project('POST', '/queue/new-job', { json: { job_type_id: alpha.id, timeout: 3601 } }), 400, /timeout must be an integer from 1 to 3600, got 3601/);
+      isError(t, await u.project('POST', '/queue/new-job', { json: { job_type_id: alpha.id }, headers: { 'Content-Type': 'text/plain' } }), 406);
+      const before = Number((await api.store.db.query<any>('SELECT count(*)::int AS n FROM tasks')).rows[0].n);
+      isError(t, await u.project('POST', '/queue/new-job', { json: { job_type_id: alpha.id, delay: -1 } }), 400, /delay must be an integer from 0 to 604800/);
+      t.equal(Number((await api.store.db.query<any>('SELECT count(*)::int AS n FROM tasks')).rows[0].n), before, 'a refused request queues nothing');
     });
 
     t.test('requeue-jobs: finished tasks become new linked tasks, in one transaction, paged', async (t) => {
@@ -280,8 +287,12 @@ for (const engine of ENGINES) {
       clock.set(T0 + 20 * MIN);
       await finish(api, timedOut, 'timeout');
 
+      await codeOk(t, u, 'beta', { retries: 2 });
       let r = await u.project('POST', '/queue/requeue-jobs?per_page=2', { json: { status: 'FAILED', job_type_names: ['beta'], priority: 2 } });
       t.equal(r.status, 200, r.text);
+      t.equal(r.body.results[0].code_rev, '2', "as retry does: the package's latest revision");
+      const budget = await api.store.db.query<any>('SELECT retries_left, retry_count, payload FROM tasks WHERE id = $1', [r.body.results[0].id]);
+      t.match(budget.rows[0], { retries_left: 2, retry_count: 1 }, "its retries, and one deeper in the chain");
       t.equal(r.body.count, 3, 'FAILED: the three errors of beta');
       t.equal(r.body.results.length, 2);
       t.match(r.body.results[0], { status: 'queued', priority: 2, code_name: 'beta' });
@@ -316,6 +327,12 @@ for (const engine of ENGINES) {
       isError(t, await u.project('POST', '/queue/requeue-jobs', { json: { job_ids: ['x'] } }), 400, /job_ids\[0\] must be a task id/);
       isError(t, await u.project('POST', '/queue/requeue-jobs', { json: { job_ids: Array.from({ length: 10_001 }, () => failed[0]) } }), 400, /job_ids must hold at most 10000 entries, got 10001/);
       isError(t, await api.request('GET', `/2/projects/${u.projectId}/queue/requeue-jobs/${'0'.repeat(24)}`), 404);
+      isError(t, await u.project('POST', '/queue/requeue-jobs?per_page=0', { json: {} }), 400, /per_page must be an integer from 1 to 1000, got 0/);
+      isError(t, await u.project('POST', '/queue/requeue-jobs', { json: { job_type_names: ['a'.repeat(256)] } }), 400, /job_type_names\[0\] must be at most 255 bytes/);
+      isError(t, await u.project('POST', '/queue/requeue-jobs', { json: { job_type_ids: Array.from({ length: 101 }, () => alpha.id) } }), 400, /job_type_ids must hold at most 100 entries, got 101/);
+      isError(t, await u.project('POST', '/queue/requeue-jobs', { json: { started: 'soon' } }), 400, /started must be an ISO 8601 date-time/);
+      const other = await api.newUser();
+      isError(t, await api.request('GET', `/2/projects/${u.projectId}/queue/requeue-jobs/${r.body.requeue_id}`, { token: other.token }), 404, undefined, "another user's requeue");
     });
 
     t.test('requeue-jobs: more than 10,000 matches requeue nothing and say how many', async (t) => {
