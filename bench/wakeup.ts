@@ -21,18 +21,13 @@ import { loadConfig } from '../control-plane/config.ts';
 import { startControlPlane } from '../control-plane/start.ts';
 import { loadRunnerConfig } from '../runner/config.ts';
 import { startRunner } from '../runner/start.ts';
+import { pct, progress, round } from './stats.ts';
 
 const { values: args } = parseArgs({ options: { tasks: { type: 'string', default: '200' }, cancels: { type: 'string', default: '30' } } });
 const N = Number(args.tasks);
 const N_CANCEL = Number(args.cancels);
 const ADMIN = process.env.GANTRY_BENCH_PG_URL ?? 'postgres://gantry:gantry@127.0.0.1:5432/postgres';
 const ETCD = process.env.GANTRY_BENCH_ETCD ?? 'http://127.0.0.1:2379';
-const progress = (msg: string) => process.stderr.write(`[bench] ${msg}\n`);
-const pct = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]! : NaN;
-};
-const round = (x: number) => Math.round(x * 10) / 10;
 
 async function main() {
   const name = `gantry_wakeup_${process.pid}`;

@@ -123,6 +123,8 @@ export interface ControlPlaneConfig {
   readonly metricsPort: number | undefined;
   /** What the leader deletes, after how long, and at what pace (README, "Retention"). */
   readonly retention: Readonly<RetentionSettings>;
+  /** How often the leader records the queue's load (README, "Queue load"); 0: not recorded. */
+  readonly queueLoadIntervalS: number;
 }
 
 /** Retention periods (0: keep for ever) and the pace of the leader's retention passes. */
@@ -137,6 +139,10 @@ export interface RetentionSettings {
   pauseMs: number;
   /** How often a pass runs. */
   intervalS: number;
+  /** The recorded queue load's per-interval rows (queue_load, cluster_load and their ticks), days after their instant. */
+  queueLoadDays: number;
+  /** Its hourly roll-up, days after the hour. */
+  queueLoadHourlyDays: number;
 }
 
 /** Per-user limits, counted across all of the user's projects. */
@@ -274,6 +280,8 @@ function parseRetention(e: EnvReader): RetentionSettings {
     batch: e.int('GANTRY_RETENTION_BATCH', 1000, { min: 1, max: 100_000 }),
     pauseMs: e.int('GANTRY_RETENTION_PAUSE_MS', 100, { min: 0, max: 60_000 }),
     intervalS: e.int('GANTRY_RETENTION_INTERVAL_S', 3600, { min: 1, max: 604_800 }),
+    queueLoadDays: e.int('GANTRY_RETENTION_QUEUE_LOAD_DAYS', 30, { min: 0, max: 36500 }),
+    queueLoadHourlyDays: e.int('GANTRY_RETENTION_QUEUE_LOAD_HOURLY_DAYS', 365, { min: 0, max: 36500 }),
   });
 }
 
@@ -379,6 +387,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     metricsToken: parseMetricsToken(e.str('GANTRY_METRICS_TOKEN')),
     ...parseMetricsListen(e, port),
     retention: parseRetention(e),
+    queueLoadIntervalS: e.int('GANTRY_QUEUE_LOAD_INTERVAL_S', 60, { min: 0, max: 3600 }),
   });
 }
 

@@ -17,6 +17,7 @@ import { leaseSweeperJob } from './scheduler/lease-sweeper.ts';
 import { promotionJob, scheduleJob } from './scheduler/schedule-loop.ts';
 import { slotReconcilerJob } from './scheduler/slot-reconciler.ts';
 import { retentionJob } from './scheduler/retention.ts';
+import { queueLoadJob } from './scheduler/queue-load.ts';
 import { openStore, type Store } from './store/index.ts';
 import { createCoordinator } from './coord/index.ts';
 import { loadSecretBox } from '../lib/secretbox.ts';
@@ -190,6 +191,9 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
           onFreed: () => onReady('*'),
         }),
         retentionJob({ store, clock, settings: config.retention, metrics, log: log.child({ component: 'retention' }) }),
+        ...(config.queueLoadIntervalS > 0
+          ? [queueLoadJob({ store, clock, intervalS: config.queueLoadIntervalS, aliveMs: config.timers.sessionDeadAfterMs, log: log.child({ component: 'queue-load' }) })]
+          : []),
         { name: 'autoscaler', everyMs: autoscaler.everyMs, tick: (fence, signal) => autoscaler.tick(store.autoscale.fleet(fence), signal) },
       ];
       const work = runLeaderWork(coord, jobs, log.child({ component: 'leader' }));

@@ -13,6 +13,7 @@ import { clustersRouter } from './routes/clusters.ts';
 import { codesRouter } from './routes/codes.ts';
 import { executionsRouter } from './routes/executions.ts';
 import { schedulesRouter } from './routes/schedules.ts';
+import { queueRouter } from './routes/queue.ts';
 import { tasksRouter } from './routes/tasks.ts';
 import { ROUTER_OPTIONS, type ApiDeps, type ApiState } from './state.ts';
 import { settledWithin } from '../../lib/deadline.ts';
@@ -175,7 +176,7 @@ export function apiRouters(deps: ApiDeps): Router<ApiState>[] {
     ctx.type = 'application/json';
     ctx.body = document;
   });
-  for (const r of [codesRouter(), tasksRouter(), executionsRouter(), schedulesRouter()]) v2.use(r.routes());
+  for (const r of [codesRouter(), tasksRouter(), executionsRouter(), schedulesRouter(), queueRouter()]) v2.use(r.routes());
   v2.use(clustersRouter().routes());
   return [root, v2];
 }

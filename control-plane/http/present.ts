@@ -38,6 +38,7 @@ export function presentCode(c: Code): Json {
     config: c.config,
     env_vars: c.envVars,
     log_streams: c.logStreams,
+    category: c.category,
     file_name: c.fileName,
     code_size: c.codeSize,
     paused: c.paused,
@@ -66,6 +67,7 @@ export function presentRevision(r: CodeRevision, name: string): Json {
     config: r.config,
     env_vars: r.envVars,
     log_streams: r.logStreams,
+    category: r.category,
   });
 }
 

@@ -7,7 +7,7 @@ import type { LeaderJob } from '../coord/leader.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
 import type { Store } from '../store/index.ts';
 import type { Fence } from '../store/fence.ts';
-import { SCHEDULE_HISTORY, type BatchResult, type ExpiringRows, type TaskCursor } from '../store/retention.ts';
+import { QUEUE_LOAD_HOURLY, QUEUE_LOAD_SERIES, SCHEDULE_HISTORY, type BatchResult, type ExpiringRows, type TaskCursor } from '../store/retention.ts';
 
 const DAY_MS = 86_400_000;
 
@@ -37,7 +37,7 @@ function finishedTasks(store: Store, days: number): Category {
   };
 }
 
-/** Rows of a table that go by one time column (schedule history; a series table later). */
+/** Rows of a table that go by one time column (schedule history, the recorded queue load). */
 function expiring(store: Store, spec: ExpiringRows, days: number): Category {
   return {
     name: spec.kind,
@@ -56,8 +56,8 @@ function expiring(store: Store, spec: ExpiringRows, days: number): Category {
  * of at most `batch` rows, each its own fenced transaction, with `pauseMs` between them. A
  * pass stops between batches when leadership is lost (or the replica stops); the next
  * leader's pass starts over and finds what is left. Tasks go before schedules, so a
- * schedule whose last tasks go in a pass can go in the same pass. A later table of recorded
- * series is one more `expiring(...)` entry here, with its own period.
+ * schedule whose last tasks go in a pass can go in the same pass. The recorded queue load
+ * follows: its per-interval rows, then its hourly roll-up, each with its own period.
  */
 export function retentionJob(o: {
   store: Store;
@@ -67,7 +67,12 @@ export function retentionJob(o: {
   log: Logger;
 }): LeaderJob {
   const { store, clock, settings, metrics, log } = o;
-  const categories: Category[] = [finishedTasks(store, settings.tasksDays), expiring(store, SCHEDULE_HISTORY, settings.schedulesDays)];
+  const categories: Category[] = [
+    finishedTasks(store, settings.tasksDays),
+    expiring(store, SCHEDULE_HISTORY, settings.schedulesDays),
+    ...QUEUE_LOAD_SERIES.map((spec) => expiring(store, spec, settings.queueLoadDays)),
+    ...QUEUE_LOAD_HOURLY.map((spec) => expiring(store, spec, settings.queueLoadHourlyDays)),
+  ];
   return {
     name: 'retention',
     everyMs: settings.intervalS * 1000,

@@ -23,6 +23,8 @@ export interface CodeSettings {
   envVars?: Record<string, string>;
   stack?: string | null;
   logStreams?: LogStreams;
+  /** The queue services' job type category: a label of the operator's own; null clears it. */
+  category?: string | null;
 }
 
 /**
@@ -54,6 +56,7 @@ export interface CodeRevision {
   envVars: Record<string, string>;
   stack: string | null;
   logStreams: LogStreams;
+  category: string | null;
   fileName: string | null;
   checksum: string | null;
   codeSize: number | null;
@@ -84,6 +87,7 @@ interface SettingsRow {
   env_vars: Record<string, string>;
   stack: string | null;
   log_streams: LogStreams;
+  category: string | null;
   file_name: string | null;
   checksum: string | null;
   code_size: number | null;
@@ -120,6 +124,7 @@ function toSettings(r: SettingsRow): Omit<CodeRevision, 'id' | 'codeId' | 'creat
     envVars: r.env_vars,
     stack: r.stack,
     logStreams: r.log_streams,
+    category: r.category,
     fileName: r.file_name,
     checksum: r.checksum,
     codeSize: r.code_size,
@@ -144,7 +149,7 @@ function toCode(r: CodeRow): Code {
 
 const CODE_COLUMNS = `c.id, c.project_id, c.name, c.rev, c.latest_revision_id, c.paused, c.created_at, c.updated_at,
   r.image, r.command, r.config, r.max_concurrency, r.retries, r.retries_delay, r.default_priority, r.env_vars,
-  r.stack, r.log_streams, r.file_name, r.checksum, r.code_size`;
+  r.stack, r.log_streams, r.category, r.file_name, r.checksum, r.code_size`;
 
 export const TASK_STATUSES = ['queued', 'running', 'complete', 'error', 'cancelled', 'killed', 'timeout'] as const;
 export type TaskStatus = (typeof TASK_STATUSES)[number];
@@ -200,8 +205,8 @@ export class CodesStore {
       const rev = code.rev + 1;
       await q.query(
         `INSERT INTO code_revisions (id, code_id, project_id, rev, image, command, config, max_concurrency, retries,
-           retries_delay, default_priority, env_vars, stack, file_name, checksum, code_size, created_at, log_streams)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb,$13,$14,$15,$16,$17,$18)`,
+           retries_delay, default_priority, env_vars, stack, file_name, checksum, code_size, created_at, log_streams, category)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb,$13,$14,$15,$16,$17,$18,$19)`,
         [
           revId,
           code.id,
@@ -221,6 +226,7 @@ export class CodesStore {
           archive ? archive.data.length : null,
           now,
           pick('logStreams', 'merged'),
+          pick('category', null),
         ],
       );
       if (archive) {

@@ -22,6 +22,8 @@ import { AutoscaleStore } from './autoscale.ts';
 import { QuotasStore } from './quotas.ts';
 import { GaugesStore } from './gauges.ts';
 import { RetentionStore } from './retention.ts';
+import { QueueLoadStore } from './queue-load.ts';
+import { RequeueStore } from './requeue.ts';
 
 export type { Db } from './db.ts';
 
@@ -48,6 +50,10 @@ export class Store {
   readonly gauges: GaugesStore;
   /** Deleting finished, old rows in bounded batches (the leader's retention job). */
   readonly retention: RetentionStore;
+  /** The queue as data: recorded load series and the queue's status now. */
+  readonly queueLoad: QueueLoadStore;
+  /** Requeueing finished tasks in bulk, as linked new tasks. */
+  readonly requeue: RequeueStore;
 
   constructor(
     readonly db: Db,
@@ -71,6 +77,8 @@ export class Store {
     this.autoscale = new AutoscaleStore(ctx);
     this.gauges = new GaugesStore(ctx);
     this.retention = new RetentionStore(ctx);
+    this.queueLoad = new QueueLoadStore(ctx);
+    this.requeue = new RequeueStore(ctx, this.quotas);
   }
 
   close(): Promise<void> {

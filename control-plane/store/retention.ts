@@ -65,6 +65,23 @@ export const SCHEDULE_HISTORY: ExpiringRows = {
   where: `status IN ('complete', 'cancelled') AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.schedule_id = schedules.id)`,
 };
 
+/**
+ * The recorded queue load (migration 016), by the instant it was recorded: the
+ * per-interval series and their ticks (GANTRY_RETENTION_QUEUE_LOAD_DAYS), and the hourly
+ * roll-up (GANTRY_RETENTION_QUEUE_LOAD_HOURLY_DAYS). Rows go by their physical address
+ * (`ctid`): the series tables have composite keys, and each has a BRIN index on its time.
+ */
+export const QUEUE_LOAD_SERIES: readonly ExpiringRows[] = [
+  { kind: 'queue_load', table: 'queue_load', key: 'ctid', time: 'at', where: 'true' },
+  { kind: 'cluster_load', table: 'cluster_load', key: 'ctid', time: 'at', where: 'true' },
+  { kind: 'queue_load_ticks', table: 'queue_load_ticks', key: 'at', time: 'at', where: 'true' },
+];
+export const QUEUE_LOAD_HOURLY: readonly ExpiringRows[] = [
+  { kind: 'queue_load_hourly', table: 'queue_load_hourly', key: 'ctid', time: 'hour', where: 'true' },
+  { kind: 'cluster_load_hourly', table: 'cluster_load_hourly', key: 'ctid', time: 'hour', where: 'true' },
+  { kind: 'queue_load_hours', table: 'queue_load_hours', key: 'hour', time: 'hour', where: 'true' },
+];
+
 // The list must read as the partial index's predicate (migration 013), so the planner uses it.
 const FINISHED = `status IN ('complete', 'error', 'cancelled', 'killed', 'timeout')`;
 const FINAL = new Set(['complete', 'error', 'cancelled', 'killed', 'timeout']);
@@ -237,14 +254,18 @@ export class RetentionStore {
     });
   }
 
-  /** One batch of `spec`'s rows older than `cutoff`: at most `limit`, in one fenced statement. */
+  /**
+   * One batch of `spec`'s rows older than `cutoff`: at most `limit`, in one fenced
+   * statement. The rows are chosen first, as an array (= ANY of an array is an index or TID
+   * lookup, where IN over a subquery may join by scanning the table).
+   */
   async deleteExpired(spec: ExpiringRows, cutoff: Date, limit: number, fence?: Fence): Promise<BatchResult> {
     return this.c.db.tx(async (q) => {
       await checkFence(q, fence);
       const r = await q.query(
-        `DELETE FROM ${spec.table} WHERE ${spec.key} IN (
+        `DELETE FROM ${spec.table} WHERE ${spec.key} = ANY(ARRAY(
            SELECT ${spec.key} FROM ${spec.table} WHERE ${spec.where} AND ${spec.time} < $1
-           ORDER BY ${spec.time} LIMIT $2 FOR UPDATE SKIP LOCKED)`,
+           ORDER BY ${spec.time} LIMIT $2 FOR UPDATE SKIP LOCKED))`,
         [cutoff, limit],
       );
       return { deleted: { [spec.kind]: r.rowCount }, statements: r.rowCount > 0 ? 1 : 0, maxRows: r.rowCount };

@@ -46,7 +46,7 @@ export interface Task {
  * A tasks row as SELECT * reads it: the columns Task carries (the others stay in the
  * store), those of one word under Task's own names.
  */
-interface TaskRow
+export interface TaskRow
   extends Pick<Task, 'id' | 'status' | 'priority' | 'cluster' | 'timeout' | 'delay' | 'payload' | 'label' | 'msg' | 'percent' | 'attempt'> {
   project_id: string;
   code_id: string;
@@ -69,7 +69,7 @@ interface TaskRow
   run_times: number;
 }
 
-function toTask(r: TaskRow): Task {
+export function toTask(r: TaskRow): Task {
   return {
     id: r.id,
     projectId: r.project_id,
@@ -135,7 +135,7 @@ export interface TaskFilter {
 }
 
 /** Columns listed without the payload, which lists never carry. */
-const LIST_COLUMNS = `id, project_id, code_id, code_name, code_revision_id, code_rev, status, priority, cluster, timeout,
+export const LIST_COLUMNS = `id, project_id, code_id, code_name, code_revision_id, code_rev, status, priority, cluster, timeout,
   delay, label, msg, percent, schedule_id, original_task_id, retry_task_id, retry_count, created_at, updated_at,
   eligible_at, start_time, end_time, log_size, exit_code, attempt, runner_losses, runner_id, run_times`;
 

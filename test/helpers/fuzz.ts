@@ -245,6 +245,8 @@ export class World {
   readonly tasks: Resource[] = [];
   readonly schedules: Resource[] = [];
   readonly clusters: Resource[] = [];
+  /** Requeue-jobs calls that requeued something (their requeue_id pages their tasks). */
+  readonly requeues: Resource[] = [];
   /** The other user's resources: every path naming them must answer 404 (or 403). */
   readonly foreign: { codeId: string; codeName: string; taskId: string; scheduleId: string; clusterId: string; clusterName: string } = {
     codeId: '',
@@ -287,6 +289,8 @@ export class World {
       case 'number':
         // An execution's number: the world's first tasks have one or two (api.fuzz.test.ts).
         return d.pick(['1', '1', '2']);
+      case 'requeueId':
+        return pool(this.requeues, []);
       default:
         return 'x';
     }
@@ -349,6 +353,10 @@ export class World {
         break;
       case 'deleteCluster':
         kill(this.clusters, req.params.clusterId);
+        break;
+      case 'requeueJobs':
+        if (Number(body.count) > 0) add(this.requeues, body.requeue_id, '', 64);
+        for (const t of (body.results ?? []) as Json[]) add(this.tasks, t.id, '', 64);
         break;
     }
   }
@@ -2129,6 +2137,7 @@ export class Fuzzer {
     await this.upload(w.me, 'fz-beta');
     const queued = await this.must('queueTasks', w.me, { json: { tasks: [{ code_name: 'fz-alpha', payload: 'p' }, { code_name: 'fz-alpha' }, { code_name: 'fz-beta', delay: 60 }] } });
     await this.must('cancelTask', w.me, { params: { projectId: w.me.projectId, taskId: (queued.tasks as Json[])[0]!.id as string } });
+    await this.must('requeueJobs', w.me, { json: { job_ids: [(queued.tasks as Json[])[0]!.id], status: 'CANCELED' } });
     await this.must('createSchedules', w.me, { json: { schedules: [{ code_name: 'fz-alpha', run_every: 3600, start_at: new Date(Date.now() + 86400_000).toISOString() }] } });
     await this.must('createCluster', w.me, { json: { name: `fzc-setup-${this.made}` } });
     const fcode = await this.upload(w.other, 'fz-foreign', zip);

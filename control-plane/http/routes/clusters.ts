@@ -27,6 +27,7 @@ import { ROUTER_OPTIONS, type ApiDeps, type ApiState } from '../state.ts';
 import { pagination } from '../validate.ts';
 import { putOwn } from '../../../lib/record.ts';
 import { clean, type Json } from '../present.ts';
+import { loadRange, pageUrl, paging } from './queue.ts';
 
 /**
  * The Clusters section of the IronWorker reference under /2/clusters, user-scoped: a user
@@ -426,6 +427,22 @@ export function clustersRouter(): Router<ApiState> {
         runners_total: s.runnersTotal,
         instances: s.instances.map(presentInstance),
       },
+    };
+  });
+
+  // The cluster's recorded demand and fleet (Queue services): what its autoscaler saw.
+  r.get('/clusters/:clusterId/load', requireUser, validated(ep('getClusterLoad')), async (ctx) => {
+    const { cluster } = await load(ctx);
+    const q = ctx.state.query!;
+    const { started, ended } = loadRange(q, ctx.state.deps.clock.now());
+    const p = paging(q);
+    const { count, points } = await ctx.state.deps.store.queueLoad.clusterLoad(cluster.name, started, ended, p);
+    const last = Math.ceil(count / p.perPage) - 1;
+    ctx.body = {
+      count,
+      next: pageUrl(ctx, ctx.url, p.page + 1, p.perPage, count),
+      previous: p.page > 0 ? pageUrl(ctx, ctx.url, Math.min(p.page - 1, last), p.perPage, count) : null,
+      results: points.map((x) => ({ time: x.at.toISOString(), busy: x.busy, queued: x.queued, runners: x.runners, slots: x.slots, instances: x.instances })),
     };
   });
 

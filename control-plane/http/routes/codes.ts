@@ -40,6 +40,7 @@ export function parseCodeData(d: CodeInput): { name: string; settings: CodeSetti
   const prio = 'default_priority' in d ? d.default_priority : 'priority' in d ? d.priority : undefined;
   if (prio !== undefined) settings.defaultPriority = prio ?? 0;
   if (d.log_streams) settings.logStreams = d.log_streams;
+  if ('category' in d) settings.category = d.category || null;
   if (d.env_vars) {
     const out: Record<string, string> = {};
     for (const [k, v] of Object.entries(d.env_vars)) {

@@ -92,7 +92,8 @@ export async function resolveCodes(deps: ApiDeps, projectId: string, names: { na
   return out;
 }
 
-function newTask(projectId: string, code: Code, payload: string, opts: ReturnType<typeof parseRunOptions>): NewTask {
+/** A task to queue of `code`'s latest revision. */
+export function newTask(projectId: string, code: Code, payload: string, opts: ReturnType<typeof parseRunOptions>): NewTask {
   return {
     projectId,
     codeId: code.id,

@@ -40,6 +40,13 @@ export const CodeData = Obj(
       description:
         "merged (the default for a new package): the task's stderr joins its stdout inside the container, so its log keeps the order lines were written in; separate: the two stay apart for ?stream=stderr, and lines of the two written within milliseconds may swap",
     }),
+    category: Str(255, {
+      nullable: true,
+      pattern: `^$|${CODE_NAME}`,
+      describe: 'at most 255 characters without control characters',
+      description:
+        'a category of your own for the queue services (GET .../load?job_type_category=, requeue-jobs); inherited by later uploads; null or "" clears it',
+    }),
   },
   { required: ['name'], what: 'code' },
 );
@@ -66,11 +73,12 @@ const CodeProps = {
     config: Type.String(),
     env_vars: Type.Record(Type.String(), Type.String()),
     log_streams: OneOf(LOG_STREAMS),
+    category: Type.String({ description: 'the queue services\' job type category, when set' }),
     file_name: Type.String(),
     code_size: Type.Integer({ minimum: 0 }),
     paused: Type.Boolean(),
 };
-const CODE_OPTIONAL: (keyof typeof CodeProps)[] = ['latest_checksum', 'stack', 'command', 'max_concurrency', 'config', 'file_name', 'code_size'];
+const CODE_OPTIONAL: (keyof typeof CodeProps)[] = ['latest_checksum', 'stack', 'command', 'max_concurrency', 'config', 'category', 'file_name', 'code_size'];
 const Code = Reply(CodeProps, CODE_OPTIONAL, { title: 'Code' });
 
 const Revision = Reply(
@@ -95,8 +103,9 @@ const Revision = Reply(
     config: Type.String(),
     env_vars: Type.Record(Type.String(), Type.String()),
     log_streams: OneOf(LOG_STREAMS),
+    category: Type.String(),
   },
-  ['stack', 'command', 'checksum', 'code_size', 'file_name', 'max_concurrency', 'config'],
+  ['stack', 'command', 'checksum', 'code_size', 'file_name', 'max_concurrency', 'config', 'category'],
   { title: 'CodeRevision' },
 );
 

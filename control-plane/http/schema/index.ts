@@ -2,12 +2,21 @@ import { clusterEndpoints } from './clusters.ts';
 import { codeEndpoints } from './codes.ts';
 import type { Endpoint } from './endpoint.ts';
 import { executionEndpoints } from './executions.ts';
+import { queueEndpoints } from './queue.ts';
 import { scheduleEndpoints } from './schedules.ts';
 import { systemEndpoints } from './system.ts';
 import { taskEndpoints } from './tasks.ts';
 
 /** Every endpoint the control plane serves, in the document's order. */
-export const ENDPOINTS: readonly Endpoint[] = [...systemEndpoints, ...codeEndpoints, ...taskEndpoints, ...executionEndpoints, ...scheduleEndpoints, ...clusterEndpoints];
+export const ENDPOINTS: readonly Endpoint[] = [
+  ...systemEndpoints,
+  ...codeEndpoints,
+  ...taskEndpoints,
+  ...executionEndpoints,
+  ...scheduleEndpoints,
+  ...queueEndpoints,
+  ...clusterEndpoints,
+];
 
 /** The endpoint with this operationId (throws for an unknown one: a typo in a router). */
 export function ep(id: string): Endpoint {

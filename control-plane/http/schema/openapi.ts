@@ -107,6 +107,7 @@ export function openApiDocument(version = PACKAGE_VERSION): Json {
       { name: 'codes', description: 'Code packages: Docker images, optionally with a zip' },
       { name: 'tasks', description: 'Tasks: queue, inspect, cancel, retry' },
       { name: 'schedules', description: 'Schedules that queue tasks over time' },
+      { name: 'queue', description: 'Queue services: the recorded queue load, the queue now, queueing and requeueing jobs (tasks)' },
       { name: 'clusters', description: 'Clusters of runners, with their autoscaling and container settings' },
       { name: 'operations', description: 'Health, readiness, metrics and this document' },
     ],

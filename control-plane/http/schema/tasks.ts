@@ -79,12 +79,13 @@ const Queued = Type.Object(
   { additionalProperties: false },
 );
 
-const errors = {
+/** Errors of the endpoints that read tasks, and of those that queue them. */
+export const errors = {
   400: { description: 'invalid input: the message names the field and the limit', schema: ErrorBody },
   401: { description: 'no valid OAuth token', schema: ErrorBody },
   404: { description: 'no such project, task or code package', schema: ErrorBody },
 };
-const queueErrors = {
+export const queueErrors = {
   ...errors,
   403: { description: 'the cluster belongs to another user, or a quota is reached', schema: ErrorBody },
   406: { description: 'the body is not sent as application/json', schema: ErrorBody },

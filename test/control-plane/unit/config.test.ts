@@ -42,11 +42,23 @@ t.test('/metrics protection: a token and a separate listener, checked and never 
 });
 
 t.test('retention: periods, batch, pause and interval, with clear errors', async (t) => {
-  t.same(loadConfig({}).retention, { tasksDays: 30, schedulesDays: 30, batch: 1000, pauseMs: 100, intervalS: 3600 }, 'defaults');
+  t.same(
+    loadConfig({}).retention,
+    { tasksDays: 30, schedulesDays: 30, batch: 1000, pauseMs: 100, intervalS: 3600, queueLoadDays: 30, queueLoadHourlyDays: 365 },
+    'defaults',
+  );
   t.match(loadConfig({ GANTRY_RETENTION_TASKS_DAYS: '7' }).retention, { tasksDays: 7, schedulesDays: 7 }, 'schedules follow tasks unless set');
   t.match(loadConfig({ GANTRY_RETENTION_TASKS_DAYS: '0', GANTRY_RETENTION_SCHEDULES_DAYS: '90' }).retention, { tasksDays: 0, schedulesDays: 90 }, '0 disables a kind');
   t.throws(() => loadConfig({ GANTRY_RETENTION_TASKS_DAYS: '-1' }), { message: /GANTRY_RETENTION_TASKS_DAYS must be at least 0/ });
   t.throws(() => loadConfig({ GANTRY_RETENTION_BATCH: '0' }), { message: /GANTRY_RETENTION_BATCH must be at least 1/ });
   t.throws(() => loadConfig({ GANTRY_RETENTION_INTERVAL_S: 'hourly' }), { message: /GANTRY_RETENTION_INTERVAL_S must be an integer/ });
   t.throws(() => loadConfig({ GANTRY_RETENTION_PAUSE_MS: '600000' }), { message: /GANTRY_RETENTION_PAUSE_MS must be at most 60000/ });
+  t.match(loadConfig({ GANTRY_RETENTION_QUEUE_LOAD_DAYS: '7', GANTRY_RETENTION_QUEUE_LOAD_HOURLY_DAYS: '0' }).retention, { queueLoadDays: 7, queueLoadHourlyDays: 0 });
+  t.throws(() => loadConfig({ GANTRY_RETENTION_QUEUE_LOAD_DAYS: '-1' }), { message: /GANTRY_RETENTION_QUEUE_LOAD_DAYS must be at least 0/ });
+});
+
+t.test('queue load: recorded every minute unless set; 0 records nothing', async (t) => {
+  t.equal(loadConfig({}).queueLoadIntervalS, 60);
+  t.equal(loadConfig({ GANTRY_QUEUE_LOAD_INTERVAL_S: '0' }).queueLoadIntervalS, 0);
+  t.throws(() => loadConfig({ GANTRY_QUEUE_LOAD_INTERVAL_S: '3601' }), { message: /GANTRY_QUEUE_LOAD_INTERVAL_S must be at most 3600/ });
 });
