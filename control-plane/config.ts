@@ -121,6 +121,10 @@ export interface ControlPlaneConfig {
   readonly metricsPort: number | undefined;
   /** What the leader deletes, after how long, and at what pace (README, "Retention"). */
   readonly retention: Readonly<RetentionSettings>;
+  /** Runners' machine stats are recorded at most once per runner per this many seconds (README, "Fleet stats"). */
+  readonly statsIntervalS: number;
+  /** Users (by email, lower case) who see operator clusters' workers through the workers API. */
+  readonly operators: readonly string[];
 }
 
 /** Retention periods (0: keep for ever) and the pace of the leader's retention passes. */
@@ -135,6 +139,10 @@ export interface RetentionSettings {
   pauseMs: number;
   /** How often a pass runs. */
   intervalS: number;
+  /** Recorded machine stats: raw samples, 1-minute and 1-hour roll-ups, kept this many days. */
+  statsRawDays: number;
+  statsMinuteDays: number;
+  statsHourDays: number;
 }
 
 /** Per-user limits, counted across all of the user's projects. */
@@ -272,6 +280,9 @@ function parseRetention(e: EnvReader): RetentionSettings {
     batch: e.int('GANTRY_RETENTION_BATCH', 1000, { min: 1, max: 100_000 }),
     pauseMs: e.int('GANTRY_RETENTION_PAUSE_MS', 100, { min: 0, max: 60_000 }),
     intervalS: e.int('GANTRY_RETENTION_INTERVAL_S', 3600, { min: 1, max: 604_800 }),
+    statsRawDays: e.int('GANTRY_RETENTION_STATS_RAW_DAYS', 2, { min: 0, max: 36500 }),
+    statsMinuteDays: e.int('GANTRY_RETENTION_STATS_1M_DAYS', 30, { min: 0, max: 36500 }),
+    statsHourDays: e.int('GANTRY_RETENTION_STATS_1H_DAYS', 365, { min: 0, max: 36500 }),
   });
 }
 
@@ -376,6 +387,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     metricsToken: parseMetricsToken(e.str('GANTRY_METRICS_TOKEN')),
     ...parseMetricsListen(e, port),
     retention: parseRetention(e),
+    statsIntervalS: e.int('GANTRY_STATS_INTERVAL_S', 10, { min: 1, max: 3600 }),
+    operators: Object.freeze(
+      (e.str('GANTRY_OPERATORS') ?? '')
+        .split(',')
+        .map((x) => x.trim().toLowerCase())
+        .filter((x) => x !== ''),
+    ),
   });
 }
 

@@ -17,6 +17,8 @@ import { leaseSweeperJob } from './scheduler/lease-sweeper.ts';
 import { promotionJob, scheduleJob } from './scheduler/schedule-loop.ts';
 import { slotReconcilerJob } from './scheduler/slot-reconciler.ts';
 import { retentionJob } from './scheduler/retention.ts';
+import { StatsRecorder } from './series/recorder.ts';
+import { rollupJob } from './series/rollup.ts';
 import { openStore, type Store } from './store/index.ts';
 import { createCoordinator } from './coord/index.ts';
 import { loadSecretBox } from '../lib/secretbox.ts';
@@ -37,6 +39,8 @@ export interface ControlPlane {
   /** The autoscaler, with its providers (the host's local runner processes, EC2). */
   readonly autoscaler: Autoscaler;
   readonly metrics: ControlPlaneMetrics;
+  /** This replica's buffer of recorded machine stats (flush() writes it now). */
+  readonly stats: StatsRecorder;
   /** Base URL of the separate `/metrics` listener (GANTRY_METRICS_PORT), if there is one. */
   readonly metricsUrl: string | undefined;
   /** `running` once started; `draining` from the first moment of stop; then `stopped` (or `failed` if a release failed). */
@@ -85,6 +89,11 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
         loadSecretBox({ keys: config.secretKeys, dataDir: config.dataDir, shared: Boolean(config.databaseUrl), warn: (m, f) => log.warn(f, m) }),
       );
     }
+    // Machine stats recorded from beats (and third-party workers' reports): released just
+    // before the store, after the gateway and the API, so the last samples are written.
+    const stats = new StatsRecorder({ series: store.series, clock, intervalS: config.statsIntervalS, log: log.child({ component: 'stats' }) });
+    stats.start();
+    releases.add('stats recorder', () => stats.stop());
     const metrics = new ControlPlaneMetrics();
     const coord = o.coordinator ?? createCoordinator(config, log.child({ component: 'coord' }));
     const dispatcher = new Dispatcher<RunnerSession>(store, config, log.child({ component: 'dispatch' }), coord, clock, metrics);
@@ -120,6 +129,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
       coordStatus: () => coord.status(),
       draining: () => state !== 'running',
       hub,
+      stats,
     });
     const api = createApiServer(app.callback(), {
       ...(config.tls ? { tls: config.tls } : {}),
@@ -149,7 +159,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
       releases.add('metrics listener', () => ms.close());
       metricsUrl = ms.url;
     }
-    const gateway = await startGateway({ store, config, dispatcher, hub, clock, metrics, log });
+    const gateway = await startGateway({ store, config, dispatcher, hub, clock, metrics, log, stats });
     let gatewayStopped: Promise<void> | undefined;
     const stopGateway = () => (gatewayStopped ??= gateway.stop());
     releases.add('runner gateway', stopGateway);
@@ -189,6 +199,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
           onFreed: () => onReady('*'),
         }),
         retentionJob({ store, clock, settings: config.retention, metrics, log: log.child({ component: 'retention' }) }),
+        rollupJob({ store, clock, statsIntervalS: config.statsIntervalS, log: log.child({ component: 'stats' }) }),
         { name: 'autoscaler', everyMs: autoscaler.everyMs, tick: (fence, signal) => autoscaler.tick(store.autoscale.fleet(fence), signal) },
       ];
       const work = runLeaderWork(coord, jobs, log.child({ component: 'leader' }));
@@ -212,6 +223,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
       coord,
       autoscaler,
       metrics,
+      stats,
       metricsUrl,
       get state() {
         return state;

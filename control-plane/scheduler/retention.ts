@@ -7,6 +7,7 @@ import type { LeaderJob } from '../coord/leader.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
 import type { Store } from '../store/index.ts';
 import type { Fence } from '../store/fence.ts';
+import type { StatLevel } from '../store/series.ts';
 import { SCHEDULE_HISTORY, type BatchResult, type ExpiringRows, type TaskCursor } from '../store/retention.ts';
 
 const DAY_MS = 86_400_000;
@@ -37,13 +38,25 @@ function finishedTasks(store: Store, days: number): Category {
   };
 }
 
-/** Rows of a table that go by one time column (schedule history; a series table later). */
+/** Rows of a table that go by one time column (schedule history). */
 function expiring(store: Store, spec: ExpiringRows, days: number): Category {
   return {
     name: spec.kind,
     days,
     pass: () => async (cutoff, limit, fence) => {
       const result = await store.retention.deleteExpired(spec, cutoff, limit, fence);
+      return { result, done: result.maxRows < limit };
+    },
+  };
+}
+
+/** Recorded machine stats of one level (raw samples, minutes, hours), by their time, in no order. */
+function statSamples(store: Store, level: StatLevel, days: number): Category {
+  return {
+    name: `stats_${level}`,
+    days,
+    pass: () => async (cutoff, limit, fence) => {
+      const result = await store.series.deleteExpired(level, cutoff, limit, fence);
       return { result, done: result.maxRows < limit };
     },
   };
@@ -56,8 +69,8 @@ function expiring(store: Store, spec: ExpiringRows, days: number): Category {
  * of at most `batch` rows, each its own fenced transaction, with `pauseMs` between them. A
  * pass stops between batches when leadership is lost (or the replica stops); the next
  * leader's pass starts over and finds what is left. Tasks go before schedules, so a
- * schedule whose last tasks go in a pass can go in the same pass. A later table of recorded
- * series is one more `expiring(...)` entry here, with its own period.
+ * schedule whose last tasks go in a pass can go in the same pass. Recorded machine stats go
+ * last, each level (raw, minutes, hours) by its own period.
  */
 export function retentionJob(o: {
   store: Store;
@@ -67,7 +80,13 @@ export function retentionJob(o: {
   log: Logger;
 }): LeaderJob {
   const { store, clock, settings, metrics, log } = o;
-  const categories: Category[] = [finishedTasks(store, settings.tasksDays), expiring(store, SCHEDULE_HISTORY, settings.schedulesDays)];
+  const categories: Category[] = [
+    finishedTasks(store, settings.tasksDays),
+    expiring(store, SCHEDULE_HISTORY, settings.schedulesDays),
+    statSamples(store, 'raw', settings.statsRawDays),
+    statSamples(store, '1m', settings.statsMinuteDays),
+    statSamples(store, '1h', settings.statsHourDays),
+  ];
   return {
     name: 'retention',
     everyMs: settings.intervalS * 1000,

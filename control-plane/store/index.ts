@@ -20,6 +20,8 @@ import { AutoscaleStore } from './autoscale.ts';
 import { QuotasStore } from './quotas.ts';
 import { GaugesStore } from './gauges.ts';
 import { RetentionStore } from './retention.ts';
+import { SeriesStore } from './series.ts';
+import { WorkersStore } from './workers.ts';
 
 export type { Db } from './db.ts';
 
@@ -44,6 +46,10 @@ export class Store {
   readonly gauges: GaugesStore;
   /** Deleting finished, old rows in bounded batches (the leader's retention job). */
   readonly retention: RetentionStore;
+  /** Recorded machine stats: raw samples, roll-ups, the workers API's reads. */
+  readonly series: SeriesStore;
+  /** The workers registry as the workers API shows it, and third-party workers' registrations. */
+  readonly workers: WorkersStore;
 
   constructor(
     readonly db: Db,
@@ -65,6 +71,8 @@ export class Store {
     this.autoscale = new AutoscaleStore(ctx);
     this.gauges = new GaugesStore(ctx);
     this.retention = new RetentionStore(ctx);
+    this.series = new SeriesStore(ctx);
+    this.workers = new WorkersStore(ctx);
   }
 
   close(): Promise<void> {
