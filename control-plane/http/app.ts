@@ -13,6 +13,7 @@ import { clustersRouter } from './routes/clusters.ts';
 import { codesRouter } from './routes/codes.ts';
 import { schedulesRouter } from './routes/schedules.ts';
 import { tasksRouter } from './routes/tasks.ts';
+import { workersRouter } from './routes/workers.ts';
 import { ROUTER_OPTIONS, type ApiDeps, type ApiState } from './state.ts';
 
 /**
@@ -142,5 +143,6 @@ export function apiRouters(deps: ApiDeps): Router<ApiState>[] {
   });
   for (const r of [codesRouter(), tasksRouter(), schedulesRouter()]) v2.use(r.routes());
   v2.use(clustersRouter().routes());
+  v2.use(workersRouter().routes());
   return [root, v2];
 }

@@ -4,9 +4,10 @@ import type { Endpoint } from './endpoint.ts';
 import { scheduleEndpoints } from './schedules.ts';
 import { systemEndpoints } from './system.ts';
 import { taskEndpoints } from './tasks.ts';
+import { workerEndpoints } from './workers.ts';
 
 /** Every endpoint the control plane serves, in the document's order. */
-export const ENDPOINTS: readonly Endpoint[] = [...systemEndpoints, ...codeEndpoints, ...taskEndpoints, ...scheduleEndpoints, ...clusterEndpoints];
+export const ENDPOINTS: readonly Endpoint[] = [...systemEndpoints, ...codeEndpoints, ...taskEndpoints, ...scheduleEndpoints, ...clusterEndpoints, ...workerEndpoints];
 
 /** The endpoint with this operationId (throws for an unknown one: a typo in a router). */
 export function ep(id: string): Endpoint {

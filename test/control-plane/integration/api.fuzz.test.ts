@@ -26,8 +26,12 @@ const RUNS = Number(process.env.GANTRY_FUZZ_RUNS ?? 15);
 const ROUNDS = Number(process.env.GANTRY_FUZZ_ROUNDS ?? 4);
 const REPLAY = process.env.GANTRY_FUZZ_REPLAY?.split(':');
 
-/** Operations no request can get accepted: tokens are never shown again; no cluster here has instances to terminate. */
-const NEVER_ACCEPTED = new Set(['getClusterToken', 'terminateClusterInstances', 'unrouted']);
+/**
+ * Operations no request can get accepted: tokens are never shown again; no cluster here has
+ * instances to terminate; a third-party worker's writes take a cluster's runner token, which
+ * the fuzzer's users never hold (api.workers.test.ts sends them with one).
+ */
+const NEVER_ACCEPTED = new Set(['getClusterToken', 'terminateClusterInstances', 'unrouted', 'registerWorker', 'reportWorkerStatus', 'unregisterWorker']);
 
 /** Inputs the run must have sent (by kind), so a change to the generators cannot quietly drop one. */
 const REQUIRED_KINDS = [
