@@ -3,7 +3,8 @@
 -- counted, of the requested metrics. Each table is read over its own time range (the caller
 -- picks them: hours for the old part, minutes, then raw samples for the part not yet rolled
 -- up); an empty range reads nothing. Series are found by cluster first, so a user reads only
--- runners of clusters they may see.
+-- runners of clusters they may see; each series' rows are then read by its primary key
+-- (LATERAL: the generic plan cannot know how few series there are, and would scan).
 --
 -- Parameters:
 --   $1 clusters   text[]
@@ -24,13 +25,13 @@ WITH pos AS (
     AND s.metrics[k.i] = ANY($3::text[])
 ), v AS (
   SELECT p.runner_id, p.metric, p.variant, r.ts, 1 AS n, r.vals[p.i] AS a, r.vals[p.i] AS mn, r.vals[p.i] AS mx, r.vals[p.i] AS l
-  FROM pos p JOIN runner_stats_raw r ON r.series_id = p.series_id AND r.ts >= $6 AND r.ts < $7
+  FROM pos p, LATERAL (SELECT ts, vals FROM runner_stats_raw WHERE series_id = p.series_id AND ts >= $6 AND ts < $7) r
   UNION ALL
   SELECT p.runner_id, p.metric, p.variant, r.ts, r.n, r.avg[p.i], r.min[p.i], r.max[p.i], r.last[p.i]
-  FROM pos p JOIN runner_stats_1m r ON r.series_id = p.series_id AND r.ts >= $8 AND r.ts < $9
+  FROM pos p, LATERAL (SELECT ts, n, avg, min, max, last FROM runner_stats_1m WHERE series_id = p.series_id AND ts >= $8 AND ts < $9) r
   UNION ALL
   SELECT p.runner_id, p.metric, p.variant, r.ts, r.n, r.avg[p.i], r.min[p.i], r.max[p.i], r.last[p.i]
-  FROM pos p JOIN runner_stats_1h r ON r.series_id = p.series_id AND r.ts >= $10 AND r.ts < $11
+  FROM pos p, LATERAL (SELECT ts, n, avg, min, max, last FROM runner_stats_1h WHERE series_id = p.series_id AND ts >= $10 AND ts < $11) r
 )
 SELECT runner_id, metric, CASE WHEN $4::boolean THEN variant ELSE '' END AS variant,
   (floor(extract(epoch FROM ts) / $5::int) * $5::int)::bigint AS d,

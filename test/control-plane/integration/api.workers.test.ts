@@ -3,9 +3,16 @@
 // the 1-minute and 1-hour roll-ups and their retention are checked in virtual time (the
 // control plane's clock is a ManualClock; the runners beat in real time). Then every
 // endpoint's fields, limits and errors, with a third-party worker that registers with its
-// cluster's runner token, reports, times out and unregisters.
+// cluster's runner token, reports, times out and unregisters. Last, two replicas on one
+// PostgreSQL (with etcd), each recording its own runner, each reading both.
 import t from 'tap';
-import { ManualClock } from '../../../lib/clock.ts';
+import { ManualClock, systemClock } from '../../../lib/clock.ts';
+import { newId } from '../../../lib/ids.ts';
+import { loadConfig } from '../../../control-plane/config.ts';
+import { startControlPlane, type ControlPlane } from '../../../control-plane/start.ts';
+import { openStore } from '../../../control-plane/store/index.ts';
+import { loadRunnerConfig } from '../../../runner/config.ts';
+import { startRunner } from '../../../runner/start.ts';
 import { silentLogger } from '../../../lib/logger.ts';
 import { ControlPlaneMetrics } from '../../../control-plane/metrics.ts';
 import { retentionJob } from '../../../control-plane/scheduler/retention.ts';
@@ -14,7 +21,9 @@ import { planRanges } from '../../../control-plane/series/read-plan.ts';
 import type { Fence } from '../../../control-plane/store/fence.ts';
 import { startTestApi, type TestApi } from '../../helpers/api.ts';
 import { isError } from '../../helpers/assert.ts';
-import { ENGINES } from '../../helpers/db.ts';
+import { ENGINES, freshPgDatabase, tempDir } from '../../helpers/db.ts';
+import { etcdPrefix } from '../../helpers/etcd.ts';
+import { etcdEndpoint } from '../../helpers/services.ts';
 import { spawnRunnerProcess } from '../../helpers/faults.ts';
 import { until } from '../../helpers/runner.ts';
 
@@ -322,4 +331,62 @@ t.test('the read plan: the coarsest table no coarser than the interval that hold
   t.same([ms(byHour.h), ms(byHour.m), ms(byHour.raw)], [[-7 * DAY, -HOUR], [-HOUR, -2 * MIN], [-2 * MIN, 0]], 'hours, then minutes, then raw');
   const fine = plan(3 * DAY, 10);
   t.same([ms(fine.m), ms(fine.raw), ms(fine.h)], [[-3 * DAY, -2 * DAY], [-2 * DAY, 0], [0, 0]], 'raw samples where kept, minutes before');
+});
+
+t.test('several replicas on one PostgreSQL: each records its own runners; every replica reads them all', async (t) => {
+  const dbUrl = await freshPgDatabase(t);
+  const prefix = etcdPrefix(t);
+  const open = () =>
+    openStore({ databaseUrl: dbUrl, dataDir: tempDir(t), pgPoolMax: 4, pgConnectTimeoutMs: 3000, pgQueryTimeoutMs: 15000 }, silentLogger(), systemClock, newId);
+  const setup = await open();
+  t.teardown(() => setup.close());
+  const user = await setup.accounts.createUser(`ha-workers-${Date.now()}@example.com`);
+  const { token } = await setup.accounts.createToken(user.id, 'ha');
+  const { cluster, token: ctoken } = await setup.clusters.create('ha-fleet', { userId: user.id });
+  const replica = async (name: string): Promise<ControlPlane> => {
+    const store = await open();
+    const config = loadConfig({
+      GANTRY_PORT: '0', GANTRY_GRPC_PORT: '0', GANTRY_LOCAL_RUNNERS: '0', DATABASE_URL: dbUrl, ETCD_ENDPOINTS: etcdEndpoint(), GANTRY_ETCD_PREFIX: prefix,
+      GANTRY_SERVER_ID: name, GANTRY_BEAT_INTERVAL_MS: '200', GANTRY_STATS_INTERVAL_S: '1', LOG_LEVEL: 'silent',
+    });
+    const cp = await startControlPlane(config, silentLogger(), { store, scheduler: false });
+    t.teardown(async () => {
+      await cp.stop();
+      await store.close();
+    });
+    return cp;
+  };
+  const [a, b] = [await replica('cp-a'), await replica('cp-b')];
+  const runnerOn = async (cp: ControlPlane) => {
+    const r = await startRunner(
+      loadRunnerConfig({
+        GANTRY_CONTROL_PLANE: `127.0.0.1:${cp.grpcPort}`, GANTRY_CLUSTER_ID: cluster.id, GANTRY_CLUSTER_TOKEN: ctoken, GANTRY_RUNNER_WORK_DIR: tempDir(t, 'gantry-runner-'),
+        GANTRY_RUNNER_SLOTS: '2', GANTRY_RUNNER_EXECUTOR: 'noop', GANTRY_RUNNER_HEALTH_PORT: '-1', LOG_LEVEL: 'silent',
+      }),
+      silentLogger(),
+    );
+    t.teardown(() => r.stop());
+    return r;
+  };
+  const [ra, rb] = [await runnerOn(a), await runnerOn(b)];
+  const post = async (cp: ControlPlane, path: string, json: unknown) => {
+    const res = await fetch(`${cp.url}/2/workers.${path}`, { method: 'POST', headers: { Authorization: `OAuth ${token}`, 'Content-Type': 'application/json' }, body: JSON.stringify(json) });
+    return (await res.json()) as any;
+  };
+  // Real time here: 1 s windows; each replica writes its own runner's samples.
+  await until('samples of both runners, written by their replicas', async () => {
+    await Promise.all([a.stats.flush(), b.stats.flush()]);
+    const r = await setup.db.query<{ runner_id: string }>('SELECT DISTINCT s.runner_id FROM runner_stats_raw r JOIN runner_stat_series s ON s.id = r.series_id');
+    return r.rows.length === 2;
+  }, 20000);
+  const all = await post(b, 'get_all', {});
+  t.same(
+    all.workers.map((w: { id: string; replica: string }) => [w.id, w.replica]).sort(),
+    [[ra.agent.runnerId, 'cp-a'], [rb.agent.runnerId, 'cp-b']].sort(),
+    'each runner with the replica holding its session, read from either',
+  );
+  const now = Math.floor(Date.now() / 1000);
+  const stats = await post(a, 'get_stats', { from_date: now - 60, to_date: now + 60, interval: 120, items: [{ key: 'slots_total', category: 'max' }] });
+  t.same(stats.workers.map((w: { worker: string }) => w.worker).sort(), [ra.agent.runnerId, rb.agent.runnerId].sort(), "replica A reads B's runner's samples too");
+  t.ok(stats.workers.every((w: { metrics: { stats: { values: number[] }[] }[] }) => w.metrics[0]!.stats[0]!.values[0] === 2), 'slots_total as each runner says');
 });
