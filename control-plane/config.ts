@@ -125,6 +125,10 @@ export interface ControlPlaneConfig {
   readonly retention: Readonly<RetentionSettings>;
   /** How often the leader records the queue's load (README, "Queue load"); 0: not recorded. */
   readonly queueLoadIntervalS: number;
+  /** Runners' machine stats are recorded at most once per runner per this many seconds (README, "Fleet stats"). */
+  readonly statsIntervalS: number;
+  /** Users (by email, lower case) who see operator clusters' workers through the workers API. */
+  readonly operators: readonly string[];
 }
 
 /** Retention periods (0: keep for ever) and the pace of the leader's retention passes. */
@@ -143,6 +147,10 @@ export interface RetentionSettings {
   queueLoadDays: number;
   /** Its hourly roll-up, days after the hour. */
   queueLoadHourlyDays: number;
+  /** Recorded machine stats: raw samples, 1-minute and 1-hour roll-ups, kept this many days. */
+  statsRawDays: number;
+  statsMinuteDays: number;
+  statsHourDays: number;
 }
 
 /** Per-user limits, counted across all of the user's projects. */
@@ -282,6 +290,9 @@ function parseRetention(e: EnvReader): RetentionSettings {
     intervalS: e.int('GANTRY_RETENTION_INTERVAL_S', 3600, { min: 1, max: 604_800 }),
     queueLoadDays: e.int('GANTRY_RETENTION_QUEUE_LOAD_DAYS', 30, { min: 0, max: 36500 }),
     queueLoadHourlyDays: e.int('GANTRY_RETENTION_QUEUE_LOAD_HOURLY_DAYS', 365, { min: 0, max: 36500 }),
+    statsRawDays: e.int('GANTRY_RETENTION_STATS_RAW_DAYS', 2, { min: 0, max: 36500 }),
+    statsMinuteDays: e.int('GANTRY_RETENTION_STATS_1M_DAYS', 30, { min: 0, max: 36500 }),
+    statsHourDays: e.int('GANTRY_RETENTION_STATS_1H_DAYS', 365, { min: 0, max: 36500 }),
   });
 }
 
@@ -388,6 +399,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     ...parseMetricsListen(e, port),
     retention: parseRetention(e),
     queueLoadIntervalS: e.int('GANTRY_QUEUE_LOAD_INTERVAL_S', 60, { min: 0, max: 3600 }),
+    statsIntervalS: e.int('GANTRY_STATS_INTERVAL_S', 10, { min: 1, max: 3600 }),
+    operators: Object.freeze(
+      (e.str('GANTRY_OPERATORS') ?? '')
+        .split(',')
+        .map((x) => x.trim().toLowerCase())
+        .filter((x) => x !== ''),
+    ),
   });
 }
 

@@ -18,6 +18,8 @@ import { promotionJob, scheduleJob } from './scheduler/schedule-loop.ts';
 import { slotReconcilerJob } from './scheduler/slot-reconciler.ts';
 import { retentionJob } from './scheduler/retention.ts';
 import { queueLoadJob } from './scheduler/queue-load.ts';
+import { StatsRecorder } from './series/recorder.ts';
+import { rollupJob } from './series/rollup.ts';
 import { openStore, type Store } from './store/index.ts';
 import { createCoordinator } from './coord/index.ts';
 import { loadSecretBox } from '../lib/secretbox.ts';
@@ -38,6 +40,8 @@ export interface ControlPlane {
   /** The autoscaler, with its providers (the host's local runner processes, EC2). */
   readonly autoscaler: Autoscaler;
   readonly metrics: ControlPlaneMetrics;
+  /** This replica's buffer of recorded machine stats (flush() writes it now). */
+  readonly stats: StatsRecorder;
   /** Base URL of the separate `/metrics` listener (GANTRY_METRICS_PORT), if there is one. */
   readonly metricsUrl: string | undefined;
   /** `running` once started; `draining` from the first moment of stop; then `stopped` (or `failed` if a release failed). */
@@ -86,6 +90,11 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
         loadSecretBox({ keys: config.secretKeys, dataDir: config.dataDir, shared: Boolean(config.databaseUrl), warn: (m, f) => log.warn(f, m) }),
       );
     }
+    // Machine stats recorded from beats (and third-party workers' reports): released just
+    // before the store, after the gateway and the API, so the last samples are written.
+    const stats = new StatsRecorder({ series: store.series, clock, intervalS: config.statsIntervalS, log: log.child({ component: 'stats' }) });
+    stats.start();
+    releases.add('stats recorder', () => stats.stop());
     const metrics = new ControlPlaneMetrics();
     const coord = o.coordinator ?? createCoordinator(config, log.child({ component: 'coord' }));
     const dispatcher = new Dispatcher<RunnerSession>(store, config, log.child({ component: 'dispatch' }), coord, clock, metrics);
@@ -122,6 +131,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
       coordPing: () => coord.ping(),
       draining: () => state !== 'running',
       hub,
+      stats,
     });
     const api = createApiServer(app.callback(), {
       ...(config.tls ? { tls: config.tls } : {}),
@@ -151,7 +161,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
       releases.add('metrics listener', () => ms.close());
       metricsUrl = ms.url;
     }
-    const gateway = await startGateway({ store, config, dispatcher, hub, clock, metrics, log });
+    const gateway = await startGateway({ store, config, dispatcher, hub, clock, metrics, log, stats });
     let gatewayStopped: Promise<void> | undefined;
     const stopGateway = () => (gatewayStopped ??= gateway.stop());
     releases.add('runner gateway', stopGateway);
@@ -194,6 +204,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
         ...(config.queueLoadIntervalS > 0
           ? [queueLoadJob({ store, clock, intervalS: config.queueLoadIntervalS, aliveMs: config.timers.sessionDeadAfterMs, log: log.child({ component: 'queue-load' }) })]
           : []),
+        rollupJob({ store, clock, statsIntervalS: config.statsIntervalS, log: log.child({ component: 'stats' }) }),
         { name: 'autoscaler', everyMs: autoscaler.everyMs, tick: (fence, signal) => autoscaler.tick(store.autoscale.fleet(fence), signal) },
       ];
       const work = runLeaderWork(coord, jobs, log.child({ component: 'leader' }));
@@ -217,6 +228,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
       coord,
       autoscaler,
       metrics,
+      stats,
       metricsUrl,
       get state() {
         return state;

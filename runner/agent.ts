@@ -257,7 +257,8 @@ export class RunnerAgent {
         hostname: os.hostname(),
         capacity: { slots: this.slots, memoryMb: this.slots * this.taskMemoryMb },
         inFlight: [...this.ledger.values()].map((e) => this.leaseState(e)),
-        labels: {},
+        // The runner's labels (GANTRY_RUNNER_LABELS, also put on its containers): its tags in the workers API.
+        labels: { ...this.config.containerLabels },
         instanceId: this.config.instanceId,
       },
     });
@@ -465,7 +466,13 @@ export class RunnerAgent {
         leases: [...this.ledger.values()]
           .filter((e) => !e.aborted && !e.result)
           .map((e) => ({ leaseId: e.offer.leaseId, attempt: e.offer.attempt, phase: e.phase, logBytesWritten: this.shipper.bytesWritten(e.offer.leaseId) })),
-        stats: this.stats.current(this.busy(), this.busy(), this.slots),
+        stats: this.stats.current(
+          this.busy(),
+          this.busy(),
+          this.slots,
+          // Slots are numbered in the order their leases were accepted.
+          [...this.occupied].map((leaseId, slot) => ({ slot, leaseId, taskId: this.ledger.get(leaseId)?.offer.taskId ?? '' })),
+        ),
       },
     });
     this.sendCredit();

@@ -16,6 +16,7 @@ import {
 import type { ControlPlaneConfig } from '../config.ts';
 import type { Dispatcher } from '../dispatch/dispatcher.ts';
 import type { RunnerHub } from '../dispatch/hub.ts';
+import type { StatsRecorder } from '../series/recorder.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
 import type { Store } from '../store/index.ts';
 import { handleLogStream } from './logs.ts';
@@ -40,6 +41,8 @@ interface Deps {
   hub: RunnerHub<RunnerSession>;
   metrics: ControlPlaneMetrics;
   clock: Clock;
+  /** Where beats' machine stats are recorded. */
+  stats: StatsRecorder;
   /** The program's logger, bound to no component (the gateway binds its parts'). */
   log: Logger;
 }
@@ -85,6 +88,7 @@ export async function startGateway(d: Deps): Promise<Gateway> {
     log: d.log.child({ component: 'session' }),
     clock,
     hub,
+    stats: d.stats,
   };
 
   server.addService(RunnerGatewayService, {

@@ -27,6 +27,7 @@ import type { Completion } from '../store/outcomes.ts';
 import type { RunnerHub } from '../dispatch/hub.ts';
 import type { OfferTarget } from '../dispatch/offer-target.ts';
 import type { RunnerSerial } from './serial.ts';
+import type { StatsRecorder } from '../series/recorder.ts';
 
 export type SessionState = 'handshake' | 'open' | 'draining' | 'closed';
 
@@ -43,6 +44,8 @@ export interface SessionDeps {
   hub: RunnerHub<RunnerSession>;
   /** Clusters' container policies, read once per beat interval for all sessions of a cluster. */
   policies: ClusterPolicyCache;
+  /** Records the machine stats of every beat (O(1) per beat; written in batches). */
+  stats: StatsRecorder;
 }
 
 const OUTCOMES: Record<number, Completion['outcome']> = {
@@ -447,6 +450,7 @@ export class RunnerSession implements OfferTarget {
       }
       case 'beat': {
         const b = fr.value;
+        this.deps.stats.observe(runner.id, this.clusterId, b.stats);
         const drain = await store.runners.beat(runner.id, b.stats);
         // An operator asked for a drain (gantry runner drain): told once, on this stream.
         if (drain && this.state === 'open') {
@@ -551,11 +555,15 @@ export class RunnerSession implements OfferTarget {
         instanceId: h.instanceId,
         slots: h.capacity?.slots ?? 0,
         memoryMb: h.capacity?.memoryMb ?? 0,
+        address: peerAddress(this.call.getPeer()),
+        tags: Object.entries(h.labels)
+          .slice(0, 64)
+          .map(([k, v]) => storableText(v ? `${k}=${v}` : k, 256)),
       },
       this.sessionId,
       config.serverId,
     );
-    if (!row) return this.close(`runner id ${h.runnerId} belongs to another cluster`, true);
+    if (!row) return this.close(`runner id ${h.runnerId} belongs to another cluster or a third-party worker`, true);
     this.runner = { id: row.id, epoch: Number(row.sessionEpoch), cluster: cluster.name };
     // A penalty earned on an earlier session (on any replica) still holds.
     this.penaltyMs = Number(row.penaltyMs) || 0;
@@ -677,12 +685,19 @@ export class RunnerSession implements OfferTarget {
     }
     if (wasOpen && this.runner) {
       this.deps.hub.sessionClosed(this);
+      this.deps.stats.forget(this.runner.id);
       void this.deps.store.runners.disconnect(this.runner.id, this.sessionId).catch(() => undefined);
       this.log.info({ runnerId: this.runner.id, why }, 'runner session closed');
     } else {
       this.log.debug({ why }, 'runner stream closed before handshake');
     }
   }
+}
+
+/** The runner's address from gRPC's peer ("ipv4:10.0.0.5:51234", "ipv6:[::1]:5000"), without the port. */
+function peerAddress(peer: string): string {
+  const m = /^(?:ipv4:|ipv6:)?\[?([^\]]*?)\]?:\d+$/.exec(peer);
+  return storableText(m ? m[1]! : peer, 128);
 }
 
 /** The policy as the Offer's ContainerPolicy message carries it (empty user: the image's own). */

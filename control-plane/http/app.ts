@@ -15,6 +15,7 @@ import { executionsRouter } from './routes/executions.ts';
 import { schedulesRouter } from './routes/schedules.ts';
 import { queueRouter } from './routes/queue.ts';
 import { tasksRouter } from './routes/tasks.ts';
+import { workersRouter } from './routes/workers.ts';
 import { ROUTER_OPTIONS, type ApiDeps, type ApiState } from './state.ts';
 import { settledWithin } from '../../lib/deadline.ts';
 import { presentFarm } from './present.ts';
@@ -178,5 +179,6 @@ export function apiRouters(deps: ApiDeps): Router<ApiState>[] {
   });
   for (const r of [codesRouter(), tasksRouter(), executionsRouter(), schedulesRouter(), queueRouter()]) v2.use(r.routes());
   v2.use(clustersRouter().routes());
+  v2.use(workersRouter().routes());
   return [root, v2];
 }

@@ -4,6 +4,7 @@ import type { ControlPlaneConfig } from '../config.ts';
 import type { Store } from '../store/index.ts';
 import type { RunnerHub } from '../dispatch/hub.ts';
 import type { CoordStatus } from '../coord/types.ts';
+import type { StatsRecorder } from '../series/recorder.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
 
 /** What the API asks of dispatch. */
@@ -25,6 +26,8 @@ export interface ApiDeps {
   readonly draining?: () => boolean;
   /** Prometheus metrics: served at /metrics, and counting requests. */
   readonly metrics?: ControlPlaneMetrics;
+  /** Records third-party workers' machine stats (workers.status_report) with the runners'. */
+  readonly stats?: StatsRecorder;
 }
 
 export interface ApiState {
@@ -32,6 +35,8 @@ export interface ApiState {
   reqId: string;
   log: Logger;
   userId?: string;
+  /** The cluster whose runner token authenticated the request (third-party workers). */
+  clusterId?: string;
   projectId?: string;
   /** The query string, validated and normalized against the endpoint's schema (schema/endpoint.ts). */
   query?: Record<string, unknown>;

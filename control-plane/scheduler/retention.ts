@@ -7,6 +7,7 @@ import type { LeaderJob } from '../coord/leader.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
 import type { Store } from '../store/index.ts';
 import type { Fence } from '../store/fence.ts';
+import type { StatLevel } from '../store/series.ts';
 import { QUEUE_LOAD_HOURLY, QUEUE_LOAD_SERIES, SCHEDULE_HISTORY, type BatchResult, type ExpiringRows, type TaskCursor } from '../store/retention.ts';
 
 const DAY_MS = 86_400_000;
@@ -49,6 +50,18 @@ function expiring(store: Store, spec: ExpiringRows, days: number): Category {
   };
 }
 
+/** Recorded machine stats of one level (raw samples, minutes, hours), by their time, in no order. */
+function statSamples(store: Store, level: StatLevel, days: number): Category {
+  return {
+    name: `stats_${level}`,
+    days,
+    pass: () => async (cutoff, limit, fence) => {
+      const result = await store.series.deleteExpired(level, cutoff, limit, fence);
+      return { result, done: result.maxRows < limit };
+    },
+  };
+}
+
 /**
  * Retention (leader work): every `intervalS` a pass deletes what is finished and older than
  * its period — finished tasks with their logs and leases (a retry chain whole, once all of
@@ -57,7 +70,8 @@ function expiring(store: Store, spec: ExpiringRows, days: number): Category {
  * pass stops between batches when leadership is lost (or the replica stops); the next
  * leader's pass starts over and finds what is left. Tasks go before schedules, so a
  * schedule whose last tasks go in a pass can go in the same pass. The recorded queue load
- * follows: its per-interval rows, then its hourly roll-up, each with its own period.
+ * follows: its per-interval rows, then its hourly roll-up, each with its own period. Recorded
+ * machine stats go last, each level (raw, minutes, hours) by its own period.
  */
 export function retentionJob(o: {
   store: Store;
@@ -72,6 +86,9 @@ export function retentionJob(o: {
     expiring(store, SCHEDULE_HISTORY, settings.schedulesDays),
     ...QUEUE_LOAD_SERIES.map((spec) => expiring(store, spec, settings.queueLoadDays)),
     ...QUEUE_LOAD_HOURLY.map((spec) => expiring(store, spec, settings.queueLoadHourlyDays)),
+    statSamples(store, 'raw', settings.statsRawDays),
+    statSamples(store, '1m', settings.statsMinuteDays),
+    statSamples(store, '1h', settings.statsHourDays),
   ];
   return {
     name: 'retention',

@@ -24,6 +24,8 @@ import { GaugesStore } from './gauges.ts';
 import { RetentionStore } from './retention.ts';
 import { QueueLoadStore } from './queue-load.ts';
 import { RequeueStore } from './requeue.ts';
+import { SeriesStore } from './series.ts';
+import { WorkersStore } from './workers.ts';
 
 export type { Db } from './db.ts';
 
@@ -54,6 +56,10 @@ export class Store {
   readonly queueLoad: QueueLoadStore;
   /** Requeueing finished tasks in bulk, as linked new tasks. */
   readonly requeue: RequeueStore;
+  /** Recorded machine stats: raw samples, roll-ups, the workers API's reads. */
+  readonly series: SeriesStore;
+  /** The workers registry as the workers API shows it, and third-party workers' registrations. */
+  readonly workers: WorkersStore;
 
   constructor(
     readonly db: Db,
@@ -79,6 +85,8 @@ export class Store {
     this.retention = new RetentionStore(ctx);
     this.queueLoad = new QueueLoadStore(ctx);
     this.requeue = new RequeueStore(ctx, this.quotas);
+    this.series = new SeriesStore(ctx);
+    this.workers = new WorkersStore(ctx);
   }
 
   close(): Promise<void> {

@@ -36,8 +36,8 @@ export interface TaskBatch extends BatchResult {
 
 /**
  * A table whose old rows go by one time column, `where` saying which rows may go at all:
- * schedule history today; a table of recorded series later is one more of these (its kind,
- * table, key, time column and `true`), and one entry in the retention job's list.
+ * schedule history. (Recorded machine stats, with no single-column key and too many rows to
+ * read in time order, go by SeriesStore.deleteExpired.)
  */
 export interface ExpiringRows {
   /** The metric label and the log's name for these rows. */

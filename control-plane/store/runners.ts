@@ -113,6 +113,10 @@ export interface RunnerHello {
   instanceId: string;
   slots: number;
   memoryMb: number;
+  /** Where its stream came from (the gRPC peer, without the port). */
+  address?: string;
+  /** Its labels, as `key=value` tags. */
+  tags?: string[];
 }
 
 /** The runner registry: sessions, their epochs, and what runners last reported. */
@@ -122,22 +126,23 @@ export class RunnersStore {
   /**
    * A runner opened a session: bumps its epoch (recorded on the leases the session is
    * granted or keeps) and records it as connected to `serverId`. Refused (undefined) when the
-   * runner id belongs to another cluster.
+   * runner id belongs to another cluster or to a third-party worker.
    */
   async connect(h: RunnerHello, sessionId: string, serverId: string): Promise<Runner | undefined> {
     const now = this.c.clock.now();
     const r = await this.c.db.query<RunnerRow>(
       `INSERT INTO runners (id, cluster_id, session_epoch, session_id, server_id, boot_id, hostname, agent_version,
-         docker_version, instance_id, slots, memory_mb, connected, draining, connected_at, last_beat_at, created_at)
-       VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, $9, $10, $11, true, false, $12, $12, $12)
+         docker_version, instance_id, slots, memory_mb, connected, draining, connected_at, last_beat_at, created_at, address, tags)
+       VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, $9, $10, $11, true, false, $12, $12, $12, $13, $14)
        ON CONFLICT (id) DO UPDATE SET session_epoch = runners.session_epoch + 1, session_id = $3, server_id = $4,
          boot_id = $5, hostname = $6, agent_version = $7, docker_version = $8, instance_id = $9, slots = $10,
          memory_mb = $11, connected = true, draining = false, connected_at = $12, last_beat_at = $12, disconnected_at = NULL,
-         drain_requested_at = NULL, drain_mode = NULL, drain_timeout_s = NULL
-         WHERE runners.cluster_id = $2
+         drain_requested_at = NULL, drain_mode = NULL, drain_timeout_s = NULL, address = $13, tags = $14
+         -- a third-party worker's id (workers.register) is not a runner's to take
+         WHERE runners.cluster_id = $2 AND NOT runners.external
        RETURNING *`,
       [h.runnerId, h.clusterId, sessionId, serverId, h.bootId, h.hostname, h.agentVersion, h.dockerVersion,
-        h.instanceId || null, h.slots, h.memoryMb, now],
+        h.instanceId || null, h.slots, h.memoryMb, now, h.address ?? null, h.tags ?? []],
     );
     return r.rows[0] && toRunner(r.rows[0]);
   }

@@ -19,8 +19,11 @@ export interface Endpoint {
   readonly summary: string;
   readonly description?: string;
   readonly tag: string;
-  /** `user`: any valid token; `project`: a token of the project's owner; `none`: no token. */
-  readonly auth: 'none' | 'user' | 'project';
+  /**
+   * `user`: any valid token; `project`: a token of the project's owner; `runner`: a
+   * cluster's id and runner token (third-party workers); `none`: no token.
+   */
+  readonly auth: 'none' | 'user' | 'project' | 'runner';
   /** Path parameters (documented; an id that names nothing answers 404, as IronWorker does). */
   readonly params?: Record<string, TSchema>;
   readonly query?: TSchema;

@@ -6,6 +6,7 @@ import { queueEndpoints } from './queue.ts';
 import { scheduleEndpoints } from './schedules.ts';
 import { systemEndpoints } from './system.ts';
 import { taskEndpoints } from './tasks.ts';
+import { workerEndpoints } from './workers.ts';
 
 /** Every endpoint the control plane serves, in the document's order. */
 export const ENDPOINTS: readonly Endpoint[] = [
@@ -16,6 +17,7 @@ export const ENDPOINTS: readonly Endpoint[] = [
   ...scheduleEndpoints,
   ...queueEndpoints,
   ...clusterEndpoints,
+  ...workerEndpoints,
 ];
 
 /** The endpoint with this operationId (throws for an unknown one: a typo in a router). */

@@ -64,6 +64,11 @@ export function Str<N extends boolean | undefined = undefined>(
   });
 }
 
+/** A number (not only an integer) from `min` to `max`. */
+export function Num(min: number, max: number, o: Hints = {}) {
+  return Type.Unsafe<number>({ type: 'number', minimum: min, maximum: max, 'x-describe': `a number from ${min} to ${max}`, ...hints(o) });
+}
+
 export function Bool<N extends boolean | undefined = undefined>(o: Hints & { nullable?: N } = {}) {
   return Type.Unsafe<Nullable<boolean, N>>({ type: o.nullable ? ['boolean', 'null'] : 'boolean', 'x-describe': 'true or false', ...hints(o) });
 }

@@ -71,7 +71,12 @@ function responses(e: Endpoint): Json {
   return out;
 }
 
-const SECURITY = { none: [], user: [{ oauthHeader: [] }, { oauthQuery: [] }], project: [{ oauthHeader: [] }, { oauthQuery: [] }] };
+const SECURITY = {
+  none: [],
+  user: [{ oauthHeader: [] }, { oauthQuery: [] }],
+  project: [{ oauthHeader: [] }, { oauthQuery: [] }],
+  runner: [{ runnerToken: [], clusterId: [] }],
+};
 
 const PACKAGE_VERSION = (JSON.parse(fs.readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -109,12 +114,15 @@ export function openApiDocument(version = PACKAGE_VERSION): Json {
       { name: 'schedules', description: 'Schedules that queue tasks over time' },
       { name: 'queue', description: 'Queue services: the recorded queue load, the queue now, queueing and requeueing jobs (tasks)' },
       { name: 'clusters', description: 'Clusters of runners, with their autoscaling and container settings' },
+      { name: 'workers', description: "The fleet: runners and third-party workers, their machine stats over time (ClearML's workers service)" },
       { name: 'operations', description: 'Health, readiness, metrics and this document' },
     ],
     components: {
       securitySchemes: {
         oauthHeader: { type: 'apiKey', in: 'header', name: 'Authorization', description: 'the value "OAuth <token>"' },
         oauthQuery: { type: 'apiKey', in: 'query', name: 'oauth' },
+        runnerToken: { type: 'apiKey', in: 'header', name: 'Authorization', description: 'the value "Bearer <cluster runner token>" (a third-party worker reporting into its cluster)' },
+        clusterId: { type: 'apiKey', in: 'header', name: 'X-Gantry-Cluster-Id', description: 'the id of the cluster whose runner token is sent' },
       },
     },
     paths,

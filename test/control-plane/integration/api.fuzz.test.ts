@@ -28,8 +28,12 @@ const REPLAY = process.env.GANTRY_FUZZ_REPLAY?.split(':');
 /** Extra rounds, at most, until every required kind of input was sent. */
 const TOP_UP_ROUNDS = 5;
 
-/** Operations no request can get accepted: tokens are never shown again; no cluster here has instances to terminate. */
-const NEVER_ACCEPTED = new Set(['getClusterToken', 'terminateClusterInstances', 'unrouted']);
+/**
+ * Operations no request can get accepted: tokens are never shown again; no cluster here has
+ * instances to terminate; a third-party worker's writes take a cluster's runner token, which
+ * the fuzzer's users never hold (api.workers.test.ts sends them with one).
+ */
+const NEVER_ACCEPTED = new Set(['getClusterToken', 'terminateClusterInstances', 'unrouted', 'registerWorker', 'reportWorkerStatus', 'unregisterWorker']);
 
 /** Inputs the run must have sent (by kind), so a change to the generators cannot quietly drop one. */
 const REQUIRED_KINDS = [

@@ -12,7 +12,11 @@ import { ENGINES, freshStore } from '../../helpers/db.ts';
 import { DAY, captureLog, danglingLinks, deletedByKind, existing, rowsOf, taskWorld } from '../../helpers/retention.ts';
 
 const FENCE: Fence = { term: 1, holder: 'test' };
-const SETTINGS: RetentionSettings = { tasksDays: 30, schedulesDays: 30, batch: 1000, pauseMs: 0, intervalS: 3600, queueLoadDays: 0, queueLoadHourlyDays: 0 };
+const SETTINGS: RetentionSettings = {
+  tasksDays: 30, schedulesDays: 30, batch: 1000, pauseMs: 0, intervalS: 3600,
+  queueLoadDays: 0, queueLoadHourlyDays: 0, statsRawDays: 0, statsMinuteDays: 0, statsHourDays: 0,
+};
+// (Recorded machine stats and their retention: api.workers.test.ts.)
 const FINAL = ['complete', 'error', 'cancelled', 'killed', 'timeout'];
 
 function job(store: Store, clock: ManualClock, settings: Partial<RetentionSettings> = {}, onLine?: (l: Record<string, any>) => void) {

@@ -44,9 +44,12 @@ t.test('/metrics protection: a token and a separate listener, checked and never 
 t.test('retention: periods, batch, pause and interval, with clear errors', async (t) => {
   t.same(
     loadConfig({}).retention,
-    { tasksDays: 30, schedulesDays: 30, batch: 1000, pauseMs: 100, intervalS: 3600, queueLoadDays: 30, queueLoadHourlyDays: 365 },
+    { tasksDays: 30, schedulesDays: 30, batch: 1000, pauseMs: 100, intervalS: 3600, queueLoadDays: 30, queueLoadHourlyDays: 365, statsRawDays: 2, statsMinuteDays: 30, statsHourDays: 365 },
     'defaults',
   );
+  t.equal(loadConfig({}).statsIntervalS, 10, 'stats interval default');
+  t.throws(() => loadConfig({ GANTRY_STATS_INTERVAL_S: '0' }), { message: /GANTRY_STATS_INTERVAL_S/ });
+  t.same(loadConfig({ GANTRY_OPERATORS: ' Ops@Example.com, b@example.com,' }).operators, ['ops@example.com', 'b@example.com'], 'operators');
   t.match(loadConfig({ GANTRY_RETENTION_TASKS_DAYS: '7' }).retention, { tasksDays: 7, schedulesDays: 7 }, 'schedules follow tasks unless set');
   t.match(loadConfig({ GANTRY_RETENTION_TASKS_DAYS: '0', GANTRY_RETENTION_SCHEDULES_DAYS: '90' }).retention, { tasksDays: 0, schedulesDays: 90 }, '0 disables a kind');
   t.throws(() => loadConfig({ GANTRY_RETENTION_TASKS_DAYS: '-1' }), { message: /GANTRY_RETENTION_TASKS_DAYS must be at least 0/ });

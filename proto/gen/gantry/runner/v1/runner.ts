@@ -578,6 +578,44 @@ export interface MachineStats {
   runningContainers: number;
   busySlots: number;
   totalSlots: number;
+  /** Added fields (older runners send none of them; the control plane records what it gets). */
+  cpuPerCore: number[];
+  load5: number;
+  load15: number;
+  /** page cache and buffers */
+  memCachedMb: number;
+  swapTotalMb: number;
+  swapUsedMb: number;
+  /** each mounted local filesystem */
+  disks: DiskStats[];
+  /** each network interface but loopback */
+  interfaces: NetStats[];
+  /** the task each busy slot runs */
+  slotTasks: SlotTask[];
+}
+
+/** One filesystem; the byte counters are since boot, for the block device it lives on (0 when unknown). */
+export interface DiskStats {
+  mount: string;
+  device: string;
+  usedMb: number;
+  totalMb: number;
+  readBytes: number;
+  writeBytes: number;
+}
+
+/** One network interface; counters since boot. */
+export interface NetStats {
+  name: string;
+  rxBytes: number;
+  txBytes: number;
+}
+
+/** A busy slot: its index (0 to total_slots - 1) and the lease and task it runs. */
+export interface SlotTask {
+  slot: number;
+  leaseId: string;
+  taskId: string;
 }
 
 /** Set from inside the task (PROGRESS_FILE), relayed by the runner: the container needs no token. */
@@ -2537,6 +2575,15 @@ function createBaseMachineStats(): MachineStats {
     runningContainers: 0,
     busySlots: 0,
     totalSlots: 0,
+    cpuPerCore: [],
+    load5: 0,
+    load15: 0,
+    memCachedMb: 0,
+    swapTotalMb: 0,
+    swapUsedMb: 0,
+    disks: [],
+    interfaces: [],
+    slotTasks: [],
   };
 }
 
@@ -2568,6 +2615,37 @@ export const MachineStats: MessageFns<MachineStats> = {
     }
     if (message.totalSlots !== 0) {
       writer.uint32(72).uint32(message.totalSlots);
+    }
+    if (message.cpuPerCore.length !== 0) {
+      writer.uint32(82).fork();
+      for (const v of message.cpuPerCore) {
+        writer.double(v);
+      }
+      writer.join();
+    }
+    if (message.load5 !== 0) {
+      writer.uint32(89).double(message.load5);
+    }
+    if (message.load15 !== 0) {
+      writer.uint32(97).double(message.load15);
+    }
+    if (message.memCachedMb !== 0) {
+      writer.uint32(104).uint64(message.memCachedMb);
+    }
+    if (message.swapTotalMb !== 0) {
+      writer.uint32(112).uint64(message.swapTotalMb);
+    }
+    if (message.swapUsedMb !== 0) {
+      writer.uint32(120).uint64(message.swapUsedMb);
+    }
+    for (const v of message.disks) {
+      DiskStats.encode(v!, writer.uint32(130).fork()).join();
+    }
+    for (const v of message.interfaces) {
+      NetStats.encode(v!, writer.uint32(138).fork()).join();
+    }
+    for (const v of message.slotTasks) {
+      SlotTask.encode(v!, writer.uint32(146).fork()).join();
     }
     return writer;
   },
@@ -2657,6 +2735,88 @@ export const MachineStats: MessageFns<MachineStats> = {
             message.totalSlots = reader.uint32();
             continue;
           }
+          case 10: {
+            if (tag === 81) {
+              message.cpuPerCore.push(reader.double());
+
+              continue;
+            }
+
+            if (tag === 82) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.cpuPerCore.push(reader.double());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 11: {
+            if (tag !== 89) {
+              break;
+            }
+
+            message.load5 = reader.double();
+            continue;
+          }
+          case 12: {
+            if (tag !== 97) {
+              break;
+            }
+
+            message.load15 = reader.double();
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.memCachedMb = longToNumber(reader.uint64());
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.swapTotalMb = longToNumber(reader.uint64());
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.swapUsedMb = longToNumber(reader.uint64());
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.disks.push(DiskStats.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.interfaces.push(NetStats.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.slotTasks.push(SlotTask.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2712,6 +2872,39 @@ export const MachineStats: MessageFns<MachineStats> = {
         : isSet(object.total_slots)
         ? globalThis.Number(object.total_slots)
         : 0,
+      cpuPerCore: globalThis.Array.isArray(object?.cpuPerCore)
+        ? object.cpuPerCore.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.cpu_per_core)
+        ? object.cpu_per_core.map((e: any) => globalThis.Number(e))
+        : [],
+      load5: isSet(object.load5) ? globalThis.Number(object.load5) : 0,
+      load15: isSet(object.load15) ? globalThis.Number(object.load15) : 0,
+      memCachedMb: isSet(object.memCachedMb)
+        ? globalThis.Number(object.memCachedMb)
+        : isSet(object.mem_cached_mb)
+        ? globalThis.Number(object.mem_cached_mb)
+        : 0,
+      swapTotalMb: isSet(object.swapTotalMb)
+        ? globalThis.Number(object.swapTotalMb)
+        : isSet(object.swap_total_mb)
+        ? globalThis.Number(object.swap_total_mb)
+        : 0,
+      swapUsedMb: isSet(object.swapUsedMb)
+        ? globalThis.Number(object.swapUsedMb)
+        : isSet(object.swap_used_mb)
+        ? globalThis.Number(object.swap_used_mb)
+        : 0,
+      disks: globalThis.Array.isArray(object?.disks)
+        ? object.disks.map((e: any) => DiskStats.fromJSON(e))
+        : [],
+      interfaces: globalThis.Array.isArray(object?.interfaces)
+        ? object.interfaces.map((e: any) => NetStats.fromJSON(e))
+        : [],
+      slotTasks: globalThis.Array.isArray(object?.slotTasks)
+        ? object.slotTasks.map((e: any) => SlotTask.fromJSON(e))
+        : globalThis.Array.isArray(object?.slot_tasks)
+        ? object.slot_tasks.map((e: any) => SlotTask.fromJSON(e))
+        : [],
     };
   },
 
@@ -2744,6 +2937,33 @@ export const MachineStats: MessageFns<MachineStats> = {
     if (message.totalSlots !== 0) {
       obj.totalSlots = Math.round(message.totalSlots);
     }
+    if (message.cpuPerCore?.length) {
+      obj.cpuPerCore = message.cpuPerCore.map((e) => floatToJson(e));
+    }
+    if (message.load5 !== 0) {
+      obj.load5 = floatToJson(message.load5);
+    }
+    if (message.load15 !== 0) {
+      obj.load15 = floatToJson(message.load15);
+    }
+    if (message.memCachedMb !== 0) {
+      obj.memCachedMb = Math.round(message.memCachedMb);
+    }
+    if (message.swapTotalMb !== 0) {
+      obj.swapTotalMb = Math.round(message.swapTotalMb);
+    }
+    if (message.swapUsedMb !== 0) {
+      obj.swapUsedMb = Math.round(message.swapUsedMb);
+    }
+    if (message.disks?.length) {
+      obj.disks = message.disks.map((e) => DiskStats.toJSON(e));
+    }
+    if (message.interfaces?.length) {
+      obj.interfaces = message.interfaces.map((e) => NetStats.toJSON(e));
+    }
+    if (message.slotTasks?.length) {
+      obj.slotTasks = message.slotTasks.map((e) => SlotTask.toJSON(e));
+    }
     return obj;
   },
 
@@ -2761,6 +2981,398 @@ export const MachineStats: MessageFns<MachineStats> = {
     message.runningContainers = object.runningContainers ?? 0;
     message.busySlots = object.busySlots ?? 0;
     message.totalSlots = object.totalSlots ?? 0;
+    message.cpuPerCore = object.cpuPerCore?.map((e) => e) || [];
+    message.load5 = object.load5 ?? 0;
+    message.load15 = object.load15 ?? 0;
+    message.memCachedMb = object.memCachedMb ?? 0;
+    message.swapTotalMb = object.swapTotalMb ?? 0;
+    message.swapUsedMb = object.swapUsedMb ?? 0;
+    message.disks = object.disks?.map((e) => DiskStats.fromPartial(e)) || [];
+    message.interfaces = object.interfaces?.map((e) => NetStats.fromPartial(e)) || [];
+    message.slotTasks = object.slotTasks?.map((e) => SlotTask.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDiskStats(): DiskStats {
+  return { mount: "", device: "", usedMb: 0, totalMb: 0, readBytes: 0, writeBytes: 0 };
+}
+
+export const DiskStats: MessageFns<DiskStats> = {
+  encode(message: DiskStats, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.mount !== "") {
+      writer.uint32(10).string(message.mount);
+    }
+    if (message.device !== "") {
+      writer.uint32(18).string(message.device);
+    }
+    if (message.usedMb !== 0) {
+      writer.uint32(24).uint64(message.usedMb);
+    }
+    if (message.totalMb !== 0) {
+      writer.uint32(32).uint64(message.totalMb);
+    }
+    if (message.readBytes !== 0) {
+      writer.uint32(40).uint64(message.readBytes);
+    }
+    if (message.writeBytes !== 0) {
+      writer.uint32(48).uint64(message.writeBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DiskStats {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDiskStats();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.mount = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.usedMb = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.totalMb = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.readBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.writeBytes = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DiskStats {
+    return {
+      mount: isSet(object.mount) ? globalThis.String(object.mount) : "",
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      usedMb: isSet(object.usedMb)
+        ? globalThis.Number(object.usedMb)
+        : isSet(object.used_mb)
+        ? globalThis.Number(object.used_mb)
+        : 0,
+      totalMb: isSet(object.totalMb)
+        ? globalThis.Number(object.totalMb)
+        : isSet(object.total_mb)
+        ? globalThis.Number(object.total_mb)
+        : 0,
+      readBytes: isSet(object.readBytes)
+        ? globalThis.Number(object.readBytes)
+        : isSet(object.read_bytes)
+        ? globalThis.Number(object.read_bytes)
+        : 0,
+      writeBytes: isSet(object.writeBytes)
+        ? globalThis.Number(object.writeBytes)
+        : isSet(object.write_bytes)
+        ? globalThis.Number(object.write_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: DiskStats): unknown {
+    const obj: any = {};
+    if (message.mount !== "") {
+      obj.mount = message.mount;
+    }
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.usedMb !== 0) {
+      obj.usedMb = Math.round(message.usedMb);
+    }
+    if (message.totalMb !== 0) {
+      obj.totalMb = Math.round(message.totalMb);
+    }
+    if (message.readBytes !== 0) {
+      obj.readBytes = Math.round(message.readBytes);
+    }
+    if (message.writeBytes !== 0) {
+      obj.writeBytes = Math.round(message.writeBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DiskStats>, I>>(base?: I): DiskStats {
+    return DiskStats.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DiskStats>, I>>(object: I): DiskStats {
+    const message = createBaseDiskStats();
+    message.mount = object.mount ?? "";
+    message.device = object.device ?? "";
+    message.usedMb = object.usedMb ?? 0;
+    message.totalMb = object.totalMb ?? 0;
+    message.readBytes = object.readBytes ?? 0;
+    message.writeBytes = object.writeBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseNetStats(): NetStats {
+  return { name: "", rxBytes: 0, txBytes: 0 };
+}
+
+export const NetStats: MessageFns<NetStats> = {
+  encode(message: NetStats, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.rxBytes !== 0) {
+      writer.uint32(16).uint64(message.rxBytes);
+    }
+    if (message.txBytes !== 0) {
+      writer.uint32(24).uint64(message.txBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NetStats {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNetStats();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.rxBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.txBytes = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NetStats {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      rxBytes: isSet(object.rxBytes)
+        ? globalThis.Number(object.rxBytes)
+        : isSet(object.rx_bytes)
+        ? globalThis.Number(object.rx_bytes)
+        : 0,
+      txBytes: isSet(object.txBytes)
+        ? globalThis.Number(object.txBytes)
+        : isSet(object.tx_bytes)
+        ? globalThis.Number(object.tx_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: NetStats): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.rxBytes !== 0) {
+      obj.rxBytes = Math.round(message.rxBytes);
+    }
+    if (message.txBytes !== 0) {
+      obj.txBytes = Math.round(message.txBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<NetStats>, I>>(base?: I): NetStats {
+    return NetStats.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<NetStats>, I>>(object: I): NetStats {
+    const message = createBaseNetStats();
+    message.name = object.name ?? "";
+    message.rxBytes = object.rxBytes ?? 0;
+    message.txBytes = object.txBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseSlotTask(): SlotTask {
+  return { slot: 0, leaseId: "", taskId: "" };
+}
+
+export const SlotTask: MessageFns<SlotTask> = {
+  encode(message: SlotTask, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.slot !== 0) {
+      writer.uint32(8).uint32(message.slot);
+    }
+    if (message.leaseId !== "") {
+      writer.uint32(18).string(message.leaseId);
+    }
+    if (message.taskId !== "") {
+      writer.uint32(26).string(message.taskId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SlotTask {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSlotTask();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.slot = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.leaseId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.taskId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SlotTask {
+    return {
+      slot: isSet(object.slot) ? globalThis.Number(object.slot) : 0,
+      leaseId: isSet(object.leaseId)
+        ? globalThis.String(object.leaseId)
+        : isSet(object.lease_id)
+        ? globalThis.String(object.lease_id)
+        : "",
+      taskId: isSet(object.taskId)
+        ? globalThis.String(object.taskId)
+        : isSet(object.task_id)
+        ? globalThis.String(object.task_id)
+        : "",
+    };
+  },
+
+  toJSON(message: SlotTask): unknown {
+    const obj: any = {};
+    if (message.slot !== 0) {
+      obj.slot = Math.round(message.slot);
+    }
+    if (message.leaseId !== "") {
+      obj.leaseId = message.leaseId;
+    }
+    if (message.taskId !== "") {
+      obj.taskId = message.taskId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SlotTask>, I>>(base?: I): SlotTask {
+    return SlotTask.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SlotTask>, I>>(object: I): SlotTask {
+    const message = createBaseSlotTask();
+    message.slot = object.slot ?? 0;
+    message.leaseId = object.leaseId ?? "";
+    message.taskId = object.taskId ?? "";
     return message;
   },
 };
