@@ -5,6 +5,7 @@ import type { Store } from '../store/index.ts';
 import type { RunnerHub } from '../dispatch/hub.ts';
 import type { CoordStatus } from '../coord/types.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
+import type { LogFeed } from '../live/log-feed.ts';
 
 /** What the API asks of dispatch. */
 export type ApiHub = Pick<RunnerHub, 'enqueue' | 'tasksReady' | 'cancelRequested' | 'instancesChanged'>;
@@ -21,6 +22,8 @@ export interface ApiDeps {
   readonly coordStatus?: () => CoordStatus;
   /** True while this replica drains (graceful stop): /readyz fails so balancers move on. */
   readonly draining?: () => boolean;
+  /** Live logs: followers of task and execution logs (live/log-feed.ts). */
+  readonly feed: LogFeed;
   /** Prometheus metrics: served at /metrics, and counting requests. */
   readonly metrics?: ControlPlaneMetrics;
 }

@@ -29,7 +29,9 @@ const REPLAY = process.env.GANTRY_FUZZ_REPLAY?.split(':');
 const TOP_UP_ROUNDS = 5;
 
 /** Operations no request can get accepted: tokens are never shown again; no cluster here has instances to terminate. */
-const NEVER_ACCEPTED = new Set(['getClusterToken', 'terminateClusterInstances', 'unrouted']);
+// The log WebSockets accept only a whole handshake, which the fuzzer sends only by chance
+// (its upgrade kind); api.live-logs.test.ts connects to them.
+const NEVER_ACCEPTED = new Set(['getClusterToken', 'terminateClusterInstances', 'unrouted', 'followTaskLogSocket', 'followExecutionLogSocket']);
 
 /** Inputs the run must have sent (by kind), so a change to the generators cannot quietly drop one. */
 const REQUIRED_KINDS = [
