@@ -4,6 +4,7 @@ import { badRequest } from '../errors.ts';
 import type { FollowEvent, LogFeed } from '../live/log-feed.ts';
 import type { ApiState } from './state.ts';
 import { flag } from './validate.ts';
+import { STREAM_PAGE, STREAM_PAGE_CSP } from './stream-page.ts';
 
 /** The largest byte offset a client may name (PostgreSQL's bigint is larger; JavaScript's safe integers are not). */
 const MAX_OFFSET = Number.MAX_SAFE_INTEGER;
@@ -127,4 +128,14 @@ async function* sse(events: AsyncIterable<FollowEvent>, start: FollowStart, from
     else if (e.kind === 'attempt') yield event('execution', { attempt: e.attempt }, 0);
     else yield event('end', { status: e.status, size: e.size, log_complete: e.logComplete }, e.size);
   }
+}
+
+/** Answers a stream page (http/stream-page.ts), with its strict Content-Security-Policy. */
+export function answerStreamPage(ctx: ParameterizedContext<ApiState>): void {
+  ctx.set('Content-Security-Policy', STREAM_PAGE_CSP);
+  ctx.set('Referrer-Policy', 'no-referrer');
+  ctx.set('X-Content-Type-Options', 'nosniff');
+  ctx.set('Cache-Control', 'no-store');
+  ctx.type = 'text/html; charset=utf-8';
+  ctx.body = STREAM_PAGE;
 }

@@ -7,7 +7,7 @@ import { validated } from '../schema/endpoint.ts';
 import { presentExecution } from '../present.ts';
 import { ROUTER_OPTIONS, type ApiState } from '../state.ts';
 import { flag } from '../validate.ts';
-import { answerFollow, logMode, startOffset, type FollowStart } from '../log-follow.ts';
+import { answerFollow, answerStreamPage, logMode, startOffset, type FollowStart } from '../log-follow.ts';
 import { takeUpgrade } from '../log-socket.ts';
 import { cancelTask, loadTask } from './tasks.ts';
 
@@ -58,6 +58,8 @@ export function executionsRouter(): Router<ApiState> {
     const [out, err] = await Promise.all([logs.log(e.taskId, e.attempt, 'stdout'), logs.log(e.taskId, e.attempt, 'stderr')]);
     ctx.body = Buffer.concat([out, Buffer.from(SPLIT), err]);
   });
+
+  r.get('/projects/:projectId/tasks/:taskId/executions/:number/stream', validated(ep('executionStreamPage')), answerStreamPage);
 
   r.get('/projects/:projectId/tasks/:taskId/executions/:number/log/ws', requireProject, validated(ep('followExecutionLogSocket')), async (ctx) => {
     const e = await loadExecution(ctx);

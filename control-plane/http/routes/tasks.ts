@@ -1,4 +1,4 @@
-import { answerFollow, logMode, startOffset } from '../log-follow.ts';
+import { answerFollow, answerStreamPage, logMode, startOffset } from '../log-follow.ts';
 import { takeUpgrade } from '../log-socket.ts';
 import Router, { type RouterContext } from '@koa/router';
 import { isId } from '../../../lib/ids.ts';
@@ -207,6 +207,8 @@ export function tasksRouter(): Router<ApiState> {
     ctx.type = 'text/plain; charset=utf-8';
     ctx.body = await ctx.state.deps.store.tasks.log(task.id, stream);
   });
+
+  r.get('/projects/:projectId/tasks/:taskId/stream', validated(ep('taskStreamPage')), answerStreamPage);
 
   r.get('/projects/:projectId/tasks/:taskId/log/ws', requireProject, validated(ep('followTaskLogSocket')), async (ctx) => {
     const task = await loadTask(ctx);

@@ -2,7 +2,7 @@ import { Type } from '@sinclair/typebox';
 import { AuthQuery, Flag, OAuthQuery, PagingQuery, ProjectParams, projectErrors } from './common.ts';
 import { endpoint } from './endpoint.ts';
 import { DateTime, ErrorBody, Id, MsgBody, Obj, OneOf, Reply } from './kit.ts';
-import { FollowQuery, LogReply, Task, socketEndpoint } from './tasks.ts';
+import { FollowQuery, LogReply, Task, pageEndpoint, socketEndpoint } from './tasks.ts';
 
 const Execution = Reply(
   {
@@ -80,6 +80,7 @@ export const executionEndpoints = [
     }),
     responses: { 200: LogReply, ...errors },
   }),
+  pageEndpoint('executionStreamPage', '/2/projects/:projectId/tasks/:taskId/executions/:number/stream', "A web page that shows an execution's log live", ExecutionParams, errors),
   socketEndpoint('followExecutionLogSocket', '/2/projects/:projectId/tasks/:taskId/executions/:number/log/ws', "A WebSocket carrying an execution's log as it is stored, closed with reason done when it has ended", ExecutionParams, errors),
   endpoint({
     id: 'stopExecution',

@@ -34,6 +34,22 @@ export function socketEndpoint(id: string, path: string, summary: string, params
   });
 }
 
+/** A log's stream page: public HTML that asks for the token itself (http/stream-page.ts). */
+export function pageEndpoint(id: string, path: string, summary: string, params: Record<string, TSchema>, errors: Endpoint['responses']): Endpoint {
+  return endpoint({
+    id,
+    method: 'GET',
+    path,
+    tag: 'tasks',
+    summary,
+    description: 'The page holds no task data and needs no token to load; it reads the token from its #oauth= fragment (or asks for it), keeps it in sessionStorage and sends it in the Authorization header only.',
+    auth: 'none',
+    params,
+    query: Obj({}),
+    responses: { 200: { description: 'the page', text: 'text/html' }, ...errors },
+  });
+}
+
 /** The query of a log WebSocket (tasks and executions alike). */
 export const SocketQuery = Obj({
   ...OAuthQuery,
@@ -201,6 +217,7 @@ export const taskEndpoints = [
     }),
     responses: { 200: LogReply, ...errors },
   }),
+  pageEndpoint('taskStreamPage', '/2/projects/:projectId/tasks/:taskId/stream', "A web page that shows the task's log live", TaskParams, errors),
   socketEndpoint('followTaskLogSocket', '/2/projects/:projectId/tasks/:taskId/log/ws', "A WebSocket carrying the task's log as it is stored, closed with reason done when the task is final", TaskParams, errors),
   endpoint({
     id: 'cancelTask',
