@@ -21,8 +21,8 @@ import { WebSocket } from 'ws';
 import { createLogger } from '../lib/logger.ts';
 import { loadConfig } from '../control-plane/config.ts';
 import { startControlPlane } from '../control-plane/start.ts';
-import { loadRunnerConfig } from '../runner/config.ts';
-import { startRunner } from '../runner/start.ts';
+import { sseEvents } from '../test/helpers/live-logs.ts';
+import { benchAccount, benchRunner } from './rig.ts';
 
 const { values: args } = parseArgs({
   options: { followers: { type: 'string', default: '1,100,1000' }, lines: { type: 'string', default: '60' }, flush: { type: 'string', default: '50' }, ws: { type: 'boolean', default: false } },
@@ -58,19 +58,9 @@ async function follow(url: string, token: string, ws: boolean, out: number[]): P
     });
     return;
   }
-  const res = await fetch(url, { headers: { Authorization: `OAuth ${token}`, Accept: 'text/event-stream' } });
   since = uptimeMs();
-  const decoder = new TextDecoder();
-  let buf = '';
-  for await (const chunk of res.body!) {
-    buf += decoder.decode(chunk as Uint8Array, { stream: true });
-    let end: number;
-    while ((end = buf.indexOf('\n\n')) >= 0) {
-      const ev = buf.slice(0, end);
-      buf = buf.slice(end + 2);
-      const data = /^data: (.*)$/m.exec(ev)?.[1];
-      if (ev.includes('event: log') && data) take((JSON.parse(data) as { text: string }).text);
-    }
+  for await (const e of sseEvents(url, { Authorization: `OAuth ${token}` }, new AbortController().signal)) {
+    if (e.event === 'log') take((JSON.parse(e.data) as { text: string }).text);
   }
 }
 
@@ -90,23 +80,8 @@ async function main() {
   const store = cp.store;
   const results: Record<string, unknown>[] = [];
   try {
-    const user = await store.accounts.createUser('bench@example.com');
-    const project = await store.accounts.createProject(user.id, 'bench');
-    const { token } = await store.accounts.createToken(user.id, 'bench');
-    const { cluster, token: ctoken } = await store.clusters.create('default', { memoryMb: 128 });
-    const runner = await startRunner(
-      loadRunnerConfig({
-        GANTRY_CONTROL_PLANE: `127.0.0.1:${cp.grpcPort}`,
-        GANTRY_CLUSTER_ID: cluster.id,
-        GANTRY_CLUSTER_TOKEN: ctoken,
-        GANTRY_RUNNER_WORK_DIR: path.join(dir, 'runner'),
-        GANTRY_RUNNER_SLOTS: '1',
-        GANTRY_RUNNER_HEALTH_PORT: '-1',
-        GANTRY_RUNNER_LABELS: 'gantry.bench=live-logs',
-        LOG_LEVEL: 'warn',
-      }),
-      log,
-    );
+    const { project, token, cluster, clusterToken } = await benchAccount(store, 128);
+    const runner = await benchRunner(cp.grpcPort, { id: cluster.id, token: clusterToken }, dir, log, { GANTRY_RUNNER_SLOTS: '1', GANTRY_RUNNER_LABELS: 'gantry.bench=live-logs' });
     const api = `${cp.url}/2/projects/${project.id}`;
     const headers = { Authorization: `OAuth ${token}` };
     const form = new FormData();
