@@ -41,7 +41,11 @@ async function rig(t: Test, engine: Engine): Promise<Rig> {
     return s;
   };
   const start = async (store: Store) => {
-    const config = loadConfig({ GANTRY_PORT: '0', GANTRY_GRPC_PORT: '0', GANTRY_LOCAL_RUNNERS: '0', LOG_LEVEL: 'silent', ...FAST_TIMERS, GANTRY_LOG_FOLLOW_GRACE_MS: '1000' });
+    // No safety poll within the test: only notifications deliver.
+    const config = loadConfig({
+      GANTRY_PORT: '0', GANTRY_GRPC_PORT: '0', GANTRY_LOCAL_RUNNERS: '0', LOG_LEVEL: 'silent', ...FAST_TIMERS,
+      GANTRY_LOG_FOLLOW_GRACE_MS: '1000', GANTRY_LOG_FOLLOW_POLL_MS: '60000',
+    });
     const cp = await startControlPlane(config, silentLogger(), { store, scheduler: false });
     t.teardown(() => cp.stop());
     return cp;
@@ -103,6 +107,17 @@ async function sseRun(t: Test, url: string, headers: Record<string, string>, fro
 for (const engine of ['pglite', 'postgres'] as const) {
   t.test(`live logs on ${engine}${engine === 'postgres' ? ', followed on another replica than the runner’s' : ''}`, async (t) => {
     const r = await rig(t, engine);
+    if (engine === 'postgres') {
+      // The replicas' listening connections are cut: each listens again by itself.
+      const listeners = async () =>
+        (await r.store.db.query<{ pid: number }>(`SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN "gantry_log"'`)).rows.map((x) => x.pid);
+      const before = await until('both replicas listening', async () => ((await listeners()).length === 2 ? listeners() : undefined));
+      await r.store.db.query('SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid', [before]);
+      await until('both replicas listening again', async () => {
+        const now = await listeners();
+        return now.length === 2 && now.every((p) => !before.includes(p));
+      });
+    }
     const id = await queue(r);
     const base = `${r.reader.url}/2/projects/${r.projectId}/tasks/${id}`;
     const auth = { Authorization: `OAuth ${r.token}` };
