@@ -19,8 +19,7 @@ import pg from 'pg';
 import { createLogger } from '../lib/logger.ts';
 import { loadConfig } from '../control-plane/config.ts';
 import { startControlPlane } from '../control-plane/start.ts';
-import { loadRunnerConfig } from '../runner/config.ts';
-import { startRunner } from '../runner/start.ts';
+import { benchAccount, benchRunner } from './rig.ts';
 import { pct, progress, round } from './stats.ts';
 
 const { values: args } = parseArgs({ options: { tasks: { type: 'string', default: '200' }, cancels: { type: 'string', default: '30' } } });
@@ -53,23 +52,8 @@ async function main() {
   const a = await startControlPlane(loadConfig({ ...env, GANTRY_SERVER_ID: 'a' }), log);
   const b = await startControlPlane(loadConfig({ ...env, GANTRY_SERVER_ID: 'b' }), log);
   const store = a.store;
-  const user = await store.accounts.createUser('bench@example.com');
-  const project = await store.accounts.createProject(user.id, 'bench');
-  const { token } = await store.accounts.createToken(user.id, 'bench');
-  const { cluster, token: ctoken } = await store.clusters.create('default', { memoryMb: 64 });
-  const runner = await startRunner(
-    loadRunnerConfig({
-      GANTRY_CONTROL_PLANE: `127.0.0.1:${b.grpcPort}`,
-      GANTRY_CLUSTER_ID: cluster.id,
-      GANTRY_CLUSTER_TOKEN: ctoken,
-      GANTRY_RUNNER_WORK_DIR: path.join(dir, 'runner'),
-      GANTRY_RUNNER_SLOTS: '4',
-      GANTRY_RUNNER_EXECUTOR: 'noop',
-      GANTRY_RUNNER_HEALTH_PORT: '-1',
-      LOG_LEVEL: 'warn',
-    }),
-    log,
-  );
+  const { project, token, cluster, clusterToken } = await benchAccount(store, 64);
+  const runner = await benchRunner(b.grpcPort, { id: cluster.id, token: clusterToken }, dir, log, { GANTRY_RUNNER_SLOTS: '4', GANTRY_RUNNER_EXECUTOR: 'noop' });
   const call = async (method: string, p: string, json?: unknown, form?: FormData) => {
     const res = await fetch(`${a.url}/2/projects/${project.id}${p}`, {
       method,

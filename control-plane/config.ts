@@ -51,6 +51,8 @@ export interface ControlPlaneConfig {
   readonly serverId: string;
   /** Runner protocol timers (proto/README.md, 5 Timers), sent to runners in Settings. */
   readonly timers: Readonly<RunnerTimers>;
+  /** Followers of live logs (`?follow=1`, Server-Sent Events, WebSockets): live/log-feed.ts. */
+  readonly liveLogs: Readonly<LiveLogSettings>;
   /** Internal retries after runner loss or runner errors before a task ends. */
   readonly runnerLossBudget: number;
   /**
@@ -183,6 +185,18 @@ export const DEFAULT_QUOTAS: Readonly<QuotaLimits> = Object.freeze({
   schedules: 1000,
   queuedTasks: 100_000,
 });
+
+/** How live logs are followed (docs/architecture.md, "Live logs"). */
+export interface LiveLogSettings {
+  /** Every tail is read again this often, whatever was notified (a notification missed). */
+  pollMs: number;
+  /** A final task whose log is not whole yet ends its followers after this long without output. */
+  graceMs: number;
+  /** A follow ends after this long (the client resumes from its offset): proxies cut long requests anyway. */
+  maxMs: number;
+  /** Recent output each followed log keeps in memory for its followers; one further behind reads the store. */
+  bufferBytes: number;
+}
 
 export interface RunnerTimers {
   beatIntervalMs: number;
@@ -354,6 +368,12 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     grpcTlsCert: e.str('GANTRY_GRPC_TLS_CERT'),
     grpcTlsKey: e.str('GANTRY_GRPC_TLS_KEY'),
     serverId: e.str('GANTRY_SERVER_ID', `${os.hostname()}-${process.pid}`),
+    liveLogs: Object.freeze({
+      pollMs: e.int('GANTRY_LOG_FOLLOW_POLL_MS', 2000, { min: 50, max: 60000 }),
+      graceMs: e.int('GANTRY_LOG_FOLLOW_GRACE_MS', 3000, { min: 0, max: 600000 }),
+      maxMs: e.int('GANTRY_LOG_FOLLOW_MAX_S', 3600, { min: 1, max: 86400 }) * 1000,
+      bufferBytes: e.int('GANTRY_LOG_FOLLOW_BUFFER_KB', 1024, { min: 64, max: 65536 }) * 1024,
+    }),
     timers: Object.freeze({
       beatIntervalMs: e.int('GANTRY_BEAT_INTERVAL_MS', 5000, { min: 50 }),
       sessionDeadAfterMs: e.int('GANTRY_SESSION_DEAD_AFTER_MS', 15000, { min: 100 }),

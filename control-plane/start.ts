@@ -10,6 +10,8 @@ import { RunnerHub } from './dispatch/hub.ts';
 import { startGateway } from './grpc/gateway.ts';
 import type { RunnerSession } from './grpc/session.ts';
 import { createApp } from './http/app.ts';
+import { acceptUpgrades } from './http/log-socket.ts';
+import { LogFeed } from './live/log-feed.ts';
 import { answerClientErrors, answerOtherProtocolErrors } from './http/client-error.ts';
 import { ControlPlaneMetrics } from './metrics.ts';
 import { startMetricsServer } from './http/metrics-endpoint.ts';
@@ -37,6 +39,8 @@ export interface ControlPlane {
   /** The one door to dispatch (queueing, cancels, instance changes). */
   readonly hub: RunnerHub<RunnerSession>;
   readonly coord: Coordinator;
+  /** Live logs' followers on this replica. */
+  readonly feed: LogFeed;
   /** The autoscaler, with its providers (the host's local runner processes, EC2). */
   readonly autoscaler: Autoscaler;
   readonly metrics: ControlPlaneMetrics;
@@ -121,7 +125,10 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
       metrics.isLeader.set(1);
       signal.addEventListener('abort', () => metrics.isLeader.set(0), { once: true });
     });
+    const feed = new LogFeed(store.db, config.liveLogs, log.child({ component: 'live-logs' }));
+    await feed.start();
     const app = createApp({
+      feed,
       store,
       config,
       clock,
@@ -141,6 +148,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
     server.keepAliveTimeout = 5000;
     answerClientErrors(server);
     answerOtherProtocolErrors(server);
+    acceptUpgrades(server, app.callback());
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(config.port, config.host, () => resolve());
@@ -155,6 +163,8 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
           setTimeout(() => server.closeAllConnections(), 2000).unref();
         }),
     );
+    // Before the REST API closes: followers end, so their connections do not hold the close up.
+    releases.add('live logs', () => feed.stop());
     let metricsUrl: string | undefined;
     if (config.metricsPort !== undefined) {
       const ms = await startMetricsServer(metrics, { host: config.metricsHost, port: config.metricsPort, token: config.metricsToken });
@@ -226,6 +236,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
       dispatcher,
       hub,
       coord,
+      feed,
       autoscaler,
       metrics,
       stats,

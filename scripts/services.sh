@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs (from Debian's packages) and starts what Gantry's tests need, idempotently:
 # PostgreSQL 15, etcd 3.4, a Docker engine, the local busybox test image, iproute2, and the
-# tools some tests run (systemd-analyze, docker-compose, python3, pgrep, promtool).
-# Usage: scripts/services.sh [postgres] [etcd] [docker] [netns] [tools] [promtool]   (no argument: all six)
+# tools some tests run (systemd-analyze, docker-compose, python3, pgrep, promtool, chromium).
+# Usage: scripts/services.sh [postgres] [etcd] [docker] [netns] [tools] [promtool] [browser]   (no argument: all seven)
 set -euo pipefail
 
 STATE_DIR=${GANTRY_SERVICES_DIR:-/var/lib/gantry-services}
@@ -146,8 +146,15 @@ need_promtool() {
   say "promtool is present"
 }
 
+# The stream page's test drives Debian's own Chromium (/usr/bin/chromium) through
+# playwright-core: no tool downloads a browser of its own.
+need_browser() {
+  [ -x /usr/bin/chromium ] || need_pkgs chromium
+  say "chromium is present"
+}
+
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(postgres etcd docker netns tools promtool)
+[ ${#want[@]} -gt 0 ] || want=(postgres etcd docker netns tools promtool browser)
 for s in "${want[@]}"; do
   case "$s" in
     postgres) start_postgres ;;
@@ -156,6 +163,7 @@ for s in "${want[@]}"; do
     netns) need_netns ;;
     tools) need_tools ;;
     promtool) need_promtool ;;
-    *) die "unknown service $s (postgres, etcd, docker, netns, tools, promtool)" ;;
+    browser) need_browser ;;
+    *) die "unknown service $s (postgres, etcd, docker, netns, tools, promtool, browser)" ;;
   esac
 done

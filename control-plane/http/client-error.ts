@@ -49,7 +49,7 @@ function answerClientError(err: Error & { code?: string }, socket: Duplex): void
 }
 
 /** A reply written on the raw socket, for requests that never reach Koa. */
-function rawJson(socket: Duplex, status: number, reason: string, msg: string): void {
+export function rawJson(socket: Duplex, status: number, reason: string, msg: string): void {
   const body = JSON.stringify({ msg });
   socket.end(
     `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,

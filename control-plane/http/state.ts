@@ -6,6 +6,7 @@ import type { RunnerHub } from '../dispatch/hub.ts';
 import type { CoordStatus } from '../coord/types.ts';
 import type { StatsRecorder } from '../series/recorder.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
+import type { LogFeed } from '../live/log-feed.ts';
 
 /** What the API asks of dispatch. */
 export type ApiHub = Pick<RunnerHub, 'enqueue' | 'tasksReady' | 'cancelRequested' | 'instancesChanged'>;
@@ -24,6 +25,8 @@ export interface ApiDeps {
   readonly coordPing?: () => Promise<boolean>;
   /** True while this replica drains (graceful stop): /readyz fails so balancers move on. */
   readonly draining?: () => boolean;
+  /** Live logs: followers of task and execution logs (live/log-feed.ts). */
+  readonly feed: LogFeed;
   /** Prometheus metrics: served at /metrics, and counting requests. */
   readonly metrics?: ControlPlaneMetrics;
   /** Records third-party workers' machine stats (workers.status_report) with the runners'. */

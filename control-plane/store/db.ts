@@ -40,6 +40,12 @@ export interface Db extends Queryable {
   session<T>(fn: (q: Queryable) => Promise<T>): Promise<T>;
   /** True when a trivial query succeeds now. */
   ping(): Promise<boolean>;
+  /**
+   * LISTEN on `channel`: `fn` gets each notification's payload until the returned stop. On
+   * PostgreSQL one connection of its own listens, and is made again when lost; `resync` is
+   * called once it listens again, since notifications sent meanwhile are gone.
+   */
+  listen(channel: string, fn: (payload: string) => void, resync: () => void): Promise<() => Promise<void>>;
   close(): Promise<void>;
 }
 
@@ -194,7 +200,74 @@ export function openPostgres(o: PgOptions): Db {
         return false;
       }
     },
+    listen: (channel, fn, resync) => listenPg(o, channel, fn, resync),
     close: () => pool.end(),
+  };
+}
+
+/** How long a lost listening connection waits before it is made again (doubling to the cap). */
+const LISTEN_RETRY_MS = [100, 5000] as const;
+
+/**
+ * One connection outside the pool, LISTENing on `channel`, made again whenever it fails
+ * (a restarted server, a dropped network) until stopped. The first connection must
+ * succeed: a control plane that cannot listen says so at start.
+ */
+async function listenPg(o: PgOptions, channel: string, fn: (payload: string) => void, resync: () => void): Promise<() => Promise<void>> {
+  let stopped = false;
+  let client: pg.Client | undefined;
+  let retry: NodeJS.Timeout | undefined;
+  let delay: number = LISTEN_RETRY_MS[0];
+  const connect = async (): Promise<void> => {
+    const c = new pg.Client({ connectionString: o.url, connectionTimeoutMillis: o.connectTimeoutMs, keepAlive: true });
+    c.on('notification', (m) => {
+      if (m.channel === channel) fn(m.payload ?? '');
+    });
+    c.on('error', (err) => {
+      if (stopped || client !== c) return;
+      o.log.warn({ err: err.message, channel }, 'the listening database connection was lost; listening again');
+      lost(c);
+    });
+    c.on('end', () => {
+      if (!stopped && client === c) lost(c);
+    });
+    client = c;
+    try {
+      await c.connect();
+      await c.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+    } catch (err) {
+      client = undefined;
+      c.end().catch(() => undefined);
+      throw translatePgError(err);
+    }
+  };
+  const lost = (c: pg.Client) => {
+    client = undefined;
+    c.end().catch(() => undefined);
+    clearTimeout(retry);
+    retry = setTimeout(again, delay);
+    retry.unref();
+  };
+  const again = () => {
+    if (stopped) return;
+    connect().then(
+      () => {
+        delay = LISTEN_RETRY_MS[0];
+        resync();
+      },
+      (err) => {
+        o.log.warn({ err: (err as Error).message, channel }, 'cannot listen for notifications yet; trying again');
+        delay = Math.min(delay * 2, LISTEN_RETRY_MS[1]);
+        retry = setTimeout(again, delay);
+        retry.unref();
+      },
+    );
+  };
+  await connect();
+  return async () => {
+    stopped = true;
+    clearTimeout(retry);
+    await client?.end().catch(() => undefined);
   };
 }
 
@@ -329,6 +402,13 @@ export async function openPglite(dataDir: string): Promise<Db> {
     },
     session: (fn) => fn(base),
     ping: async () => !db.closed,
+    // One process: its notifications never get lost, so there is nothing to resync.
+    listen: async (channel, fn) => {
+      const unlisten = await db.listen(channel, fn);
+      return async () => {
+        if (!db.closed) await unlisten();
+      };
+    },
     close: async () => {
       try {
         await db.close();

@@ -137,3 +137,53 @@ export async function readLog(q: Queryable, taskId: string, attempt: number | nu
   );
   return Buffer.concat(r.rows.map((x) => x.data));
 }
+
+/** One stored chunk of an attempt's combined log. */
+export interface LogChunk {
+  offset: number;
+  /** 1 stdout, 2 stderr, 0 Gantry's own note (truncation). */
+  stream: number;
+  data: Uint8Array;
+}
+
+/** What a follower of one attempt's log needs to know besides its bytes. */
+export interface FollowState {
+  /** The task's status and current attempt. */
+  status: string;
+  currentAttempt: number;
+  /** The current attempt's log is whole (the runner's final frame matched). */
+  logComplete: boolean;
+  /** The followed attempt's lease outcome, when it ended (null while it runs, or never ran). */
+  outcome: string | null;
+}
+
+/** The largest chunk the store holds: a runner's log frame (proto/README.md section 7). */
+const MAX_CHUNK = 256 * 1024;
+
+/**
+ * Up to `limit` chunks of an attempt's combined log holding bytes at or past `from`, in
+ * order (the first may start before `from`: the caller cuts it).
+ */
+export async function chunksFrom(q: Queryable, taskId: string, attempt: number, from: number, limit: number): Promise<LogChunk[]> {
+  const r = await q.query<{ byte_offset: number; stream: number; data: Uint8Array }>(
+    `SELECT byte_offset, stream, data FROM task_log_chunks
+     WHERE task_id = $1 AND attempt = $2 AND byte_offset > $3::bigint - $5::bigint AND byte_offset + octet_length(data) > $3::bigint
+     ORDER BY byte_offset LIMIT $4`,
+    [taskId, attempt, from, limit, MAX_CHUNK],
+  );
+  return r.rows.map((x) => ({ offset: Number(x.byte_offset), stream: x.stream, data: x.data }));
+}
+
+/** The task's status and attempt and the followed attempt's outcome; undefined when the task is gone. */
+export async function followState(q: Queryable, taskId: string, attempt: number): Promise<FollowState | undefined> {
+  const r = await q.query<{ status: string; attempt: number; log_complete: boolean; state: string | null; outcome: string | null }>(
+    `SELECT t.status, t.attempt, t.log_complete, l.state, l.outcome FROM tasks t
+     LEFT JOIN task_leases l ON l.task_id = t.id AND l.attempt = $2
+     WHERE t.id = $1`,
+    [taskId, attempt],
+  );
+  const row = r.rows[0];
+  if (!row) return undefined;
+  const outcome = row.state === 'done' ? (row.outcome === 'reclaimed' ? 'runner_lost' : (row.outcome ?? 'ended')) : null;
+  return { status: row.status, currentAttempt: row.attempt, logComplete: row.log_complete, outcome };
+}

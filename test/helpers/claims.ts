@@ -13,7 +13,7 @@ export async function probeClaim(store: Store, cluster: string, n = 100, o: { ag
   let out: Offer[] = [];
   try {
     await store.db.tx(async (q) => {
-      const db: Db = { engine: store.db.engine, query: (sql, p, qo) => q.query(sql, p, qo), exec: (sql) => q.exec(sql), tx: (fn) => fn(q), session: (fn) => fn(q), ping: async () => true, close: async () => {} };
+      const db: Db = { engine: store.db.engine, query: (sql, p, qo) => q.query(sql, p, qo), exec: (sql) => q.exec(sql), tx: (fn) => fn(q), session: (fn) => fn(q), ping: async () => true, listen: (c, f, r) => store.db.listen(c, f, r), close: async () => {} };
       out = await new ClaimsStore({ db, clock: store.clock, ids: newId }, store.tasks).claim({ id: 'probe', epoch: 0, cluster }, n, {
         acceptDeadlineMs: 10_000,
         ageingS: o.ageingS ?? 3600,

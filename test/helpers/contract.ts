@@ -64,7 +64,7 @@ export function contractProblem(method: string, pathname: string, status: number
     if (!v(body)) return `${where}: ${ajv.errorsText(v.errors)} in ${JSON.stringify(body).slice(0, 300)}`;
     return undefined;
   }
-  const [media] = Object.keys(content);
-  if (media && media !== '*/*' && !contentType.startsWith(media)) return `${where}: declared ${media}, got ${contentType}`;
+  const medias = Object.keys(content);
+  if (medias.length > 0 && !medias.some((m) => m === '*/*' || contentType.startsWith(m))) return `${where}: declared ${medias.join(' or ')}, got ${contentType}`;
   return undefined;
 }

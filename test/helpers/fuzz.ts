@@ -54,6 +54,9 @@ export const FUZZ_ENV: Readonly<Record<string, string>> = Object.freeze({
   GANTRY_MAX_UPLOAD_BYTES: String(FUZZ_LIMITS.maxUploadBytes),
   GANTRY_MAX_ZIP_ENTRIES: String(FUZZ_LIMITS.maxZipEntries),
   GANTRY_MAX_ZIP_UNPACKED_BYTES: String(MiB),
+  // A followed log (follow=1, Server-Sent Events) of a task that never ends here closes
+  // after a second, as every follow does at its limit: well within MAX_REPLY_MS.
+  GANTRY_LOG_FOLLOW_MAX_S: '1',
 });
 
 /** The oracle's bound on one reply. */

@@ -7,6 +7,8 @@ import { validated } from '../schema/endpoint.ts';
 import { presentExecution } from '../present.ts';
 import { ROUTER_OPTIONS, type ApiState } from '../state.ts';
 import { flag } from '../validate.ts';
+import { answerFollow, answerStreamPage, logMode, startOffset, type FollowStart } from '../log-follow.ts';
+import { takeUpgrade } from '../log-socket.ts';
 import { cancelTask, loadTask } from './tasks.ts';
 
 /** The seed's separator between an execution's stdout and stderr (`?split=1`). */
@@ -20,6 +22,9 @@ async function loadExecution(ctx: RouterContext<ApiState>): Promise<Execution> {
   if (!e) throw notFound(`Execution not found: task ${task.id} has no execution ${ctx.params.number}`);
   return e;
 }
+
+/** A follow of one execution's own log. */
+const followStart = (e: Execution): FollowStart => ({ taskId: e.taskId, execution: e.number, attempt: e.attempt, status: e.outcome ?? e.state });
 
 /** A task's executions: every attempt that reached a runner, with its own record and log. */
 export function executionsRouter(): Router<ApiState> {
@@ -39,6 +44,12 @@ export function executionsRouter(): Router<ApiState> {
     const q = ctx.state.query!;
     const stream = q.stream as 'stdout' | 'stderr' | undefined;
     const logs = ctx.state.deps.store.executions;
+    const mode = logMode(ctx);
+    if (mode !== 'whole') {
+      const from = startOffset(ctx.get('Last-Event-ID') || undefined, q.offset);
+      answerFollow(ctx, ctx.state.deps.feed, followStart(e), from, mode, stream);
+      return;
+    }
     ctx.type = 'text/plain; charset=utf-8';
     if (stream || !flag(q, 'split')) {
       ctx.body = await logs.log(e.taskId, e.attempt, stream);
@@ -46,6 +57,14 @@ export function executionsRouter(): Router<ApiState> {
     }
     const [out, err] = await Promise.all([logs.log(e.taskId, e.attempt, 'stdout'), logs.log(e.taskId, e.attempt, 'stderr')]);
     ctx.body = Buffer.concat([out, Buffer.from(SPLIT), err]);
+  });
+
+  r.get('/projects/:projectId/tasks/:taskId/executions/:number/stream', validated(ep('executionStreamPage')), answerStreamPage);
+
+  r.get('/projects/:projectId/tasks/:taskId/executions/:number/log/ws', requireProject, validated(ep('followExecutionLogSocket')), async (ctx) => {
+    const e = await loadExecution(ctx);
+    const q = ctx.state.query as { offset?: number; format?: string; stream?: 'stdout' | 'stderr' };
+    takeUpgrade(ctx, ctx.state.deps.feed, followStart(e), q.offset ?? 0, { json: q.format === 'json', ...(q.stream ? { stream: q.stream } : {}) });
   });
 
   r.post('/projects/:projectId/tasks/:taskId/executions/:number/stop', requireProject, validated(ep('stopExecution')), async (ctx) => {

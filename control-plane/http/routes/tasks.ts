@@ -1,3 +1,5 @@
+import { answerFollow, answerStreamPage, logMode, startOffset } from '../log-follow.ts';
+import { takeUpgrade } from '../log-socket.ts';
 import Router, { type RouterContext } from '@koa/router';
 import { isId } from '../../../lib/ids.ts';
 import { HttpError, badRequest, notFound } from '../../errors.ts';
@@ -197,8 +199,25 @@ export function tasksRouter(): Router<ApiState> {
     if (stream !== undefined && stream !== 'stdout' && stream !== 'stderr') {
       throw badRequest('stream must be stdout or stderr (omit it for both, interleaved)');
     }
+    const mode = logMode(ctx);
+    if (mode !== 'whole') {
+      const from = startOffset(ctx.get('Last-Event-ID') || undefined, ctx.state.query!.offset);
+      answerFollow(ctx, ctx.state.deps.feed, { taskId: task.id, execution: null, attempt: 'current', status: task.status }, from, mode, stream);
+      return;
+    }
     ctx.type = 'text/plain; charset=utf-8';
     ctx.body = await ctx.state.deps.store.tasks.log(task.id, stream);
+  });
+
+  r.get('/projects/:projectId/tasks/:taskId/stream', validated(ep('taskStreamPage')), answerStreamPage);
+
+  r.get('/projects/:projectId/tasks/:taskId/log/ws', requireProject, validated(ep('followTaskLogSocket')), async (ctx) => {
+    const task = await loadTask(ctx);
+    const q = ctx.state.query as { offset?: number; format?: string; stream?: 'stdout' | 'stderr' };
+    takeUpgrade(ctx, ctx.state.deps.feed, { taskId: task.id, execution: null, attempt: 'current', status: task.status }, q.offset ?? 0, {
+      json: q.format === 'json',
+      ...(q.stream ? { stream: q.stream } : {}),
+    });
   });
 
   r.post('/projects/:projectId/tasks/:taskId/cancel', requireProject, validated(ep('cancelTask')), async (ctx) => {

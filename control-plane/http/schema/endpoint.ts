@@ -31,8 +31,12 @@ export interface Endpoint {
     | { readonly kind: 'json'; readonly schema: TSchema; readonly required?: boolean; readonly maxBytes?: (config: ApiState['deps']['config']) => number }
     | { readonly kind: 'multipart'; readonly data: TSchema; readonly description: string }
     | { readonly kind: 'raw'; readonly description: string };
-  /** Replies by status; `schema` for JSON, `text` for other media types (text/plain, application/zip). */
-  readonly responses: Readonly<Record<number, { readonly description: string; readonly schema?: TSchema; readonly text?: string }>>;
+  /**
+   * Replies by status; `schema` for JSON, `text` for other media types (text/plain,
+   * application/zip), `alsoText` for more media types the same reply may come as (a log as
+   * text/event-stream when asked with Accept).
+   */
+  readonly responses: Readonly<Record<number, { readonly description: string; readonly schema?: TSchema; readonly text?: string; readonly alsoText?: readonly string[] }>>;
 }
 
 /** Declares an endpoint (an identity function, for type checking). */

@@ -2,7 +2,7 @@ import { Type } from '@sinclair/typebox';
 import { AuthQuery, Flag, OAuthQuery, PagingQuery, ProjectParams, projectErrors } from './common.ts';
 import { endpoint } from './endpoint.ts';
 import { DateTime, ErrorBody, Id, MsgBody, Obj, OneOf, Reply } from './kit.ts';
-import { Task } from './tasks.ts';
+import { FollowQuery, LogReply, Task, pageEndpoint, socketEndpoint } from './tasks.ts';
 
 const Execution = Reply(
   {
@@ -76,9 +76,12 @@ export const executionEndpoints = [
       ...OAuthQuery,
       stream: OneOf(['stdout', 'stderr'] as const, { describe: 'stdout or stderr (omit it for both)' }),
       split: Flag('stdout, then a line "-=-", then stderr, instead of the two interleaved'),
+      ...FollowQuery,
     }),
-    responses: { 200: { description: 'the log as text', text: 'text/plain' }, ...errors },
+    responses: { 200: LogReply, ...errors },
   }),
+  pageEndpoint('executionStreamPage', '/2/projects/:projectId/tasks/:taskId/executions/:number/stream', "A web page that shows an execution's log live", ExecutionParams, errors),
+  socketEndpoint('followExecutionLogSocket', '/2/projects/:projectId/tasks/:taskId/executions/:number/log/ws', "A WebSocket carrying an execution's log as it is stored, closed with reason done when it has ended", ExecutionParams, errors),
   endpoint({
     id: 'stopExecution',
     method: 'POST',

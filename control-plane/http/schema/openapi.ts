@@ -61,7 +61,11 @@ function requestBody(e: Endpoint): Json | undefined {
 function responses(e: Endpoint): Json {
   const out: Json = {};
   for (const [status, r] of Object.entries(e.responses)) {
-    const content = r.schema ? { 'application/json': { schema: plain(r.schema) } } : r.text ? { [r.text]: { schema: { type: 'string' } } } : undefined;
+    const content = r.schema
+      ? { 'application/json': { schema: plain(r.schema) } }
+      : r.text
+        ? Object.fromEntries([r.text, ...(r.alsoText ?? [])].map((m) => [m, { schema: { type: 'string' } }]))
+        : undefined;
     out[status] = { description: r.description, ...(content ? { content } : {}) };
   }
   out.default = {

@@ -1,10 +1,62 @@
-import { Type, type Static } from '@sinclair/typebox';
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { TASK_STATUSES } from '../../store/codes.ts';
 import { AuthQuery, Batch, ClusterRef, Flag, OAuthQuery, Paging, ProjectParams } from './common.ts';
-import { endpoint } from './endpoint.ts';
+import { endpoint, type Endpoint } from './endpoint.ts';
 import { DateTime, ErrorBody, Id, Int, MsgBody, Obj, OneOf, Reply, Str, Time } from './kit.ts';
 
 export const MAX_PAYLOAD = 65536;
+
+/** A log's follow parameters (tasks and executions alike). */
+export const FollowQuery = {
+  follow: Flag('keep the reply open and send output as it is stored, until the task is final and its log whole (or GANTRY_LOG_FOLLOW_MAX_S passes: resume with offset)'),
+  offset: Int(0, Number.MAX_SAFE_INTEGER, { description: 'follow from this byte of the log (Server-Sent Events: Last-Event-ID wins)' }),
+};
+
+/** A log's reply: whole, followed, or as Server-Sent Events. */
+export const LogReply = {
+  description: 'the log as text; followed (follow=1) as it is stored; or Server-Sent Events (Accept: text/event-stream): start, log (id: the offset after it), behind, execution, end',
+  text: 'text/plain',
+  alsoText: ['text/event-stream'],
+};
+
+/** A log's WebSocket endpoint (a GET upgraded; without the upgrade, 426). */
+export function socketEndpoint(id: string, path: string, summary: string, params: Record<string, TSchema>, errors: Endpoint['responses']): Endpoint {
+  return endpoint({
+    id,
+    method: 'GET',
+    path,
+    tag: 'tasks',
+    summary,
+    auth: 'project',
+    params,
+    query: SocketQuery,
+    responses: { 101: { description: 'switching to the WebSocket protocol' }, ...errors, 426: { description: 'not a WebSocket upgrade', schema: ErrorBody } },
+  });
+}
+
+/** A log's stream page: public HTML that asks for the token itself (http/stream-page.ts). */
+export function pageEndpoint(id: string, path: string, summary: string, params: Record<string, TSchema>, errors: Endpoint['responses']): Endpoint {
+  return endpoint({
+    id,
+    method: 'GET',
+    path,
+    tag: 'tasks',
+    summary,
+    description: 'The page holds no task data and needs no token to load; it reads the token from its #oauth= fragment (or asks for it), keeps it in sessionStorage and sends it in the Authorization header only.',
+    auth: 'none',
+    params,
+    query: Obj({}),
+    responses: { 200: { description: 'the page', text: 'text/html' }, ...errors },
+  });
+}
+
+/** The query of a log WebSocket (tasks and executions alike). */
+export const SocketQuery = Obj({
+  ...OAuthQuery,
+  stream: OneOf(['stdout', 'stderr'] as const, { describe: 'stdout or stderr (omit it for both, interleaved)' }),
+  offset: Int(0, Number.MAX_SAFE_INTEGER, { description: 'start at this byte of the log (the bytes received before a reconnect)' }),
+  format: OneOf(['text', 'json'] as const, { describe: 'text (each message log text) or json (log, behind, execution and end messages)' }),
+});
 export const MAX_DELAY = 604800;
 export const MAX_BATCH = 1000;
 /** The schema's bound on timeouts; the cluster's own ceiling (GANTRY_MAX_TIMEOUT, GANTRY_CLUSTER_MAX_TIMEOUTS) is checked with it. */
@@ -159,9 +211,15 @@ export const taskEndpoints = [
     summary: "A task's log: stdout and stderr interleaved in arrival order, or one of them",
     auth: 'project',
     params: TaskParams,
-    query: Obj({ ...OAuthQuery, stream: OneOf(['stdout', 'stderr'] as const, { describe: 'stdout or stderr (omit it for both, interleaved)' }) }),
-    responses: { 200: { description: 'the log as text', text: 'text/plain' }, ...errors },
+    query: Obj({
+      ...OAuthQuery,
+      stream: OneOf(['stdout', 'stderr'] as const, { describe: 'stdout or stderr (omit it for both, interleaved)' }),
+      ...FollowQuery,
+    }),
+    responses: { 200: LogReply, ...errors },
   }),
+  pageEndpoint('taskStreamPage', '/2/projects/:projectId/tasks/:taskId/stream', "A web page that shows the task's log live", TaskParams, errors),
+  socketEndpoint('followTaskLogSocket', '/2/projects/:projectId/tasks/:taskId/log/ws', "A WebSocket carrying the task's log as it is stored, closed with reason done when the task is final", TaskParams, errors),
   endpoint({
     id: 'cancelTask',
     method: 'POST',

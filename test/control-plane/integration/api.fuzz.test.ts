@@ -31,9 +31,14 @@ const TOP_UP_ROUNDS = 5;
 /**
  * Operations no request can get accepted: tokens are never shown again; no cluster here has
  * instances to terminate; a third-party worker's writes take a cluster's runner token, which
- * the fuzzer's users never hold (api.workers.test.ts sends them with one).
+ * the fuzzer's users never hold (api.workers.test.ts sends them with one); the log
+ * WebSockets accept only a whole handshake, which the fuzzer sends only by chance (its
+ * upgrade kind; api.live-logs.test.ts connects to them).
  */
-const NEVER_ACCEPTED = new Set(['getClusterToken', 'terminateClusterInstances', 'unrouted', 'registerWorker', 'reportWorkerStatus', 'unregisterWorker']);
+const NEVER_ACCEPTED = new Set([
+  'getClusterToken', 'terminateClusterInstances', 'unrouted', 'registerWorker', 'reportWorkerStatus', 'unregisterWorker',
+  'followTaskLogSocket', 'followExecutionLogSocket',
+]);
 
 /** Inputs the run must have sent (by kind), so a change to the generators cannot quietly drop one. */
 const REQUIRED_KINDS = [
