@@ -149,6 +149,13 @@ export function openPostgres(o: PgOptions): Db {
       throw translatePgError(err);
     }
     let broken: Error | undefined;
+    // A connection that ends while checked out emits 'error' on its client even when a query
+    // in flight fails with it too (the pool listens only while a client is idle): without a
+    // listener here, a database that goes away in the middle of a transaction ends the process.
+    const lost = (err: Error) => {
+      broken ??= err;
+    };
+    client.on('error', lost);
     try {
       return await fn(client);
     } catch (err) {
@@ -156,6 +163,7 @@ export function openPostgres(o: PgOptions): Db {
       if (t instanceof StoreUnavailableError) broken = t;
       throw t;
     } finally {
+      client.off('error', lost);
       // A client whose connection failed is destroyed rather than returned to the pool.
       client.release(broken);
     }
