@@ -102,6 +102,12 @@ export class SeriesStore {
     return r.rowCount;
   }
 
+  /** How many runners of these clusters have recorded series (what a read of all of them spans). */
+  async runnerCount(clusterIds: string[]): Promise<number> {
+    const r = await this.c.db.query<{ n: number }>('SELECT count(DISTINCT runner_id)::int AS n FROM runner_stat_series WHERE cluster_id = ANY($1::text[])', [clusterIds]);
+    return r.rows[0]?.n ?? 0;
+  }
+
   async watermarks(q: Queryable = this.c.db): Promise<Watermarks> {
     const r = await q.query<{ level: '1m' | '1h'; done_through: Date }>('SELECT level, done_through FROM runner_stats_rollup');
     const at = (l: string) => r.rows.find((x) => x.level === l)?.done_through ?? null;

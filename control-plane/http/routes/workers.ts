@@ -203,6 +203,17 @@ export function workersRouter(): Router<ApiState> {
       return;
     }
     const ranges = planRanges({ ...range, watermarks: await store.series.watermarks(), now: clock.now(), retention: config.retention });
+    // What the read costs, bounded before it runs: a question whose table is not rolled up
+    // yet (a month by the hour before the first hourly roll-up) reads minutes, and without a
+    // bound it would outlast the query timeout and answer 503.
+    const instants = stored(ranges.raw, config.statsIntervalS) + stored(ranges.m, 60) + stored(ranges.h, 3600);
+    const workers = ids?.length ?? (await store.series.runnerCount(clusterIds));
+    const samples = Math.ceil(instants) * workers * Math.max(1, wanted.size);
+    if (samples > MAX_READ_SAMPLES) {
+      throw badRequest(
+        `this get_stats would read about ${samples} samples (${workers} workers × ${wanted.size} keys × ${Math.ceil(instants)} stored instants each), at most ${MAX_READ_SAMPLES}: ask for fewer worker_ids or items, or a shorter from_date..to_date`,
+      );
+    }
     const buckets = await store.series.read({ clusterIds, ...(ids ? { runnerIds: ids } : {}), keys: [...wanted.keys()], split, intervalS: range.intervalS, ranges });
     ctx.body = { workers: statsReply(buckets, wanted, split) };
   });
@@ -225,5 +236,11 @@ export function workersRouter(): Router<ApiState> {
 
   return r;
 }
+
+/** The most samples (one key of one worker at one stored instant) one get_stats reads: a few seconds of the database's time. */
+const MAX_READ_SAMPLES = 1_000_000;
+
+/** Stored instants of a level in a read range, at its resolution in seconds. */
+const stored = (r: readonly [Date, Date], resolutionS: number) => Math.max(0, (r[1].getTime() - r[0].getTime()) / 1000 / resolutionS);
 
 const taken = (id: string) => new ConflictError(`worker ${JSON.stringify(id)} is taken: a Gantry runner or another cluster's worker has that id`);

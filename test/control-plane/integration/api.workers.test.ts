@@ -151,6 +151,11 @@ for (const engine of ENGINES) {
       const hourly = await post('get_stats', { from_date: from, to_date: from + 7200, interval: 3600, items: [{ key: 'slots_busy', category: 'count' }] });
       t.same(hourly.body.workers[0].metrics[0], { metric: 'slots_busy', dates: [from], stats: [{ aggregation: 'count', values: [13] }] });
       t.same(await post('get_stats', { from_date: from + 7200, to_date: from + 9000, interval: 60, items: [{ key: 'slots_busy' }] }).then((x) => x.body), { workers: [] }, 'nothing recorded then');
+      // A question no roll-up answers reads raw samples: one too costly is refused before it runs.
+      const month = { from_date: from + 86400, to_date: from + 32 * 86400, interval: 3600 };
+      isError(t, await post('get_stats', { ...month, items: [{ key: 'cpu_usage' }, { key: 'slots_busy' }] }), 400,
+        /^this get_stats would read about 1071360 samples \(2 workers × 2 keys × 267840 stored instants each\), at most 1000000: ask for fewer worker_ids or items/);
+      t.equal((await post('get_stats', { ...month, worker_ids: [ids[0]], items: [{ key: 'cpu_usage' }] })).status, 200, 'within the bound');
     });
 
     t.test('get_metric_keys and get_activity_report', async (t) => {
