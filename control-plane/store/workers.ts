@@ -32,6 +32,8 @@ export interface WorkerRecord {
   tags: string[];
   /** Queue names: the cluster for a runner, what a third-party worker reported. */
   queues: string[];
+  /** The queue its current task came from: a busy runner's cluster, what a third-party worker reported. */
+  queue: string | null;
   slotsBusy: number;
   slotsTotal: number;
   tasks: WorkerTask[];
@@ -70,6 +72,7 @@ interface WorkerRow {
   penalty_reason: string | null;
   timeout_s: number | null;
   current_task: string | null;
+  current_queue: string | null;
   slot_tasks: { slot?: number; leaseId?: string }[] | null;
 }
 
@@ -89,6 +92,7 @@ function toWorker(r: WorkerRow, tasks: WorkerTask[]): WorkerRecord {
     instance: r.instance_id ? { id: r.instance_id, state: r.instance_type } : null,
     tags: r.tags,
     queues: r.external ? (r.queues ?? []) : [r.cluster_name],
+    queue: r.external ? r.current_queue : tasks.length > 0 ? r.cluster_name : null,
     slotsBusy: r.external ? (r.current_task ? 1 : 0) : tasks.length,
     slotsTotal: r.external ? Math.max(1, r.slots) : r.slots,
     tasks: withSlots,
@@ -113,6 +117,8 @@ export interface WorkerReport {
   timeoutS?: number;
   /** status_report only: the task it runs now ('' or absent clears it). */
   task?: string;
+  /** status_report only: the queue that task came from ('' or absent clears it). */
+  queue?: string;
 }
 
 /** What a registration or report found. */
@@ -147,7 +153,7 @@ export class WorkersStore {
       `SELECT r.id, r.cluster_id, c.name AS cluster_name, r.external, r.connected, r.draining, r.drain_requested_at, r.hostname,
          r.address, r.agent_version, r.docker_version, r.instance_id, i.type AS instance_type, r.tags, r.queues, r.slots,
          r.server_id, r.created_at, r.last_beat_at, r.penalty_until, r.penalty_reason, r.timeout_s, r.current_task,
-         r.stats -> 'slotTasks' AS slot_tasks
+         r.current_queue, r.stats -> 'slotTasks' AS slot_tasks
        FROM runners r JOIN clusters c ON c.id = r.cluster_id
        LEFT JOIN LATERAL (SELECT type FROM cluster_instances ci WHERE ci.cluster_id = r.cluster_id AND ci.instance_id = r.instance_id
                           ORDER BY ci.launched_at DESC NULLS LAST LIMIT 1) i ON r.instance_id IS NOT NULL
@@ -207,10 +213,10 @@ export class WorkersStore {
     const now = this.c.clock.now();
     const r = await this.c.db.query<{ external: boolean; cluster_id: string; expired: boolean }>(
       `UPDATE runners SET last_beat_at = $3, current_task = nullif($4, ''), tags = coalesce($5::text[], tags),
-         queues = coalesce($6::text[], queues), address = $7
+         queues = coalesce($6::text[], queues), address = $7, current_queue = nullif($8, '')
        WHERE id = $1 AND external AND cluster_id = $2 AND last_beat_at + timeout_s * interval '1 second' >= $3
        RETURNING external`,
-      [w.id, w.clusterId, now, w.task ?? '', w.tags ?? null, w.queues ?? null, w.address],
+      [w.id, w.clusterId, now, w.task ?? '', w.tags ?? null, w.queues ?? null, w.address, w.queue ?? ''],
     );
     if (r.rowCount === 1) return 'ok';
     return (await this.isTaken(w.id, w.clusterId)) ? 'taken' : 'unknown';

@@ -81,6 +81,7 @@ function present(w: WorkerRecord, now: Date) {
     instance: w.instance,
     tags: w.tags,
     queues: w.external ? w.queues.map((q) => ({ id: q, name: q })) : [w.cluster],
+    queue: w.queue === null ? null : w.external ? { id: w.queue, name: w.queue } : w.cluster,
     slots: { busy: w.slotsBusy, total: w.slotsTotal },
     tasks: w.tasks.map((t) => ({ id: t.id, name: t.name, lease_id: t.leaseId, slot: t.slot, running_time: t.runningTimeS })),
     task: first ? { id: first.id, name: first.name, running_time: first.runningTimeS } : null,
@@ -136,13 +137,14 @@ export function workersRouter(): Router<ApiState> {
   });
 
   r.post('/workers.status_report', requireClusterToken, validated(ep('reportWorkerStatus')), async (ctx) => {
-    const b = ctx.state.body as { worker: string; task?: string; queues?: string[] | null; tags?: string[] | null; machine_stats?: ReportedStats | null };
+    const b = ctx.state.body as { worker: string; task?: string; queue?: string; queues?: string[] | null; tags?: string[] | null; machine_stats?: ReportedStats | null };
     const { store, stats } = ctx.state.deps;
     const done = await store.workers.report({
       id: b.worker,
       clusterId: ctx.state.clusterId!,
       address: ctx.ip,
       task: b.task ?? '',
+      queue: b.queue ?? '',
       ...(b.tags ? { tags: [...new Set(b.tags)] } : {}),
       ...(b.queues ? { queues: [...new Set(b.queues)] } : {}),
     });

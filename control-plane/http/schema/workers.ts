@@ -74,6 +74,7 @@ const Worker = Reply(
     ),
     tags: Type.Array(Type.String()),
     queues: Type.Array(IdName, { description: "a runner's cluster; the queues a third-party worker reported" }),
+    queue: Type.Union([IdName, Type.Null()], { description: "the queue its current task came from: a busy runner's cluster, what a third-party worker reported; null when idle" }),
     slots: Type.Object({ busy: Type.Integer({ minimum: 0 }), total: Type.Integer({ minimum: 0 }) }, { additionalProperties: false }),
     tasks: Type.Array(
       Type.Object(
@@ -175,7 +176,7 @@ export const workerEndpoints = [
         worker: WorkerId(),
         timestamp: Int(0, MAX_EPOCH_S, { description: 'UNIX time in seconds (the sample is stamped with the server\'s time)', requiredHint: 'UNIX time in seconds' }),
         task: Str(128, { pattern: '^[^\\x00-\\x1f\\x7f]{0,128}$', describe: 'a task id of at most 128 characters', description: 'the task it runs now; absent clears it' }),
-        queue: Str(128, { pattern: '^[^\\x00-\\x1f\\x7f]{0,128}$', describe: 'a queue name of at most 128 characters' }),
+        queue: Str(128, { pattern: '^[^\\x00-\\x1f\\x7f]{0,128}$', describe: 'a queue name of at most 128 characters', description: 'the queue its current task came from; absent clears it' }),
         queues: Names(64, 'queue name'),
         tags: Names(64, 'tag'),
         machine_stats: MachineStatsBody,

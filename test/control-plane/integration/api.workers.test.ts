@@ -231,9 +231,13 @@ for (const engine of ENGINES) {
       t.notOk(JSON.stringify(listed).includes(token), 'the runner token is never shown');
 
       const stats = { cpu_usage: [10, 30], memory_used: 1000, memory_free: 3000, network_rx: 2, gpu_usage: [50], disk_free_home: 40 };
-      t.equal((await daemon('status_report', { worker: 'gpu-box:0', timestamp: Math.floor(clock.now().getTime() / 1000), task: 'task-1', machine_stats: stats })).status, 200);
+      t.equal((await daemon('status_report', { worker: 'gpu-box:0', timestamp: Math.floor(clock.now().getTime() / 1000), task: 'task-1', queue: 'gpu', machine_stats: stats })).status, 200);
       const reporting = (await post('get_all', {})).body.workers[0];
-      t.match(reporting, { slots: { busy: 1 }, tasks: [{ id: 'task-1' }], task: { id: 'task-1' } });
+      t.match(reporting, { slots: { busy: 1 }, tasks: [{ id: 'task-1' }], task: { id: 'task-1' }, queue: { id: 'gpu', name: 'gpu' } });
+      // A report without a queue clears it, as without a task.
+      t.equal((await daemon('status_report', { worker: 'gpu-box:0', timestamp: 1, task: 'task-1' })).status, 200);
+      t.equal((await post('get_all', {})).body.workers[0].queue, null, 'queue cleared');
+      t.equal((await daemon('status_report', { worker: 'gpu-box:0', timestamp: Math.floor(clock.now().getTime() / 1000), task: 'task-1', queue: 'gpu', machine_stats: stats })).status, 200);
       await api.cp.stats.flush();
       const from = Math.floor(clock.now().getTime() / 1000) - 60;
       const got = await post('get_stats', { worker_ids: ['gpu-box:0'], from_date: from, to_date: from + 120, interval: 10, items: [{ key: 'cpu_total' }, { key: 'network_rx' }, { key: 'memory_total' }, { key: 'gpu_usage' }] });
