@@ -244,6 +244,8 @@ interface Resource {
 
 /** Users, tokens and the resources the fuzzer made (learnt from accepted replies): what path parameters and names are drawn from. */
 export class World {
+  /** Tasks with executions, as the test made them (no runner takes part): what execution paths name. */
+  readonly executed: string[] = [];
   readonly codes: Resource[] = [];
   readonly tasks: Resource[] = [];
   readonly schedules: Resource[] = [];
@@ -1525,6 +1527,8 @@ function mutateQuery(op: Operation, pairs: [string, string][], c: Ctx): { pairs:
 
 function pathParam(name: string, c: Ctx, mutate: boolean): { value: string; kind: string } {
   const { d, w } = c;
+  // An execution's path names a task that has executions (the test says which, World.executed).
+  if (!mutate && name === 'taskId' && /Execution/.test(c.op) && w.executed.length > 0) return { value: d.pick(w.executed), kind: 'valid' };
   if (!mutate) return { value: w.realParam(name, d), kind: 'valid' };
   const kind = d.pick(['stale', 'foreign', 'wrong-kind', 'random-id', 'uppercase-id', 'short-id', 'long', 'odd-encoding', 'odd-encoding', 'empty', 'unicode']);
   const real = w.realParam(name, d);

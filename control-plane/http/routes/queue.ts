@@ -76,13 +76,26 @@ function origin(ctx: RouterContext<ApiState>): string {
   return ctx.state.deps.config.publicUrl?.replace(/\/+$/, '') ?? `${ctx.protocol}://${ctx.host}`;
 }
 
+/**
+ * An absolute URL of this server for `path` (with its query). The request's own host (a
+ * client's Host or X-Forwarded-Host) may be anything: one no URL can carry gives the path
+ * alone, relative to the server, instead of a 500.
+ */
+function link(ctx: RouterContext<ApiState>, path: string): string {
+  try {
+    return new URL(path, origin(ctx)).toString();
+  } catch {
+    return path;
+  }
+}
+
 /** The URL of another page of this request: `page` replaced (null when there is none). */
 export function pageUrl(ctx: RouterContext<ApiState>, base: string, page: number, perPage: number, count: number): string | null {
   if (page < 0 || page * perPage >= count) return null;
-  const u = new URL(base, origin(ctx));
+  const u = new URL(base, 'http://any.invalid');
   u.searchParams.set('page', String(page));
   u.searchParams.set('per_page', String(perPage));
-  return u.toString();
+  return link(ctx, `${u.pathname}${u.search}`);
 }
 
 export function paging(q: Obj): { page: number; perPage: number } {
@@ -145,7 +158,7 @@ export function queueRouter(): Router<ApiState> {
     const task = (await deps.store.tasks.get(projectId!, id!))!;
     const waiting = task.status === 'queued' ? (await deps.store.tasks.waitReasons([task.id])).get(task.id) : undefined;
     ctx.status = 201;
-    ctx.set('Location', `${origin(ctx)}/2/projects/${projectId}/tasks/${id}`);
+    ctx.set('Location', link(ctx, `/2/projects/${projectId}/tasks/${id}`));
     ctx.body = presentTask(task, waiting);
   });
 

@@ -98,6 +98,7 @@ for (const engine of ENGINES) {
         `fuzz-lease-${i}-2`,
       ]);
       await api.store.db.query('INSERT INTO task_log_chunks (task_id, attempt, byte_offset, stream, data) VALUES ($1, 1, 0, 1, $2)', [task.id, Buffer.from('fuzz\n')]);
+      fuzzer.world.executed.push(task.id);
     }
     const ops = [...fuzzer.operations, UNROUTED];
 
