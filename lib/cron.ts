@@ -1,7 +1,14 @@
 import { Cron } from 'croner';
 
-/** A schedule's cron expression was refused: the message says why, for a 400. */
-export class CronError extends Error {}
+/** A schedule's cron expression or time zone was refused: `field` says which, the message why (for a 400). */
+export class CronError extends Error {
+  constructor(
+    readonly field: 'cron' | 'timezone',
+    message: string,
+  ) {
+    super(message);
+  }
+}
 
 /** The time zone cron expressions are read in when a schedule gives none. */
 export const DEFAULT_TIMEZONE = 'UTC';
@@ -13,17 +20,17 @@ export const DEFAULT_TIMEZONE = 'UTC';
  * exist fires at the first minute after it, and in the repeated hour a time fires once.
  */
 export function parseCron(expression: string, timezone: string = DEFAULT_TIMEZONE): Cron {
-  if (!isTimeZone(timezone)) throw new CronError(`unknown time zone ${JSON.stringify(timezone)}: give an IANA name such as "Europe/Berlin" or "UTC"`);
+  if (!isTimeZone(timezone)) throw new CronError('timezone', `unknown time zone ${JSON.stringify(timezone)}: give an IANA name such as "Europe/Berlin" or "UTC"`);
   let cron: Cron;
   let fires: boolean;
   try {
     cron = new Cron(expression, { timezone, paused: true, mode: '5-part' });
     fires = cron.nextRun(new Date(0)) !== null;
   } catch (err) {
-    throw new CronError((err as Error).message.replace(/^CronPattern: /, ''));
+    throw new CronError('cron', (err as Error).message.replace(/^CronPattern: /, ''));
   }
   // A pattern that can never fire (February 30th) is refused too.
-  if (!fires) throw new CronError(`${JSON.stringify(expression)} never fires`);
+  if (!fires) throw new CronError('cron', `${JSON.stringify(expression)} never fires`);
   return cron;
 }
 

@@ -52,8 +52,8 @@ export function schedulesRouter(): Router<ApiState> {
           parseCron(cron, timezone!);
         } catch (err) {
           if (!(err instanceof CronError)) throw err;
-          const field = err.message.startsWith('unknown time zone') ? `${prefix}timezone` : `${prefix}cron`;
-          throw badRequest(`${field} must be ${field.endsWith('timezone') ? 'an IANA time zone name' : 'a five-field cron expression (minute hour day-of-month month day-of-week)'}: ${err.message}`);
+          const what = err.field === 'timezone' ? 'an IANA time zone name' : 'a five-field cron expression (minute hour day-of-month month day-of-week)';
+          throw badRequest(`${prefix}${err.field} must be ${what}: ${err.message}`);
         }
       }
       const startAt = optTime(o, 'start_at', `${prefix}start_at`) ?? now;

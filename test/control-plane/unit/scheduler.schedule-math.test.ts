@@ -50,15 +50,15 @@ t.test('cron across daylight-saving transitions: a time in the gap fires once ju
 });
 
 t.test('cron: what is refused, and why', async (t) => {
-  for (const [expr, tz, why] of [
-    ['* * * * * *', 'UTC', /requires exactly 5 parts/],
-    ['* * * *', 'UTC', /five/],
-    ['61 * * * *', 'UTC', /Invalid value for minute: 61/],
-    ['0 0 30 2 *', 'UTC', /never fires/],
-    ['not cron', 'UTC', /./],
-    ['* * * * *', 'Mars/Base', /unknown time zone "Mars\/Base"/],
+  for (const [expr, tz, field, why] of [
+    ['* * * * * *', 'UTC', 'cron', /requires exactly 5 parts/],
+    ['* * * *', 'UTC', 'cron', /five/],
+    ['61 * * * *', 'UTC', 'cron', /Invalid value for minute: 61/],
+    ['0 0 30 2 *', 'UTC', 'cron', /never fires/],
+    ['not cron', 'UTC', 'cron', /./],
+    ['* * * * *', 'Mars/Base', 'timezone', /unknown time zone "Mars\/Base"/],
   ] as const) {
-    t.throws(() => parseCron(expr, tz), { constructor: CronError, message: why }, `${expr} in ${tz}`);
+    t.throws(() => parseCron(expr, tz), { constructor: CronError, field, message: why }, `${expr} in ${tz}`);
   }
 });
 
