@@ -24,6 +24,8 @@ interface RunnerState<T extends OfferTarget> {
   pumping: boolean;
   /** Asked to pump while pumping: pump again when done. */
   pumpAgain: boolean;
+  /** The pump in flight, settled when it ends (a hand-off waits on it rather than skip an idle runner). */
+  pumped?: Promise<void>;
   /**
    * Its instance is KILL (being scaled in or terminated by an operator): it finishes what it
    * runs and is offered nothing new. Reversible: a cancelled scale-in clears it.
@@ -217,10 +219,16 @@ export class Dispatcher<T extends OfferTarget = OfferTarget> {
    */
   async handOff(task: NewTask): Promise<{ taskId: string; granted: boolean } | undefined> {
     if (task.delay > 0 || this.stopped) return undefined;
-    let best: RunnerState<T> | undefined;
-    for (const r of this.runners.values()) {
-      if (r.target.runner?.cluster !== task.cluster || r.pumping || this.free(r) <= 0) continue;
-      if (!best || this.free(r) > this.free(best)) best = r;
+    let best = this.handOffTarget(task.cluster, false);
+    if (!best) {
+      // The runners that could take it are all mid-pump (the tick's idle claim, a credit's):
+      // one claim's wait, then the insert itself can still grant it.
+      const busy = this.handOffTarget(task.cluster, true);
+      if (busy?.pumped) {
+        await busy.pumped;
+        if (this.stopped) return undefined;
+        best = this.handOffTarget(task.cluster, false);
+      }
     }
     if (!best?.target.runner) return undefined;
     const r = best;
@@ -242,6 +250,16 @@ export class Dispatcher<T extends OfferTarget = OfferTarget> {
     }
   }
 
+  /** The runner of `cluster` with the most free slots, pumping or not as asked. */
+  private handOffTarget(cluster: string, pumping: boolean): RunnerState<T> | undefined {
+    let best: RunnerState<T> | undefined;
+    for (const r of this.runners.values()) {
+      if (r.target.runner?.cluster !== cluster || r.pumping !== pumping || this.free(r) <= 0) continue;
+      if (!best || this.free(r) > this.free(best)) best = r;
+    }
+    return best;
+  }
+
   /** Offers work to every runner of `cluster` ('*': all clusters) with free credit. */
   wake(cluster: string): void {
     for (const r of this.runners.values()) {
@@ -256,6 +274,8 @@ export class Dispatcher<T extends OfferTarget = OfferTarget> {
       return;
     }
     r.pumping = true;
+    let settle!: () => void;
+    r.pumped = new Promise((res) => (settle = res));
     const t = r.target;
     try {
       do {
@@ -283,6 +303,8 @@ export class Dispatcher<T extends OfferTarget = OfferTarget> {
       else this.log.error({ err }, 'dispatch failed');
     } finally {
       r.pumping = false;
+      r.pumped = undefined;
+      settle();
     }
   }
 }
