@@ -6,7 +6,10 @@
  *   - docker: queued→started latency (p50/p99) of single tasks on a warm runner whose
  *     executor is the real Docker path, and its overhead over the floor;
  *   - noop: end-to-end throughput (queued → complete, logs stored) of many no-op tasks through
- *     runner processes whose executor does nothing, and their queued→started latency.
+ *     runner processes whose executor does nothing, and their queued→started latency;
+ *   - outbox: the same throughput with an outcome webhook on every task (the outbox row the
+ *     final status writes, and its delivery to a receiver in this process while tasks run),
+ *     against the plain run, and how long the last delivery came after the last task.
  *
  * Runs against PostgreSQL (GANTRY_BENCH_PG_URL, an admin URL: a fresh database is made and
  * dropped) with runner processes on this host. Usage: npm run bench [-- --tasks 20000]
@@ -14,6 +17,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -116,13 +121,15 @@ async function main() {
     GANTRY_SECRET_KEYS: `bench:${randomBytes(32).toString('base64')}`,
     GANTRY_LOG_FLUSH_INTERVAL_MS: '20',
     GANTRY_PG_POOL_MAX: '20',
+    GANTRY_WEBHOOK_ALLOW: '127.0.0.0/8',
   };
   // The control plane in its own process, so that this one's HTTP client and database reads
   // do not share its event loop; this process reaches the same database through a store.
   const config = loadConfig({ ...env, GANTRY_PG_POOL_MAX: '4' });
   const store = await openStore(config, log, systemClock, newId);
-  store.clusters.useSecrets(loadSecretBox({ keys: config.secretKeys, dataDir: work, shared: true }));
+  store.useSecrets(loadSecretBox({ keys: config.secretKeys, dataDir: work, shared: true }));
   const children: ChildProcess[] = [];
+  let outbox: Record<string, number> = {};
   try {
     progress('starting the control plane');
     const cp = await startControlPlaneProcess(env);
@@ -132,9 +139,9 @@ async function main() {
     const { token } = await store.accounts.createToken(user.id);
     const base = `${cp.url}/2/projects/${project.id}`;
     const auth = { Authorization: `OAuth ${token}` };
-    const upload = async (name: string, command: string) => {
+    const upload = async (name: string, command: string, extra: Record<string, unknown> = {}) => {
       const f = new FormData();
-      f.append('data', JSON.stringify({ name, image: IMAGE, command }));
+      f.append('data', JSON.stringify({ name, image: IMAGE, command, ...extra }));
       const r = await fetch(`${base}/codes`, { method: 'POST', headers: auth, body: f });
       if (r.status !== 200) throw new Error(await r.text());
     };
@@ -267,6 +274,43 @@ async function main() {
     const totalMs = performance.now() - t0;
     const noopLat = await latencies('bench-noop');
 
+    // 4. The same with an outcome webhook on every task, to a receiver in this process.
+    progress(`outbox: ${N_NOOP} tasks with an outcome webhook each (throughput against the plain run)`);
+    let received = 0;
+    let lastDeliveryAt = 0;
+    const receiver = http.createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        received++;
+        lastDeliveryAt = performance.now();
+        res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+    try {
+      const secret = await fetch(`${base}/webhook_secret`, { method: 'POST', headers: { ...auth, 'Content-Type': 'application/json' }, body: '{}' });
+      if (secret.status !== 200) throw new Error(await secret.text());
+      await upload('noop-hooked', 'true', { webhooks: { finishes: [`http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hook`] } });
+      await store.db.query(`UPDATE tasks SET cluster = 'bench-noop-done' WHERE cluster = 'bench-noop'`);
+      await store.db.query('ANALYZE');
+      const h0 = performance.now();
+      for (let done = 0; done < N_NOOP; done += BATCH) await queue('noop-hooked', Math.min(BATCH, N_NOOP - done), 'bench-noop');
+      await drained('bench-noop', 600000);
+      await waitDone('bench-noop', N_NOOP, 60000);
+      const hookedMs = performance.now() - h0;
+      const deadline = Date.now() + 600000;
+      while (received < N_NOOP && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
+      if (received < N_NOOP) throw new Error(`only ${received} of ${N_NOOP} webhooks arrived`);
+      outbox = {
+        noop_with_webhook_tasks_per_s: Math.round((N_NOOP / hookedMs) * 1000),
+        rate_vs_plain: round((N_NOOP / hookedMs) / (N_NOOP / totalMs)),
+        webhooks_delivered: received,
+        last_delivery_after_last_task_ms: Math.round(Math.max(0, lastDeliveryAt - (h0 + hookedMs))),
+      };
+    } finally {
+      receiver.close();
+    }
+
     const p50 = pct(dockerLat, 50);
     const p99 = pct(dockerLat, 99);
     const f50 = pct(floor, 50);
@@ -287,6 +331,7 @@ async function main() {
         granted_to_started_p50: round(pct(split.map((r) => Number(r.start)), 50)),
       },
       noop_backlog_queued_to_started_ms: { p50: round(pct(noopLat, 50)), p99: round(pct(noopLat, 99)) },
+      outbox,
       runners: RUNNERS,
       slots_per_runner: SLOTS,
     };

@@ -276,12 +276,16 @@ export async function runAdmin(store: Store, argv: string[], ctx: AdminContext =
     case 'cluster reencrypt': {
       // Rotation: put the new key first in GANTRY_SECRET_KEYS (old ones after it), run this,
       // then drop the old keys. Values that cannot be opened are listed; keep the old keys then.
-      const r = await store.clusters.reencryptSecrets().catch((err: unknown) => {
+      // Projects' webhook signing secrets are sealed with the same keys.
+      const unavailable = (err: unknown) => {
         throw err instanceof SecretsUnavailableError ? new UsageError(err.message) : err;
-      });
-      const lines = [`re-encrypted ${r.rewritten} secret(s); ${r.current} already under the first key`];
+      };
+      const r = await store.clusters.reencryptSecrets().catch(unavailable);
+      const p = await store.deliveries.reencryptSecrets().catch(unavailable);
+      const lines = [`re-encrypted ${r.rewritten + p.rewritten} secret(s); ${r.current + p.current} already under the first key`];
       for (const f of r.failed) lines.push(`cannot re-encrypt ${f.field} of cluster ${f.clusterId}: ${f.error}`);
-      if (r.failed.length > 0) throw new UsageError(`${lines.join('\n')}\n(keep the old keys until these are fixed)`);
+      for (const f of p.failed) lines.push(`cannot re-encrypt the ${f.field} signing secret of project ${f.projectId}: ${f.error}`);
+      if (r.failed.length + p.failed.length > 0) throw new UsageError(`${lines.join('\n')}\n(keep the old keys until these are fixed)`);
       return lines.join('\n');
     }
     default:

@@ -5,6 +5,8 @@ import path from 'node:path';
 import { EnvReader } from '../lib/env.ts';
 import { ConfigError } from '../lib/errors.ts';
 import { DEFAULT_ZIP_LIMITS, type ZipLimits } from '../lib/zip.ts';
+import { parseEgressAllow, type EgressPolicy } from '../lib/egress.ts';
+import { smtpConfigFromEnv, type SmtpConfig } from './outbox/mailer.ts';
 
 /** The control plane's configuration: read once from the environment, then frozen. */
 export interface ControlPlaneConfig {
@@ -131,6 +133,30 @@ export interface ControlPlaneConfig {
   readonly statsIntervalS: number;
   /** Users (by email, lower case) who see operator clusters' workers through the workers API. */
   readonly operators: readonly string[];
+  /** Outcome webhooks and e-mails: where they may go, how they are sent and retried (README, "Outcome webhooks"). */
+  readonly deliveries: Readonly<DeliverySettings>;
+}
+
+/** How outcome webhooks and e-mails are sent (control-plane/outbox/). */
+export interface DeliverySettings {
+  /** Receivers allowed although their address is loopback, private, link-local or metadata (GANTRY_WEBHOOK_ALLOW). */
+  egress: EgressPolicy;
+  /** One attempt's limit: connect, send, the answer's headers and the little of its body read. */
+  timeoutMs: number;
+  /** Retries go on this long after the outcome (or a redelivery), then the delivery is given up. */
+  retryForS: number;
+  /** Back-off: the first retry after about this, doubling to at most retryMaxMs, each with jitter. */
+  retryBaseMs: number;
+  retryMaxMs: number;
+  /** Sends in flight at most, per replica, and per project over all replicas. */
+  inFlight: number;
+  perProjectInFlight: number;
+  /** The loop looks for due deliveries at least this often (a NOTIFY wakes it at once on PostgreSQL). */
+  pollMs: number;
+  /** After a rotation, the previous signing secret still signs for this long. */
+  secretOverlapS: number;
+  /** The SMTP server `notify` e-mails go through; none: `notify` is refused. */
+  smtp: SmtpConfig | undefined;
 }
 
 /** Retention periods (0: keep for ever) and the pace of the leader's retention passes. */
@@ -418,6 +444,18 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     metricsToken: parseMetricsToken(e.str('GANTRY_METRICS_TOKEN')),
     ...parseMetricsListen(e, port),
     retention: parseRetention(e),
+    deliveries: Object.freeze({
+      egress: parseEgressAllow(e.str('GANTRY_WEBHOOK_ALLOW')),
+      timeoutMs: e.int('GANTRY_WEBHOOK_TIMEOUT_MS', 10_000, { min: 100, max: 120_000 }),
+      retryForS: e.int('GANTRY_WEBHOOK_RETRY_FOR_S', 86_400, { min: 0, max: 30 * 86_400 }),
+      retryBaseMs: e.int('GANTRY_WEBHOOK_RETRY_BASE_MS', 10_000, { min: 10, max: 3_600_000 }),
+      retryMaxMs: e.int('GANTRY_WEBHOOK_RETRY_MAX_MS', 3_600_000, { min: 10, max: 86_400_000 }),
+      inFlight: e.int('GANTRY_WEBHOOK_IN_FLIGHT', 64, { min: 1, max: 10_000 }),
+      perProjectInFlight: e.int('GANTRY_WEBHOOK_PROJECT_IN_FLIGHT', 16, { min: 1, max: 1000 }),
+      pollMs: e.int('GANTRY_WEBHOOK_POLL_MS', 1000, { min: 10, max: 60_000 }),
+      secretOverlapS: e.int('GANTRY_WEBHOOK_SECRET_OVERLAP_S', 86_400, { min: 0, max: 30 * 86_400 }),
+      smtp: smtpConfigFromEnv(env),
+    }),
     queueLoadIntervalS: e.int('GANTRY_QUEUE_LOAD_INTERVAL_S', 60, { min: 0, max: 3600 }),
     statsIntervalS: e.int('GANTRY_STATS_INTERVAL_S', 10, { min: 1, max: 3600 }),
     operators: Object.freeze(
@@ -447,5 +485,19 @@ export function redactedConfig(c: ControlPlaneConfig): Record<string, unknown> {
     database: db,
     secretKeys: c.secretKeys ? '[redacted]' : undefined,
     metricsToken: c.metricsToken ? '[redacted]' : undefined,
+    deliveries: {
+      ...c.deliveries,
+      egress: [...c.deliveries.egress.allowCidrs.map(([a, bits]) => `${a.toString()}/${bits}`), ...c.deliveries.egress.allowHosts],
+      smtp: c.deliveries.smtp && {
+        host: c.deliveries.smtp.host,
+        port: c.deliveries.smtp.port,
+        security: c.deliveries.smtp.security,
+        from: c.deliveries.smtp.from,
+        timeoutMs: c.deliveries.smtp.timeoutMs,
+        user: c.deliveries.smtp.user,
+        password: c.deliveries.smtp.password ? '[redacted]' : undefined,
+        tlsCa: c.deliveries.smtp.tlsCa ? '[set]' : undefined,
+      },
+    },
   };
 }

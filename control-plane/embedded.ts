@@ -33,7 +33,7 @@ export async function startEmbedded(config: ControlPlaneConfig, log: Logger, clo
   return startWith(async (releases) => {
     const store = await openStore(config, log.child({ component: 'store' }), clock ?? systemClock, newId);
     releases.add('store', () => store.close());
-    store.clusters.useSecrets(
+    store.useSecrets(
       loadSecretBox({ keys: config.secretKeys, dataDir: config.dataDir, shared: Boolean(config.databaseUrl), warn: (m, f) => log.warn(f, m) }),
     );
     const boot = await ensureBootstrap(store, config.dataDir, log);

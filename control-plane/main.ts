@@ -37,7 +37,7 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(`${await runThroughSocket(socket, argv, (line) => process.stderr.write(`${line}\n`))}\n`);
       return 0;
     }
-    store.clusters.useSecrets(loadSecretBox({ keys: config.secretKeys, dataDir: config.dataDir, shared: Boolean(config.databaseUrl) }));
+    store.useSecrets(loadSecretBox({ keys: config.secretKeys, dataDir: config.dataDir, shared: Boolean(config.databaseUrl) }));
     store.quotas.useDefaults(config.quotas, config.quotaRetryAfterS);
     try {
       const progress = (line: string) => process.stderr.write(`${line}\n`);

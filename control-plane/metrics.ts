@@ -83,6 +83,17 @@ export class ControlPlaneMetrics {
   );
   readonly frames = this.counter('gantry_stream_frames_total', 'Runner protocol frames', ['type', 'dir']);
   readonly handOffs = this.counter('gantry_task_handoffs_total', 'New tasks granted to an idle runner in the same statement that queued them');
+  readonly deliveries = this.counter(
+    'gantry_deliveries_total',
+    'Attempts of outcome webhooks and e-mails, by kind and result: delivered, retried (it failed and will be tried again), failed (given up)',
+    ['kind', 'result'],
+  );
+  readonly deliverySeconds = this.histogram(
+    'gantry_delivery_duration_seconds',
+    'How long one attempt of an outcome webhook or e-mail took, by kind',
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    ['kind'],
+  );
   readonly logBytes = this.counter('gantry_log_bytes_total', 'Task log bytes stored');
   readonly dispatchLatency = this.histogram(
     'gantry_dispatch_latency_seconds',

@@ -12,6 +12,7 @@ import type { RunnerSession } from './grpc/session.ts';
 import { createApp } from './http/app.ts';
 import { acceptUpgrades } from './http/log-socket.ts';
 import { LogFeed } from './live/log-feed.ts';
+import { Deliverer } from './outbox/deliverer.ts';
 import { answerClientErrors, answerOtherProtocolErrors } from './http/client-error.ts';
 import { ControlPlaneMetrics } from './metrics.ts';
 import { startMetricsServer } from './http/metrics-endpoint.ts';
@@ -28,6 +29,7 @@ import { loadSecretBox } from '../lib/secretbox.ts';
 import { checkTuning, createAutoscaler, type Autoscaler } from '../autoscaler/index.ts';
 import { runLeaderWork, type LeaderJob } from './coord/leader.ts';
 import type { Coordinator } from './coord/types.ts';
+import { presentTask } from './http/present.ts';
 
 export interface ControlPlane {
   /** Base URL of the REST API, e.g. http://127.0.0.1:8080 (the API is under /2/). */
@@ -90,7 +92,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
     // Cluster secrets: keys from GANTRY_SECRET_KEYS, else a key file in the data directory;
     // a store handed in with its keys keeps them (they are loaded once per process).
     if ((!o.store || config.secretKeys) && !store.clusters.hasSecrets) {
-      store.clusters.useSecrets(
+      store.useSecrets(
         loadSecretBox({ keys: config.secretKeys, dataDir: config.dataDir, shared: Boolean(config.databaseUrl), warn: (m, f) => log.warn(f, m) }),
       );
     }
@@ -127,6 +129,11 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
     });
     const feed = new LogFeed(store.db, config.liveLogs, log.child({ component: 'live-logs' }));
     await feed.start();
+    // Outcome webhooks and e-mails, sent from every replica; the base URL is known once the API listens.
+    let baseUrl: string | undefined;
+    const deliverer = new Deliverer({ store, settings: config.deliveries, clock, log: log.child({ component: 'deliveries' }), metrics, baseUrl: () => baseUrl, present: (t) => presentTask(t) });
+    await deliverer.start();
+    releases.add('deliveries', () => deliverer.stop());
     const app = createApp({
       feed,
       store,
@@ -182,6 +189,7 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
     const addr = server.address() as AddressInfo;
     const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
     const url = config.publicUrl ?? `${api.scheme}://${host === '0.0.0.0' ? '127.0.0.1' : host}:${addr.port}`;
+    baseUrl = url;
     const autoscaler = createAutoscaler({
       secrets: store.clusters,
       settings: config,

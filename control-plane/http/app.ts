@@ -12,6 +12,7 @@ import { bearerMatches, metricsUnauthorized, requestMetrics } from './metrics-en
 import { clustersRouter } from './routes/clusters.ts';
 import { codesRouter } from './routes/codes.ts';
 import { executionsRouter } from './routes/executions.ts';
+import { deliveriesRouter } from './routes/deliveries.ts';
 import { schedulesRouter } from './routes/schedules.ts';
 import { queueRouter } from './routes/queue.ts';
 import { tasksRouter } from './routes/tasks.ts';
@@ -177,7 +178,7 @@ export function apiRouters(deps: ApiDeps): Router<ApiState>[] {
     ctx.type = 'application/json';
     ctx.body = document;
   });
-  for (const r of [codesRouter(), tasksRouter(), executionsRouter(), schedulesRouter(), queueRouter()]) v2.use(r.routes());
+  for (const r of [codesRouter(), tasksRouter(), executionsRouter(), deliveriesRouter(), schedulesRouter(), queueRouter()]) v2.use(r.routes());
   v2.use(clustersRouter().routes());
   v2.use(workersRouter().routes());
   return [root, v2];

@@ -4,8 +4,17 @@ import type { FarmStatus } from '../store/status.ts';
 import type { Schedule } from '../store/schedules.ts';
 import type { Task } from '../store/tasks.ts';
 import { upcomingFires } from '../../lib/cron.ts';
+import { fullLists, type Hooks } from '../store/hooks.ts';
 
 export type Json = Record<string, unknown>;
+
+/** `webhooks` and `notify` as replies show them: all three lists of each kind that is set. */
+export function presentHooks(h: Hooks | null): Json {
+  return {
+    ...(h?.webhooks ? { webhooks: fullLists(h.webhooks) } : {}),
+    ...(h?.notify ? { notify: fullLists(h.notify) } : {}),
+  };
+}
 
 /** Drops absent values (IronWorker omits optional fields) and writes dates as RFC 3339. */
 export function clean(o: Json): Json {
@@ -42,6 +51,7 @@ export function presentCode(c: Code): Json {
     file_name: c.fileName,
     code_size: c.codeSize,
     paused: c.paused,
+    ...presentHooks(c.hooks),
   });
 }
 
@@ -68,6 +78,7 @@ export function presentRevision(r: CodeRevision, name: string): Json {
     env_vars: r.envVars,
     log_streams: r.logStreams,
     category: r.category,
+    ...presentHooks(r.hooks),
   });
 }
 
@@ -101,6 +112,7 @@ export function presentTask(t: Task, waiting?: string): Json {
     log_size: t.logSize,
     created_at: t.createdAt,
     updated_at: t.updatedAt,
+    ...presentHooks(t.hooks),
   });
 }
 
@@ -134,6 +146,7 @@ export function presentSchedule(s: Schedule): Json {
     next_start: s.nextStart,
     created_at: s.createdAt,
     updated_at: s.updatedAt,
+    ...presentHooks(s.hooks),
   });
 }
 

@@ -163,9 +163,11 @@ export class ClaimsStore {
   async queueAndGrant(t: NewTask, runner: RunnerRef, acceptDeadlineMs: number): Promise<{ taskId: string; offer: Offer | undefined }> {
     const now = this.c.clock.now();
     const taskId = this.c.ids();
+    const values = taskValues(t, taskId, now);
+    const hooks = values.pop(); // the statement takes it last, after the lease's parameters
     const r = await run<OfferRow>(this.c.db, QUEUE_AND_GRANT, [
-      ...taskValues(t, taskId, now), this.c.ids(), runner.id, runner.epoch, new Date(now.getTime() + acceptDeadlineMs), now,
-      t.delay === 0, this.tasks.quotas.defaults.queuedTasks,
+      ...values, this.c.ids(), runner.id, runner.epoch, new Date(now.getTime() + acceptDeadlineMs), now,
+      t.delay === 0, this.tasks.quotas.defaults.queuedTasks, hooks,
     ]);
     const row = r.rows[0];
     if (!row) return { taskId: (await this.tasks.queueCounted([t]))[0]!, offer: undefined };

@@ -137,7 +137,7 @@ export class SecretsUnavailableError extends GantryError {
   constructor() {
     super(
       'secrets_unconfigured',
-      'Cluster secrets are unavailable on this server: no secret key is configured: start the server with GANTRY_SECRET_KEYS (or let the embedded start create its key file)',
+      'Secrets at rest (cluster credentials, webhook signing secrets) are unavailable on this server: no secret key is configured: start the server with GANTRY_SECRET_KEYS (or let the embedded start create its key file)',
       { kind: 'misconfigured' },
     );
   }

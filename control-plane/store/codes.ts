@@ -2,6 +2,7 @@ import type { StoreCtx, Page } from './ctx.ts';
 import { pageSql } from './ctx.ts';
 import type { QuotasStore } from './quotas.ts';
 import { GantryError } from '../../lib/errors.ts';
+import { compactHooks, type HookLists, type Hooks } from './hooks.ts';
 
 /** An upload that cannot make a revision (HTTP 400). */
 export class CodeInputError extends GantryError {
@@ -9,6 +10,9 @@ export class CodeInputError extends GantryError {
     super('invalid', message, { kind: 'invalid' });
   }
 }
+
+/** A hooks value as a jsonb parameter. */
+export const hooksJson = (h: Hooks | null | undefined): string | null => (h ? JSON.stringify(h) : null);
 
 /** Settings of a code package revision; `undefined` inherits the previous revision's value. */
 export interface CodeSettings {
@@ -25,6 +29,9 @@ export interface CodeSettings {
   logStreams?: LogStreams;
   /** The queue services' job type category: a label of the operator's own; null clears it. */
   category?: string | null;
+  /** Outcome hooks its tasks inherit (store/hooks.ts), each kind kept from the last revision unless given; `{}` clears it. */
+  webhooks?: HookLists;
+  notify?: HookLists;
 }
 
 /**
@@ -57,6 +64,7 @@ export interface CodeRevision {
   stack: string | null;
   logStreams: LogStreams;
   category: string | null;
+  hooks: Hooks | null;
   fileName: string | null;
   checksum: string | null;
   codeSize: number | null;
@@ -88,6 +96,7 @@ interface SettingsRow {
   stack: string | null;
   log_streams: LogStreams;
   category: string | null;
+  hooks: Hooks | null;
   file_name: string | null;
   checksum: string | null;
   code_size: number | null;
@@ -125,6 +134,7 @@ function toSettings(r: SettingsRow): Omit<CodeRevision, 'id' | 'codeId' | 'creat
     stack: r.stack,
     logStreams: r.log_streams,
     category: r.category,
+    hooks: r.hooks ?? null,
     fileName: r.file_name,
     checksum: r.checksum,
     codeSize: r.code_size,
@@ -149,7 +159,7 @@ function toCode(r: CodeRow): Code {
 
 const CODE_COLUMNS = `c.id, c.project_id, c.name, c.rev, c.latest_revision_id, c.paused, c.created_at, c.updated_at,
   r.image, r.command, r.config, r.max_concurrency, r.retries, r.retries_delay, r.default_priority, r.env_vars,
-  r.stack, r.log_streams, r.category, r.file_name, r.checksum, r.code_size`;
+  r.stack, r.log_streams, r.category, r.hooks, r.file_name, r.checksum, r.code_size`;
 
 export const TASK_STATUSES = ['queued', 'running', 'complete', 'error', 'cancelled', 'killed', 'timeout'] as const;
 export type TaskStatus = (typeof TASK_STATUSES)[number];
@@ -205,8 +215,8 @@ export class CodesStore {
       const rev = code.rev + 1;
       await q.query(
         `INSERT INTO code_revisions (id, code_id, project_id, rev, image, command, config, max_concurrency, retries,
-           retries_delay, default_priority, env_vars, stack, file_name, checksum, code_size, created_at, log_streams, category)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb,$13,$14,$15,$16,$17,$18,$19)`,
+           retries_delay, default_priority, env_vars, stack, file_name, checksum, code_size, created_at, log_streams, category, hooks)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb,$13,$14,$15,$16,$17,$18,$19,$20::jsonb)`,
         [
           revId,
           code.id,
@@ -227,6 +237,7 @@ export class CodesStore {
           now,
           pick('logStreams', 'merged'),
           pick('category', null),
+          hooksJson(compactHooks({ webhooks: s.webhooks ?? prev?.hooks?.webhooks, notify: s.notify ?? prev?.hooks?.notify })),
         ],
       );
       if (archive) {

@@ -26,6 +26,8 @@ import { QueueLoadStore } from './queue-load.ts';
 import { RequeueStore } from './requeue.ts';
 import { SeriesStore } from './series.ts';
 import { WorkersStore } from './workers.ts';
+import { DeliveriesStore } from './deliveries.ts';
+import type { SecretBox } from '../../lib/secretbox.ts';
 
 export type { Db } from './db.ts';
 
@@ -60,6 +62,8 @@ export class Store {
   readonly series: SeriesStore;
   /** The workers registry as the workers API shows it, and third-party workers' registrations. */
   readonly workers: WorkersStore;
+  /** The outbox of outcome webhooks and e-mails, and the projects' signing secrets. */
+  readonly deliveries: DeliveriesStore;
 
   constructor(
     readonly db: Db,
@@ -87,6 +91,13 @@ export class Store {
     this.requeue = new RequeueStore(ctx, this.quotas);
     this.series = new SeriesStore(ctx);
     this.workers = new WorkersStore(ctx);
+    this.deliveries = new DeliveriesStore(ctx);
+  }
+
+  /** Installs the keys secrets at rest are sealed with (lib/secretbox.ts loadSecretBox): clusters' and signing secrets. */
+  useSecrets(box: SecretBox): void {
+    this.clusters.useSecrets(box);
+    this.deliveries.useSecrets(box);
   }
 
   close(): Promise<void> {

@@ -6,6 +6,7 @@ import { checkFence, type Fence } from './fence.ts';
 import { RECLAIMED, type LeaseRow, type LeasesStore, type StartedReport } from './leases.ts';
 import { run, statement } from './statements.ts';
 import type { TasksStore } from './tasks.ts';
+import type { Hooks } from './hooks.ts';
 
 /**
  * How leases end: a runner's result, a Reject, an expired offer, a lost runner, a
@@ -215,7 +216,7 @@ export class OutcomesStore {
       await q.query<{
         project_id: string; code_id: string; code_name: string; code_revision_id: string; code_rev: number;
         retries_left: number; retries_delay: number; payload: string; priority: number; cluster: string;
-        timeout: number; label: string | null; retry_count: number;
+        timeout: number; label: string | null; retry_count: number; hooks: Hooks | null;
       }>('SELECT * FROM tasks WHERE id = $1', [taskId])
     ).rows[0]!;
     const [id] = await this.tasks.insert(q, [
@@ -235,6 +236,7 @@ export class OutcomesStore {
         label: t.label,
         originalTaskId: taskId,
         retryCount: t.retry_count + 1,
+        hooks: t.hooks,
       },
     ]);
     await q.query('UPDATE tasks SET retry_task_id = $2 WHERE id = $1', [taskId, id]);

@@ -46,19 +46,19 @@ function matching(projectId: string, f: RequeueFilter): { from: string; params: 
 /**
  * The new tasks, one per original (in the order given), as retry makes them (TasksStore.retry):
  * the package's latest revision and its retries when it still exists, else the task's own;
- * the payload, cluster, timeout and label of the original, its priority unless $3 gives one.
+ * the payload, cluster, timeout, label and hooks of the original, its priority unless $3 gives one.
  * $1 originals, $2 new ids, $3 priority or null, $4 now, $5 the requeue's id.
  */
 const REQUEUE_INSERT = `
 INSERT INTO tasks (id, project_id, code_id, code_name, code_revision_id, code_rev, status, priority, cluster, timeout,
-  delay, payload, label, original_task_id, retry_count, retries_left, retries_delay, created_at, updated_at, eligible_at, requeue_id)
+  delay, payload, label, original_task_id, retry_count, retries_left, retries_delay, created_at, updated_at, eligible_at, requeue_id, hooks)
 SELECT x.id, t.project_id, t.code_id, t.code_name,
   CASE WHEN c.deleted_at IS NULL THEN lr.id ELSE t.code_revision_id END,
   CASE WHEN c.deleted_at IS NULL THEN lr.rev ELSE t.code_rev END,
   'queued', coalesce($3::smallint, t.priority), t.cluster, t.timeout, 0, t.payload, t.label, t.id, t.retry_count + 1,
   CASE WHEN c.deleted_at IS NULL THEN lr.retries ELSE t.retries_left END,
   CASE WHEN c.deleted_at IS NULL THEN lr.retries_delay ELSE t.retries_delay END,
-  $4, $4, $4, $5
+  $4, $4, $4, $5, t.hooks
 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(original, id, n)
 JOIN tasks t ON t.id = x.original JOIN codes c ON c.id = t.code_id JOIN code_revisions lr ON lr.id = c.latest_revision_id
 ORDER BY x.n`;

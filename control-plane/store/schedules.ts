@@ -4,6 +4,7 @@ import type { TasksStore } from './tasks.ts';
 import { checkFence, type Fence } from './fence.ts';
 import type { QuotasStore } from './quotas.ts';
 import { DEFAULT_TIMEZONE, firstFire, nextFireAfter } from '../../lib/cron.ts';
+import { resolveHooks, type Hooks } from './hooks.ts';
 
 export interface Schedule {
   id: string;
@@ -28,6 +29,8 @@ export interface Schedule {
   nextStart: Date | null;
   status: 'scheduled' | 'complete' | 'cancelled';
   msg: string | null;
+  /** The hooks its tasks carry, each kind as given (`{}`: none), else their package's. */
+  hooks: Hooks | null;
   createdAt: Date;
   updatedAt: Date;
 }
@@ -47,6 +50,7 @@ interface ScheduleRow extends Pick<Schedule, 'id' | 'name' | 'payload' | 'priori
   error_count: number;
   last_run_time: Date | null;
   next_start: Date | null;
+  hooks: Hooks | null;
   created_at: Date;
   updated_at: Date;
 }
@@ -74,6 +78,7 @@ function toSchedule(r: ScheduleRow): Schedule {
     nextStart: r.next_start,
     status: r.status,
     msg: r.msg,
+    hooks: r.hooks ?? null,
     createdAt: r.created_at,
     updatedAt: r.updated_at,
   };
@@ -94,6 +99,8 @@ export interface NewSchedule {
   timezone?: string | null;
   endAt: Date | null;
   runTimes: number | null;
+  /** Its tasks' hooks, each kind given replacing their package's. */
+  hooks?: Hooks | null;
 }
 
 /** What firing a schedule at `now` makes of it: its next start, or its end and why. */
@@ -133,11 +140,11 @@ export class SchedulesStore {
         ids.push(id);
         await q.query(
           `INSERT INTO schedules (id, project_id, code_name, name, payload, priority, timeout, cluster, task_delay,
-             start_at, run_every, end_at, run_times, next_start, status, created_at, updated_at, cron, timezone)
-           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,'scheduled',$15,$15,$16,$17)`,
+             start_at, run_every, end_at, run_times, next_start, status, created_at, updated_at, cron, timezone, hooks)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,'scheduled',$15,$15,$16,$17,$18::jsonb)`,
           [id, projectId, s.codeName, s.name, s.payload, s.priority, s.timeout, s.cluster, s.taskDelay, s.startAt,
             s.runEvery, s.endAt, s.runTimes, firstFire({ ...s, cron: s.cron ?? null, timezone: s.timezone ?? null }), now, s.cron ?? null,
-            s.cron ? (s.timezone ?? DEFAULT_TIMEZONE) : null],
+            s.cron ? (s.timezone ?? DEFAULT_TIMEZONE) : null, s.hooks && (s.hooks.webhooks || s.hooks.notify) ? JSON.stringify(s.hooks) : null],
         );
       }
       return ids;
@@ -203,8 +210,8 @@ export class SchedulesStore {
       const s = row && toSchedule(row);
       if (!s || !s.nextStart) return false;
       const code = (
-        await q.query<{ id: string; rev: number; revision_id: string; retries: number; retries_delay: number }>(
-          `SELECT c.id, c.rev, r.id AS revision_id, r.retries, r.retries_delay
+        await q.query<{ id: string; rev: number; revision_id: string; retries: number; retries_delay: number; hooks: Hooks | null }>(
+          `SELECT c.id, c.rev, r.id AS revision_id, r.retries, r.retries_delay, r.hooks
            FROM codes c JOIN code_revisions r ON r.id = c.latest_revision_id
            WHERE c.project_id = $1 AND c.name = $2 AND c.deleted_at IS NULL`,
           [s.projectId, s.codeName],
@@ -250,6 +257,7 @@ export class SchedulesStore {
           label: s.name,
           scheduleId: s.id,
           scheduledFor: s.nextStart,
+          hooks: resolveHooks(s.hooks, code.hooks),
         },
       ]);
       await q.query(

@@ -6,6 +6,7 @@ import type { QuotasStore } from './quotas.ts';
 import { run, statement } from './statements.ts';
 import { ConflictError } from '../errors.ts';
 import { readLog } from './executions.ts';
+import type { Hooks } from './hooks.ts';
 
 export const FINAL_STATUSES: readonly TaskStatus[] = ['complete', 'error', 'cancelled', 'killed', 'timeout'];
 
@@ -40,6 +41,8 @@ export interface Task {
   runnerLosses: number;
   runnerId: string | null;
   runTimes: number;
+  /** Who hears of its outcome (store/hooks.ts), resolved when it was queued; null for no one. */
+  hooks: Hooks | null;
 }
 
 /**
@@ -67,6 +70,7 @@ export interface TaskRow
   runner_losses: number;
   runner_id: string | null;
   run_times: number;
+  hooks: Hooks | null;
 }
 
 export function toTask(r: TaskRow): Task {
@@ -101,6 +105,7 @@ export function toTask(r: TaskRow): Task {
     runnerLosses: r.runner_losses,
     runnerId: r.runner_id,
     runTimes: r.run_times,
+    hooks: r.hooks ?? null,
   };
 }
 
@@ -123,6 +128,8 @@ export interface NewTask {
   scheduledFor?: Date;
   originalTaskId?: string;
   retryCount?: number;
+  /** Its outcome hooks, resolved (store/hooks.ts resolveHooks); none when absent. */
+  hooks?: Hooks | null;
 }
 
 export interface TaskFilter {
@@ -137,7 +144,7 @@ export interface TaskFilter {
 /** Columns listed without the payload, which lists never carry. */
 export const LIST_COLUMNS = `id, project_id, code_id, code_name, code_revision_id, code_rev, status, priority, cluster, timeout,
   delay, label, msg, percent, schedule_id, original_task_id, retry_task_id, retry_count, created_at, updated_at,
-  eligible_at, start_time, end_time, log_size, exit_code, attempt, runner_losses, runner_id, run_times`;
+  eligible_at, start_time, end_time, log_size, exit_code, attempt, runner_losses, runner_id, run_times, hooks`;
 
 /**
  * A new task's values, queued at `now`, in the order the statement files take them
@@ -151,6 +158,7 @@ export function taskValues(t: NewTask, id: string, now: Date): unknown[] {
     id, t.projectId, t.codeId, t.codeName, t.revisionId, t.rev, 'queued', t.priority, t.cluster, t.timeout,
     t.delay, t.payload, t.label, t.scheduleId ?? null, t.scheduledFor ?? null, t.originalTaskId ?? null,
     t.retryCount ?? 0, t.retries, t.retriesDelay, now, now, new Date(now.getTime() + t.delay * 1000),
+    t.hooks ? JSON.stringify(t.hooks) : null,
   ];
 }
 
@@ -385,6 +393,7 @@ export class TasksStore {
           label: t.label,
           originalTaskId: t.id,
           retryCount: t.retry_count + 1,
+          hooks: t.hooks,
         },
       ]);
       await q.query('UPDATE tasks SET retry_task_id = $2 WHERE id = $1', [t.id, id]);

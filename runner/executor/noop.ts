@@ -3,7 +3,8 @@
  * echoing its payload to stdout and succeeding, so benchmarks measure the dispatch path
  * (thousands of tasks a second) and not Docker. A payload that is a JSON object with
  * `noop_sleep_ms` runs that long instead (cancellable): tests of concurrency limits and
- * failover need tasks that overlap.
+ * failover need tasks that overlap. One with `noop_exit_code` (1 to 255) fails with it: tests
+ * of what follows a failure (retries, outcome webhooks) without Docker.
  */
 import type { ExecHooks, ExecResult, Execution, Executor, TaskSpec } from './types.ts';
 
@@ -31,16 +32,23 @@ export class NoopExecutor implements Executor {
       } catch {
         // A throwing hook is the caller's bug; the task itself still succeeded.
       }
+      // Its timeout holds as Docker's executor holds it: the run is stopped and ends timed_out.
+      const limitMs = spec.timeoutS > 0 ? spec.timeoutS * 1000 : Infinity;
       if (sleepMs > 0) {
         await new Promise<void>((resolve) => {
-          const t = setTimeout(resolve, sleepMs);
+          const t = setTimeout(resolve, Math.min(sleepMs, limitMs));
           wake = () => {
             clearTimeout(t);
             resolve();
           };
         });
         if (stopped) return cancelled();
+        if (sleepMs > limitMs) {
+          return { outcome: 'timed_out', exitCode: -1, oomKilled: false, msg: `timed out after ${spec.timeoutS} s`, startedAt, finishedAt: Date.now() };
+        }
       }
+      const exit = exitOf(spec.payload);
+      if (exit > 0) return { outcome: 'failed', exitCode: exit, oomKilled: false, msg: `exit code ${exit}`, startedAt, finishedAt: Date.now() };
       return { outcome: 'succeeded', exitCode: 0, oomKilled: false, msg: 'exit code 0', startedAt, finishedAt: Date.now() };
     });
     return {
@@ -66,13 +74,18 @@ export class NoopExecutor implements Executor {
   async close(): Promise<void> {}
 }
 
-/** `{"noop_sleep_ms": N}` in the payload: how long the task "runs" (at most an hour). */
-function sleepOf(payload: string | undefined): number {
-  if (!payload || payload[0] !== '{' || !payload.includes('noop_sleep_ms')) return 0;
+/** A number the payload's JSON object gives under `key`, or 0. */
+function payloadNumber(payload: string | undefined, key: string): number {
+  if (!payload || payload[0] !== '{' || !payload.includes(key)) return 0;
   try {
-    const v = (JSON.parse(payload) as { noop_sleep_ms?: unknown }).noop_sleep_ms;
-    return typeof v === 'number' && Number.isFinite(v) && v > 0 ? Math.min(v, 3_600_000) : 0;
+    const v = (JSON.parse(payload) as Record<string, unknown>)[key];
+    return typeof v === 'number' && Number.isFinite(v) && v > 0 ? v : 0;
   } catch {
     return 0;
   }
 }
+
+/** `{"noop_sleep_ms": N}` in the payload: how long the task "runs" (at most an hour). */
+const sleepOf = (payload: string | undefined) => Math.min(payloadNumber(payload, 'noop_sleep_ms'), 3_600_000);
+/** `{"noop_exit_code": N}` in the payload: the exit code it fails with (0: it succeeds). */
+const exitOf = (payload: string | undefined) => Math.min(Math.floor(payloadNumber(payload, 'noop_exit_code')), 255);

@@ -14,6 +14,7 @@ import { presentCode, presentRevision } from '../present.ts';
 import { ROUTER_OPTIONS, type ApiState } from '../state.ts';
 import { optTime, pagination } from '../validate.ts';
 import { putOwn } from '../../../lib/record.ts';
+import { HooksChecker } from '../hooks.ts';
 
 /** Environment names Gantry sets itself; a code's env_vars may not replace them. */
 export const RESERVED_ENV = ['PAYLOAD_FILE', 'CONFIG_FILE', 'TASK_ID', 'PROJECT_ID', 'CODE_NAME'];
@@ -100,7 +101,9 @@ export function codesRouter(): Router<ApiState> {
   r.post('/projects/:projectId/codes', requireProject, validated(ep('uploadCode')), async (ctx) => {
     const { config, store } = ctx.state.deps;
     const form = await readUploadForm(ctx, config.maxUploadBytes);
-    const { name, settings } = parseCodeData(check<CodeInput>(CodeData, form.data));
+    const data = check<CodeInput>(CodeData, form.data);
+    const { name, settings } = parseCodeData(data);
+    Object.assign(settings, await new HooksChecker(ctx.state.deps, ctx.state.projectId!).accept(data, ''));
     let archive;
     if (form.file && form.file.data.length > 0) {
       await checkZip(form.file.data, config.zipLimits);

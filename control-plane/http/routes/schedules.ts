@@ -10,6 +10,7 @@ import { ROUTER_OPTIONS, type ApiState } from '../state.ts';
 import { MAX_RUN_EVERY, type ScheduleInput } from '../schema/schedules.ts';
 import { optTime, pagination } from '../validate.ts';
 import { authorizeClusters, parseRunOptions, resolveCodes } from './tasks.ts';
+import { HooksChecker } from '../hooks.ts';
 import { CronError, DEFAULT_TIMEZONE, firstFire, parseCron } from '../../../lib/cron.ts';
 
 
@@ -82,6 +83,8 @@ export function schedulesRouter(): Router<ApiState> {
     });
     const clusters = await authorizeClusters(deps, ctx.state.userId!, schedules.map((s, i) => ({ cluster: s.cluster, field: `schedules[${i}].cluster` })));
     for (const s of schedules) s.cluster = clusters.get(s.cluster)!;
+    const hooks = new HooksChecker(deps, projectId!);
+    for (const [i, { o, prefix }] of items.entries()) schedules[i]!.hooks = await hooks.accept(o, prefix);
     const ids = await deps.store.schedules.create(projectId!, schedules);
     ctx.body = { msg: 'Scheduled', schedules: ids.map((id) => ({ id })) };
   });

@@ -13,6 +13,8 @@ import { validated } from '../schema/endpoint.ts';
 import { MAX_PAYLOAD, type RunInput, type TaskInput } from '../schema/tasks.ts';
 import { textProblem } from '../../../lib/text.ts';
 import { presentTask } from '../present.ts';
+import { HooksChecker } from '../hooks.ts';
+import { resolveHooks } from '../../store/hooks.ts';
 import { ROUTER_OPTIONS, type ApiDeps, type ApiState } from '../state.ts';
 import { flag, optTime, pagination } from '../validate.ts';
 
@@ -105,6 +107,7 @@ export function newTask(projectId: string, code: Code, payload: string, opts: Re
     retries: code.retries,
     retriesDelay: code.retriesDelay,
     payload,
+    hooks: code.hooks,
     ...opts,
   };
 }
@@ -171,6 +174,10 @@ export function tasksRouter(): Router<ApiState> {
     });
     const clusters = await authorizeClusters(deps, ctx.state.userId!, tasks.map((t, i) => ({ cluster: t.cluster, field: `tasks[${i}].cluster` })));
     for (const t of tasks) t.cluster = clusters.get(t.cluster)!;
+    const hooks = new HooksChecker(deps, projectId!);
+    for (const [i, { o, prefix, name }] of items.entries()) {
+      if (o.webhooks || o.notify) tasks[i]!.hooks = resolveHooks(await hooks.accept(o, prefix), codes.get(name)!.hooks);
+    }
     const ids = await deps.hub.enqueue(tasks);
     ctx.body = { msg: 'Queued up', tasks: ids.map((id) => ({ id })) };
   });

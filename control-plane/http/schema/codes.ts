@@ -3,6 +3,7 @@ import { LOG_STREAMS, TASK_STATUSES } from '../../store/codes.ts';
 import { AuthQuery, OAuthQuery, PagingQuery, ProjectParams } from './common.ts';
 import { endpoint } from './endpoint.ts';
 import { DateTime, Dict, ErrorBody, Id, Int, MsgBody, Obj, OneOf, Reply, Str, Time } from './kit.ts';
+import { HookFields, HookReplyProps } from './hooks.ts';
 
 /** Docker's reference grammar: [registry[:port]/]path[:tag][@digest]. */
 export const IMAGE_REF =
@@ -47,6 +48,7 @@ export const CodeData = Obj(
       description:
         'a category of your own for the queue services (GET .../load?job_type_category=, requeue-jobs); inherited by later uploads; null or "" clears it',
     }),
+    ...HookFields,
   },
   { required: ['name'], what: 'code' },
 );
@@ -77,8 +79,9 @@ const CodeProps = {
     file_name: Type.String(),
     code_size: Type.Integer({ minimum: 0 }),
     paused: Type.Boolean(),
+    ...HookReplyProps,
 };
-const CODE_OPTIONAL: (keyof typeof CodeProps)[] = ['latest_checksum', 'stack', 'command', 'max_concurrency', 'config', 'category', 'file_name', 'code_size'];
+const CODE_OPTIONAL: (keyof typeof CodeProps)[] = ['latest_checksum', 'stack', 'command', 'max_concurrency', 'config', 'category', 'file_name', 'code_size', 'webhooks', 'notify'];
 const Code = Reply(CodeProps, CODE_OPTIONAL, { title: 'Code' });
 
 const Revision = Reply(
@@ -104,8 +107,9 @@ const Revision = Reply(
     env_vars: Type.Record(Type.String(), Type.String()),
     log_streams: OneOf(LOG_STREAMS),
     category: Type.String(),
+    ...HookReplyProps,
   },
-  ['stack', 'command', 'checksum', 'code_size', 'file_name', 'max_concurrency', 'config', 'category'],
+  ['stack', 'command', 'checksum', 'code_size', 'file_name', 'max_concurrency', 'config', 'category', 'webhooks', 'notify'],
   { title: 'CodeRevision' },
 );
 

@@ -1,5 +1,6 @@
 import { clusterEndpoints } from './clusters.ts';
 import { codeEndpoints } from './codes.ts';
+import { deliveryEndpoints } from './deliveries.ts';
 import type { Endpoint } from './endpoint.ts';
 import { executionEndpoints } from './executions.ts';
 import { queueEndpoints } from './queue.ts';
@@ -14,6 +15,7 @@ export const ENDPOINTS: readonly Endpoint[] = [
   ...codeEndpoints,
   ...taskEndpoints,
   ...executionEndpoints,
+  ...deliveryEndpoints,
   ...scheduleEndpoints,
   ...queueEndpoints,
   ...clusterEndpoints,

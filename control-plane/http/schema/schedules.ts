@@ -3,6 +3,7 @@ import { AuthQuery, Batch, PagingQuery, ProjectParams } from './common.ts';
 import { endpoint } from './endpoint.ts';
 import { DateTime, ErrorBody, Id, Int, MsgBody, Obj, OneOf, Reply, Str, Time } from './kit.ts';
 import { RunOptions } from './tasks.ts';
+import { HookFields, HookReplyProps } from './hooks.ts';
 
 export const MAX_SCHEDULES = 100;
 export const MAX_RUN_EVERY = 10 * 365 * 86400;
@@ -21,6 +22,7 @@ export const NewSchedule = Obj(
     }),
     timezone: Str(64, { nullable: true, description: 'the IANA time zone the cron expression is read in, e.g. "Europe/Berlin" (default UTC)' }),
     run_times: Int(1, 2 ** 31 - 1, { nullable: true, description: 'the most runs' }),
+    ...HookFields,
   },
   { required: ['code_name'] },
 );
@@ -62,8 +64,9 @@ const Schedule = Reply(
     next_start: DateTime(),
     created_at: DateTime(),
     updated_at: DateTime(),
+    ...HookReplyProps,
   },
-  ['name', 'label', 'msg', 'run_every', 'cron', 'timezone', 'end_at', 'run_times', 'last_run_time', 'next_start'],
+  ['name', 'label', 'msg', 'run_every', 'cron', 'timezone', 'end_at', 'run_times', 'last_run_time', 'next_start', 'webhooks', 'notify'],
   { title: 'Schedule' },
 );
 

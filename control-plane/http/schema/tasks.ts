@@ -3,6 +3,7 @@ import { TASK_STATUSES } from '../../store/codes.ts';
 import { AuthQuery, Batch, ClusterRef, Flag, OAuthQuery, Paging, ProjectParams } from './common.ts';
 import { endpoint, type Endpoint } from './endpoint.ts';
 import { DateTime, ErrorBody, Id, Int, MsgBody, Obj, OneOf, Reply, Str, Time } from './kit.ts';
+import { HookFields, HookReplyProps } from './hooks.ts';
 
 export const MAX_PAYLOAD = 65536;
 
@@ -78,11 +79,11 @@ export const RunOptions = {
 
 const { payload: _payload, ...WEBHOOK_OPTIONS } = RunOptions;
 
-export const NewTask = Obj({ ...RunOptions, label: Str(255, { nullable: true, description: 'a label of your own' }) }, { required: ['code_name'] });
+export const NewTask = Obj({ ...RunOptions, label: Str(255, { nullable: true, description: 'a label of your own' }), ...HookFields }, { required: ['code_name'] });
 /** A task to queue as it reaches the handler, typed and bounded by the schema. */
 export type TaskInput = Static<typeof NewTask>;
 /** The run options a handler reads (a schedule's or a webhook's as well as a task's). */
-export type RunInput = Omit<TaskInput, 'code_name' | 'payload'>;
+export type RunInput = Omit<TaskInput, 'code_name' | 'payload' | 'webhooks' | 'notify'>;
 
 export const QueueTasksBody = Obj(
   {
@@ -118,11 +119,12 @@ export const TaskProps = {
   log_size: Type.Integer({ minimum: 0 }),
   created_at: DateTime(),
   updated_at: DateTime(),
+  ...HookReplyProps,
 };
 export const Task = Reply(
   TaskProps,
   // Lists leave the payload out (it may be 64 KB a task).
-  ['msg', 'payload', 'label', 'percent', 'schedule_id', 'original_task_id', 'retry_task_id', 'run_times', 'start_time', 'end_time', 'duration'],
+  ['msg', 'payload', 'label', 'percent', 'schedule_id', 'original_task_id', 'retry_task_id', 'run_times', 'start_time', 'end_time', 'duration', 'webhooks', 'notify'],
   { title: 'Task' },
 );
 

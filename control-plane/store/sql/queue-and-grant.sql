@@ -12,7 +12,7 @@
 -- The tasks are inserted only if `reserved` has a row: both happen or neither.
 --
 -- Parameters:
---   $1..$22 the task   in the order of taskValues (store/tasks.ts) ($2 project, $3 code, $9 cluster)
+--   $1..$22 the task   in the order of taskValues (store/tasks.ts) but its last, hooks ($2 project, $3 code, $9 cluster)
 --   $23 lease id      text: used when granted
 --   $24 runner        text
 --   $25 epoch         int: the runner's session epoch
@@ -20,6 +20,7 @@
 --   $27 now           timestamptz
 --   $28 not delayed   boolean
 --   $29 default limit int: the default queued-tasks quota
+--   $30 hooks         jsonb: the task's (taskValues' last value)
 WITH
   quota_limit AS (
     SELECT pr.user_id, coalesce(l.queued_tasks, $29::int) AS max
@@ -43,9 +44,9 @@ WITH
   upd AS (
     INSERT INTO tasks (id, project_id, code_id, code_name, code_revision_id, code_rev, status, priority, cluster, timeout,
       delay, payload, label, schedule_id, scheduled_for, original_task_id, retry_count, retries_left, retries_delay,
-      created_at, updated_at, eligible_at, lease_id, runner_id, attempt)
+      created_at, updated_at, eligible_at, lease_id, runner_id, attempt, hooks)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
-      CASE WHEN g.ok THEN $23 END, CASE WHEN g.ok THEN $24 END, CASE WHEN g.ok THEN 1 ELSE 0 END
+      CASE WHEN g.ok THEN $23 END, CASE WHEN g.ok THEN $24 END, CASE WHEN g.ok THEN 1 ELSE 0 END, $30::jsonb
     FROM (SELECT coalesce((SELECT ok FROM g), false) AS ok) g
     WHERE EXISTS (SELECT 1 FROM reserved)
     RETURNING id, project_id, code_id, code_name, code_rev, code_revision_id, payload, timeout, priority, cluster,

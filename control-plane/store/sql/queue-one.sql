@@ -11,7 +11,7 @@
 --   $1 project        text
 --   $2 count          int: 1
 --   $3 default limit  int: the default queued-tasks quota
---   $4..$25 the task  in the order of taskValues (store/tasks.ts), typed here
+--   $4..$26 the task  in the order of taskValues (store/tasks.ts), typed here
 WITH
   quota_limit AS (
     SELECT pr.user_id, coalesce(l.queued_tasks, $3::int) AS max
@@ -27,9 +27,9 @@ WITH
   )
 INSERT INTO tasks (id, project_id, code_id, code_name, code_revision_id, code_rev, status, priority, cluster, timeout,
   delay, payload, label, schedule_id, scheduled_for, original_task_id, retry_count, retries_left, retries_delay,
-  created_at, updated_at, eligible_at)
+  created_at, updated_at, eligible_at, hooks)
 SELECT * FROM (VALUES ($4::text, $5::text, $6::text, $7::text, $8::text, $9::integer, $10::text, $11::smallint,
   $12::text, $13::integer, $14::integer, $15::text, $16::text, $17::text, $18::timestamptz, $19::text, $20::integer,
-  $21::integer, $22::integer, $23::timestamptz, $24::timestamptz, $25::timestamptz)) v
+  $21::integer, $22::integer, $23::timestamptz, $24::timestamptz, $25::timestamptz, $26::jsonb)) v
 WHERE EXISTS (SELECT 1 FROM reserved)
 RETURNING id

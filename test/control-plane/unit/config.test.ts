@@ -28,6 +28,20 @@ t.test('the logged config never shows the database password', async (t) => {
   t.match(r, /postgres:\/\/u:\*\*\*@db:5432\/g/);
 });
 
+t.test('the logged config never shows the SMTP password; the egress allow-list reads as text', async (t) => {
+  const c = loadConfig({
+    GANTRY_SMTP_HOST: 'smtp.example.com',
+    GANTRY_SMTP_USER: 'gantry',
+    GANTRY_SMTP_PASSWORD: 'smtp-s3cret-pw',
+    GANTRY_WEBHOOK_ALLOW: '10.0.0.0/8,hooks.internal',
+  });
+  t.equal(c.deliveries.smtp?.password, 'smtp-s3cret-pw', 'the mailer can read it');
+  const r = JSON.stringify(redactedConfig(c));
+  t.notMatch(r, /smtp-s3cret-pw/);
+  t.match(r, /"password":"\[redacted\]"/);
+  t.match(r, /"egress":\["10\.0\.0\.0\/8","hooks\.internal"\]/);
+});
+
 t.test('/metrics protection: a token and a separate listener, checked and never logged', async (t) => {
   const token = 'scrape-0123456789abcdef';
   const c = loadConfig({ GANTRY_METRICS_TOKEN: token, GANTRY_METRICS_PORT: '9464', GANTRY_METRICS_HOST: '0.0.0.0' });
