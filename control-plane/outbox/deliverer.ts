@@ -115,9 +115,12 @@ export class Deliverer {
           for (const d of claimed) this.track(this.send(d, tasks.get(d.taskId)));
         }
       }
-      // No room, or a full batch: the next wake comes with the first send that ends.
+      // No room, or a full batch: the next wake comes with the first send that ends. A row
+      // due already but not claimed waits for its project's sends to end (they wake a round),
+      // so only a row due later shortens the poll.
       const next = room > 0 && !full ? await this.d.store.deliveries.nextDue() : null;
-      if (next) wait = Math.max(10, Math.min(wait, next.getTime() - this.d.clock.now().getTime()));
+      const inMs = next ? next.getTime() - this.d.clock.now().getTime() : Infinity;
+      if (inMs > 0) wait = Math.max(10, Math.min(wait, inMs));
     } catch (err) {
       if (err instanceof StoreUnavailableError) this.d.log.warn({ err: err.message }, 'deliveries paused: database unavailable');
       else this.d.log.error({ err }, 'delivery round failed');

@@ -87,7 +87,7 @@ for (const engine of ENGINES) {
   t.test(`clusters API on ${engine}`, async (t) => {
     const clock = new ManualClock(Date.UTC(2026, 0, 1, 12, 0, 0));
     const store = await freshStore(t, engine, clock);
-    store.clusters.useSecrets(SecretBox.fromSpec(`k1:${K1}`));
+    store.useSecrets(SecretBox.fromSpec(`k1:${K1}`));
     const logs = new LogBuffer();
     const log = createLogger({ name: 'gantry-test', level: 'trace', destination: logs });
     const env = { GANTRY_PORT: '0', GANTRY_GRPC_PORT: '0', GANTRY_LOCAL_RUNNERS: '0', LOG_LEVEL: 'trace', GANTRY_CLUSTER_MAX_TIMEOUTS: 'long=86400' };
@@ -555,7 +555,7 @@ for (const engine of ENGINES) {
 
     t.test('key rotation: old key second still opens; reencrypt moves everything to the new key', async (t) => {
       const { id } = await create(t, { name: 'keys', autoscale: { aws: AWS, docker_auth: DOCKER_AUTH, docker_email: DOCKER_EMAIL } });
-      store.clusters.useSecrets(SecretBox.fromSpec(`k2:${K2},k1:${K1}`));
+      store.useSecrets(SecretBox.fromSpec(`k2:${K2},k1:${K1}`));
       t.same(await store.clusters.runnerSecrets(id), { dockerAuth: DOCKER_AUTH, dockerEmail: DOCKER_EMAIL }, 'values under k1 open with k1 second');
       const out = await runAdmin(store, ['cluster', 'reencrypt']);
       t.match(out, /^re-encrypted \d+ secret\(s\); 0 already under the first key$/);
@@ -565,18 +565,18 @@ for (const engine of ENGINES) {
       t.ok(sealed.length > 10);
       t.ok(sealed.every((v) => v.startsWith('g1.k2.')), 'every sealed value is now under k2');
       t.match(await runAdmin(store, ['cluster', 'reencrypt']), /^re-encrypted 0 secret\(s\); \d+ already under the first key$/, 'a second run has nothing to do');
-      store.clusters.useSecrets(SecretBox.fromSpec(`k2:${K2}`));
+      store.useSecrets(SecretBox.fromSpec(`k2:${K2}`));
       t.same(await store.clusters.runnerSecrets(id), { dockerAuth: DOCKER_AUTH, dockerEmail: DOCKER_EMAIL }, 'k1 can go');
       t.same(await store.clusters.awsCredentials(id), { accessKeyId: ACCESS_KEY, secretAccessKey: SECRET_KEY });
       // Without the right key, reading fails clearly (and the API, which never opens secrets, still works).
-      store.clusters.useSecrets(SecretBox.fromSpec(`k1:${K1}`));
+      store.useSecrets(SecretBox.fromSpec(`k1:${K1}`));
       await t.rejects(store.clusters.runnerSecrets(id), /key id k2, which is not among the configured keys \(k1\)/);
       t.equal((await api.get(`/clusters/${id}`)).status, 200);
       const failed = await runAdmin(store, ['cluster', 'reencrypt']).catch((e: unknown) => e);
       t.type(failed, UsageError);
       t.match((failed as Error).message, /cannot re-encrypt docker_auth of cluster [0-9a-f]{24}: a secret was sealed with key id k2, which is not among the configured keys \(k1\)/);
       t.match((failed as Error).message, /\n\(keep the old keys until these are fixed\)$/);
-      store.clusters.useSecrets(SecretBox.fromSpec(`k2:${K2}`));
+      store.useSecrets(SecretBox.fromSpec(`k2:${K2}`));
     });
 
     t.test('no secret or token reached a log line', async (t) => {
