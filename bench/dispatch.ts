@@ -30,6 +30,7 @@ import { openStore } from '../control-plane/store/index.ts';
 import { loadSecretBox } from '../lib/secretbox.ts';
 import { newId } from '../lib/ids.ts';
 import { systemClock } from '../lib/clock.ts';
+import { cpuSeconds, cpuSpent } from './cpu.ts';
 import { freshDatabase } from './database.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -130,6 +131,7 @@ async function main() {
   store.useSecrets(loadSecretBox({ keys: config.secretKeys, dataDir: work, shared: true }));
   const children: ChildProcess[] = [];
   let outbox: Record<string, number> = {};
+  let outboxCpu: Record<string, Record<string, number>> = {};
   try {
     progress('starting the control plane');
     const cp = await startControlPlaneProcess(env);
@@ -227,6 +229,7 @@ async function main() {
     // 3. Throughput of no-op tasks through runner processes.
     await upload('noop', 'true');
     const noop = await store.clusters.create('bench-noop');
+    const noopRunners: ChildProcess[] = [];
     for (let i = 0; i < RUNNERS; i++) {
       children.push(
         spawnRunner({
@@ -239,7 +242,11 @@ async function main() {
           GANTRY_RUNNER_HEALTH_PORT: '-1',
         }),
       );
+      noopRunners.push(children.at(-1)!);
     }
+    // Where each throughput stage's CPU went (the two cores are shared by all of these).
+    const cpu = () =>
+      cpuSeconds({ control_plane: () => [cp.proc.pid!], runners: () => noopRunners.map((r) => r.pid!), bench: () => [process.pid] });
     await queue('noop', 1, 'bench-noop');
     await waitDone('bench-noop', 1, 60000);
     progress(`no-op path: ${N_NOOP_LAT} tasks one at a time (latency on a warm runner)`);
@@ -266,12 +273,14 @@ async function main() {
     // Planner statistics as a running system has them (autovacuum's analyze lags a fresh
     // database by a minute; without it the first claims may plan for an empty table).
     await store.db.query('ANALYZE');
+    const c0 = cpu();
     const t0 = performance.now();
     for (let done = 0; done < N_NOOP; done += BATCH) await queue('noop', Math.min(BATCH, N_NOOP - done), 'bench-noop');
     const queuedMs = performance.now() - t0;
     await drained('bench-noop', 600000);
     await waitDone('bench-noop', N_NOOP, 60000);
     const totalMs = performance.now() - t0;
+    const plainCpu = cpuSpent(c0, cpu());
     const noopLat = await latencies('bench-noop');
 
     // 4. The same with an outcome webhook on every task, to a receiver in this process.
@@ -293,11 +302,13 @@ async function main() {
       await upload('noop-hooked', 'true', { webhooks: { finishes: [`http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hook`] } });
       await store.db.query(`UPDATE tasks SET cluster = 'bench-noop-done' WHERE cluster = 'bench-noop'`);
       await store.db.query('ANALYZE');
+      const hc0 = cpu();
       const h0 = performance.now();
       for (let done = 0; done < N_NOOP; done += BATCH) await queue('noop-hooked', Math.min(BATCH, N_NOOP - done), 'bench-noop');
       await drained('bench-noop', 600000);
       await waitDone('bench-noop', N_NOOP, 60000);
       const hookedMs = performance.now() - h0;
+      const hc1 = cpu();
       const deadline = Date.now() + 600000;
       while (received < N_NOOP && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
       if (received < N_NOOP) throw new Error(`only ${received} of ${N_NOOP} webhooks arrived`);
@@ -307,6 +318,7 @@ async function main() {
         webhooks_delivered: received,
         last_delivery_after_last_task_ms: Math.round(Math.max(0, lastDeliveryAt - (h0 + hookedMs))),
       };
+      outboxCpu = { plain: plainCpu, with_webhook: cpuSpent(hc0, hc1), deliveries_after: cpuSpent(hc1, cpu()) };
     } finally {
       receiver.close();
     }
@@ -332,6 +344,7 @@ async function main() {
       },
       noop_backlog_queued_to_started_ms: { p50: round(pct(noopLat, 50)), p99: round(pct(noopLat, 99)) },
       outbox,
+      outbox_cpu_s: outboxCpu,
       runners: RUNNERS,
       slots_per_runner: SLOTS,
     };

@@ -129,6 +129,14 @@ export class SecretBox {
   isStale(sealed: string): boolean {
     return parseSealed(sealed).keyId !== this.primaryKeyId;
   }
+
+  /**
+   * Key rotation of one value: `sealed` sealed again under the primary key, or undefined
+   * when it is under it already. Throws as open() does.
+   */
+  resealed(sealed: string, context: string): string | undefined {
+    return this.isStale(sealed) ? this.seal(this.open(sealed, context), context) : undefined;
+  }
 }
 
 /** The key id a sealed value names (no key needed). */

@@ -8,7 +8,7 @@ import type { AttemptOutcome, DeliveriesStore, Delivery } from '../store/deliver
 import type { Task } from '../store/tasks.ts';
 import { StoreUnavailableError } from '../errors.ts';
 import { Mailer } from './mailer.ts';
-import { sendWebhook, signingKey, type SendResult } from './webhook-send.ts';
+import { sendWebhook, signingKey, webhookAgents, type SendResult } from './webhook-send.ts';
 
 /** The channel migration 021's trigger announces new deliveries on (payload: the project). */
 export const DELIVERY_CHANNEL = 'gantry_delivery';
@@ -22,8 +22,10 @@ const MAX_RESPONSE_BYTES = 4096;
 const CLAIM_MARGIN_MS = 5000;
 /** How long stop() waits for sends in flight before it leaves them to their claims' lapse. */
 const STOP_GRACE_MS = 2000;
-/** Most results one transaction records. */
+/** Most results one statement records. */
 const RECORD_BATCH = 200;
+/** How long a result waits for others to be recorded with it (a busy receiver's come hundreds a second). */
+const RECORD_WAIT_MS = 5;
 /** How long a replica signs with the project secrets it read (a rotation takes this long to reach it). */
 const SECRETS_TTL_MS = 5000;
 /** Projects whose secrets are kept read at most. */
@@ -56,6 +58,10 @@ export interface DelivererDeps {
  */
 export class Deliverer {
   private readonly sends = new Set<Promise<void>>();
+  /** This replica's sends in flight, by project. */
+  private readonly sending = new Map<string, number>();
+  /** Receivers' connections, kept open between their deliveries. */
+  private readonly agents = webhookAgents();
   private stopped = false;
   private timer: NodeJS.Timeout | undefined;
   private running = false;
@@ -81,6 +87,8 @@ export class Deliverer {
     await this.unlisten?.().catch(() => undefined);
     const grace = new Promise((res) => setTimeout(res, STOP_GRACE_MS).unref());
     await Promise.race([Promise.allSettled([...this.sends]), grace]);
+    this.agents.http.destroy();
+    this.agents.https.destroy();
     this.mailer?.close();
   }
 
@@ -112,13 +120,13 @@ export class Deliverer {
         full = claimed.length === room;
         if (claimed.length > 0) {
           const tasks = await this.d.store.deliveries.tasksOf(claimed.map((d) => d.taskId));
-          for (const d of claimed) this.track(this.send(d, tasks.get(d.taskId)));
+          for (const d of claimed) this.track(d.projectId, this.send(d, tasks.get(d.taskId)));
         }
       }
-      // No room, or a full batch: the next wake comes with the first send that ends. A row
-      // due already but not claimed waits for its project's sends to end (they wake a round),
-      // so only a row due later shortens the poll.
-      const next = room > 0 && !full ? await this.d.store.deliveries.nextDue() : null;
+      // No room, or rows claimed: the next wake comes with the sends that end. A row due
+      // already but not claimed waits for its project's sends to end (they wake a round), so
+      // only a row due later, when nothing is in flight here, shortens the poll.
+      const next = room > 0 && !full && this.sends.size === 0 ? await this.d.store.deliveries.nextDue() : null;
       const inMs = next ? next.getTime() - this.d.clock.now().getTime() : Infinity;
       if (inMs > 0) wait = Math.max(10, Math.min(wait, inMs));
     } catch (err) {
@@ -132,11 +140,21 @@ export class Deliverer {
     return Math.max(this.d.settings.timeoutMs, this.d.settings.smtp?.timeoutMs ?? 0) + CLAIM_MARGIN_MS;
   }
 
-  private track(p: Promise<void>): void {
+  /**
+   * Keeps count of a send; when it ends, a round looks for more once its project has used at
+   * most half its share here (or the replica half its room): a backlog is then claimed a
+   * handful of rows a round rather than a row for each send that ends.
+   */
+  private track(projectId: string, p: Promise<void>): void {
     this.sends.add(p);
+    this.sending.set(projectId, (this.sending.get(projectId) ?? 0) + 1);
     void p.finally(() => {
       this.sends.delete(p);
-      this.wake(); // room for another
+      const left = (this.sending.get(projectId) ?? 1) - 1;
+      if (left > 0) this.sending.set(projectId, left);
+      else this.sending.delete(projectId);
+      const s = this.d.settings;
+      if (left <= Math.floor(s.perProjectInFlight / 2) || this.sends.size <= Math.floor(s.inFlight / 2)) this.wake();
     });
   }
 
@@ -166,14 +184,14 @@ export class Deliverer {
   }
 
   /**
-   * Queues a result to be written with the others that end meanwhile, in one transaction
-   * (a busy receiver's results come in hundreds a second); resolves once it is written, or
-   * could not be (then the claim lapses and the delivery is sent again under its id).
+   * Queues a result to be written with the others that end within RECORD_WAIT_MS, in one
+   * statement; resolves once it is written, or could not be (then the claim lapses and the
+   * delivery is sent again under its id).
    */
   private record(item: Recorded): Promise<void> {
     return new Promise((resolve) => {
       this.unrecorded.push({ item, done: resolve });
-      this.flushing ??= new Promise<void>((res) => setImmediate(res)).then(() => this.flush());
+      this.flushing ??= new Promise<void>((res) => setTimeout(res, RECORD_WAIT_MS)).then(() => this.flush());
     });
   }
 
@@ -237,6 +255,7 @@ export class Deliverer {
       keys,
       timestampS: Math.floor(at.getTime() / 1000),
       timeoutMs: this.d.settings.timeoutMs,
+      agents: this.agents,
       maxResponseBytes: MAX_RESPONSE_BYTES,
       policy: this.d.settings.egress,
     });

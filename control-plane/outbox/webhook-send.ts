@@ -55,6 +55,11 @@ export interface WebhookAttempt {
   timestampS: number;
   /** Bound on the whole attempt: lookup, connect, TLS, the answer's headers and the body read. */
   timeoutMs: number;
+  /**
+   * Keep-alive pools to send through (webhookAgents), reusing a receiver's connection from one
+   * attempt to the next; without them each attempt opens its own.
+   */
+  agents?: WebhookAgents;
   /** Bytes of the answer's body read at most; the connection is dropped after them. */
   maxResponseBytes: number;
   policy: EgressPolicy;
@@ -81,13 +86,37 @@ const RESPONSE_KEPT = 512;
 const LOCATION_SHOWN = 512;
 
 /**
+ * Connection pools for webhook attempts, one pair per sender: a receiver taking hundreds of
+ * deliveries a second gets them over a few kept-open connections instead of a new TCP (and
+ * TLS) handshake each. Safe with the egress checks: a pooled socket is one that connected to
+ * an address guardedLookup (or checkReceiverUrl, for a literal IP) allowed, under the same
+ * policy, since the pools belong to one sender with one policy. An idle socket is closed
+ * after FREE_SOCKET_MS, or sooner when the receiver's Keep-Alive header says it will.
+ */
+export interface WebhookAgents {
+  http: http.Agent;
+  https: https.Agent;
+}
+
+/** Idle connections kept open this long (under the 5 s most servers keep them, so a send rarely meets one closing). */
+const FREE_SOCKET_MS = 4000;
+/** Idle connections kept per receiver (host and port) at most. */
+const FREE_SOCKETS = 32;
+
+export function webhookAgents(): WebhookAgents {
+  const o = { keepAlive: true, timeout: FREE_SOCKET_MS, maxFreeSockets: FREE_SOCKETS, scheduling: 'lifo' as const };
+  return { http: new http.Agent(o), https: new https.Agent(o) };
+}
+
+/**
  * POSTs one delivery to its receiver and says how it went; never throws.
  *
  * The URL is checked again before the send (the policy may have changed since the API took
  * it, and a literal IP host is connected to without a lookup), and every address a host name
- * resolves to is checked as the socket connects (guardedLookup). `agent: false` gives each
- * attempt its own socket, so a pooled connection opened earlier can never carry a request past
- * the check. Redirects are not followed: the Location would be a second, unchecked target.
+ * resolves to is checked as the socket connects (guardedLookup). Through `agents` a
+ * connection is reused only when the answer was read to its end; one the receiver closed
+ * while it sat idle (a reset on the first write) is retried once on a new connection.
+ * Redirects are not followed: the Location would be a second, unchecked target.
  */
 export async function sendWebhook(a: WebhookAttempt): Promise<SendResult> {
   const started = performance.now();
@@ -115,41 +144,58 @@ export async function sendWebhook(a: WebhookAttempt): Promise<SendResult> {
   return new Promise<SendResult>((resolve) => {
     let req: http.ClientRequest | undefined;
     let settled = false;
-    const finish = (r: Omit<SendResult, 'latencyMs'>): void => {
+    /** `reuse`: the answer was read to its end, so the connection may carry the next attempt. */
+    const finish = (r: Omit<SendResult, 'latencyMs'>, reuse = false): void => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      // Ends the socket whatever state it is in: a body still arriving is not read further.
-      req?.destroy();
+      // Otherwise ends the socket whatever state it is in: a body still arriving is not read further.
+      if (!reuse || !a.agents) req?.destroy();
       resolve(result(r));
     };
     const timer = setTimeout(() => finish({ ok: false, error: `timed out after ${a.timeoutMs} ms` }), a.timeoutMs);
-    try {
-      const options: http.RequestOptions = { ...urlToHttpOptions(url), method: 'POST', headers, agent: false, lookup: guardedLookup(a.policy) };
-      req = (url.protocol === 'https:' ? https : http).request(options, (res) => readAnswer(res, a.maxResponseBytes, (text) => finish(judgeAnswer(res, text, url))));
-    } catch (err) {
-      // Header values Node refuses (a newline in the event name, say) throw here.
-      finish({ ok: false, error: `not sent: ${(err as Error).message}` });
-      return;
-    }
-    req.on('error', (err) => finish(failure(err, url)));
-    req.end(a.body);
+    const agent = a.agents ? (url.protocol === 'https:' ? a.agents.https : a.agents.http) : false;
+    const send = (retried: boolean): void => {
+      let r: http.ClientRequest;
+      try {
+        const options: http.RequestOptions = { ...urlToHttpOptions(url), method: 'POST', headers, agent, lookup: guardedLookup(a.policy) };
+        r = (url.protocol === 'https:' ? https : http).request(options, (res) =>
+          readAnswer(res, a.maxResponseBytes, (text, whole) => finish(judgeAnswer(res, text, url), whole)),
+        );
+      } catch (err) {
+        // Header values Node refuses (a newline in the event name, say) throw here.
+        finish({ ok: false, error: `not sent: ${(err as Error).message}` });
+        return;
+      }
+      req = r;
+      r.on('error', (err) => {
+        if (settled || r !== req) return;
+        // A kept-open connection the receiver had closed: nothing reached it; send again on a new one.
+        if (!retried && r.reusedSocket && (err as NodeJS.ErrnoException).code === 'ECONNRESET') return send(true);
+        finish(failure(err, url));
+      });
+      r.end(a.body);
+    };
+    send(false);
   });
 }
 
-/** Reads at most `max` bytes of the body, then calls `done` once with the first RESPONSE_KEPT of them. */
-function readAnswer(res: http.IncomingMessage, max: number, done: (text: string) => void): void {
+/**
+ * Reads at most `max` bytes of the body, then calls `done` once with the first RESPONSE_KEPT
+ * of them, and whether the body was read to its end.
+ */
+function readAnswer(res: http.IncomingMessage, max: number, done: (text: string, whole: boolean) => void): void {
   const kept: Buffer[] = [];
   let keptBytes = 0;
   let read = 0;
   let called = false;
-  const end = (): void => {
+  const end = (whole: boolean): void => {
     if (called) return;
     called = true;
-    done(Buffer.concat(kept).toString('utf8'));
+    done(Buffer.concat(kept).toString('utf8'), whole);
   };
   if (max <= 0) {
-    end();
+    end(false);
     return;
   }
   res.on('data', (chunk: Buffer) => {
@@ -160,12 +206,12 @@ function readAnswer(res: http.IncomingMessage, max: number, done: (text: string)
       kept.push(k);
       keptBytes += k.length;
     }
-    if (read >= max) end();
+    if (read >= max) end(false);
   });
-  res.on('end', end);
+  res.on('end', () => end(true));
   // A body cut short still leaves the status the receiver answered with.
-  res.on('error', end);
-  res.on('close', end);
+  res.on('error', () => end(false));
+  res.on('close', () => end(false));
 }
 
 function judgeAnswer(res: http.IncomingMessage, text: string, url: URL): Omit<SendResult, 'latencyMs'> {

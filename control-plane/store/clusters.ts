@@ -747,11 +747,11 @@ export class ClustersStore {
         const sealed = row[col];
         if (!sealed) continue;
         try {
-          if (!box.isStale(sealed)) {
+          const fresh = box.resealed(sealed, context(row.id, field));
+          if (fresh === undefined) {
             out.current++;
             continue;
           }
-          const fresh = box.seal(box.open(sealed, context(row.id, field)), context(row.id, field));
           const r = await this.c.db.query(`UPDATE clusters SET ${col} = $3 WHERE id = $1 AND ${col} = $2`, [row.id, sealed, fresh]);
           if (r.rowCount > 0) out.rewritten++;
           else out.current++; // replaced meanwhile, under the primary key

@@ -113,7 +113,8 @@ due AS (
 ),
 pick AS (SELECT id FROM due WHERE rn + busy <= $3 ORDER BY next_at LIMIT $2)
 UPDATE deliveries d SET in_flight = true, next_at = $4, attempts = d.attempts + 1
-FROM pick WHERE d.id = pick.id AND d.state = 'pending' AND d.next_at <= $1
+WHERE d.id = ANY (ARRAY(SELECT id FROM pick))
+  AND CASE WHEN d.state = 'pending' THEN d.next_at <= $1 ELSE false END
 RETURNING d.*`;
 
 const secretContext = (projectId: string) => `project/${projectId}/signing_secret`;
@@ -156,40 +157,36 @@ export class DeliveriesStore {
   async recordAttempts(items: readonly { delivery: Pick<Delivery, 'id' | 'attempts'>; attempt: DeliveryAttempt; out: AttemptOutcome }[]): Promise<string[]> {
     if (items.length === 0) return [];
     const col = <T>(f: (x: (typeof items)[number]) => T) => items.map(f);
-    return this.c.db.tx(async (q) => {
-      await q.query(
-        `INSERT INTO delivery_attempts (delivery_id, n, at, status_code, error, latency_ms, response)
+    // One statement (atomic, one round trip): the attempts, and the deliveries they move on.
+    // `d.id = ANY($1)` lets the update find its rows by key however stale the table's
+    // statistics are (a fresh outbox has none).
+    const r = await this.c.db.query<{ id: string }>(
+      `WITH attempts AS (
+         INSERT INTO delivery_attempts (delivery_id, n, at, status_code, error, latency_ms, response)
          SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::int[], $5::text[], $6::int[], $7::text[])
-         ON CONFLICT (delivery_id, n) DO NOTHING`,
-        [
-          col((x) => x.delivery.id),
-          col((x) => x.attempt.n),
-          col((x) => x.attempt.at),
-          col((x) => x.attempt.statusCode),
-          col((x) => x.attempt.error),
-          col((x) => Math.round(x.attempt.latencyMs)),
-          col((x) => x.attempt.response),
-        ],
-      );
-      const r = await q.query<{ id: string }>(
-        `UPDATE deliveries d SET in_flight = false, state = u.state,
-           delivered_at = CASE WHEN u.state = 'delivered' THEN u.at ELSE d.delivered_at END,
-           next_at = coalesce(u.next_at, d.next_at), last_error = u.error
-         FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[]) AS u(id, attempts, state, at, next_at, error)
-         WHERE d.id = u.id AND d.attempts = u.attempts AND d.state = 'pending'
-         RETURNING d.id`,
-        [
-          col((x) => x.delivery.id),
-          col((x) => x.delivery.attempts),
-          col((x) => (x.out.kind === 'retry' ? 'pending' : x.out.kind)),
-          col((x) => x.attempt.at),
-          col((x) => (x.out.kind === 'retry' ? x.out.nextAt : null)),
-          col((x) => x.attempt.error),
-        ],
-      );
-      const kept = new Set(r.rows.map((x) => x.id));
-      return items.filter((x) => !kept.has(x.delivery.id)).map((x) => x.delivery.id);
-    });
+         ON CONFLICT (delivery_id, n) DO NOTHING
+       )
+       UPDATE deliveries d SET in_flight = false, state = u.state,
+         delivered_at = CASE WHEN u.state = 'delivered' THEN u.at ELSE d.delivered_at END,
+         next_at = coalesce(u.next_at, d.next_at), last_error = u.error
+       FROM unnest($1::text[], $10::int[], $8::text[], $3::timestamptz[], $9::timestamptz[], $5::text[]) AS u(id, attempts, state, at, next_at, error)
+       WHERE d.id = ANY ($1::text[]) AND d.id = u.id AND d.attempts = u.attempts AND d.state = 'pending'
+       RETURNING d.id`,
+      [
+        col((x) => x.delivery.id),
+        col((x) => x.attempt.n),
+        col((x) => x.attempt.at),
+        col((x) => x.attempt.statusCode),
+        col((x) => x.attempt.error),
+        col((x) => Math.round(x.attempt.latencyMs)),
+        col((x) => x.attempt.response),
+        col((x) => (x.out.kind === 'retry' ? 'pending' : x.out.kind)),
+        col((x) => (x.out.kind === 'retry' ? x.out.nextAt : null)),
+        col((x) => x.delivery.attempts),
+      ],
+    );
+    const kept = new Set(r.rows.map((x) => x.id));
+    return items.filter((x) => !kept.has(x.delivery.id)).map((x) => x.delivery.id);
   }
 
   /** Tasks by id, for a round's claimed deliveries (one read for all of them). */
@@ -201,7 +198,7 @@ export class DeliveriesStore {
 
   /** When the next pending delivery falls due (now for one due already), or null for none. */
   async nextDue(): Promise<Date | null> {
-    const r = await this.c.db.query<{ at: Date | null }>(`SELECT min(next_at) AS at FROM deliveries WHERE state = 'pending'`);
+    const r = await this.c.db.query<{ at: Date | null }>(`SELECT next_at AS at FROM deliveries WHERE state = 'pending' ORDER BY next_at LIMIT 1`);
     return r.rows[0]?.at ?? null;
   }
 
@@ -300,12 +297,11 @@ export class DeliveriesStore {
         const sealed = row[col];
         if (!sealed) continue;
         try {
-          if (!box.isStale(sealed)) {
+          const fresh = box.resealed(sealed, secretContext(row.project_id));
+          if (fresh === undefined) {
             out.current++;
             continue;
           }
-          const ctx = secretContext(row.project_id);
-          const fresh = box.seal(box.open(sealed, ctx), ctx);
           const r = await this.c.db.query(`UPDATE project_signing_secrets SET ${col} = $3 WHERE project_id = $1 AND ${col} = $2`, [row.project_id, sealed, fresh]);
           if ((r.rowCount ?? 0) > 0) out.rewritten++;
           else out.current++;

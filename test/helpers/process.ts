@@ -83,3 +83,13 @@ export async function kill9(g: GantryProcess): Promise<void> {
   g.proc.kill('SIGKILL');
   await g.exited;
 }
+
+/** A request to `g`'s API under its first project, as `token`; the reply's status and JSON body. */
+export async function projectCall(g: GantryProcess, token: string, method: string, path: string, json?: unknown) {
+  const res = await fetch(`${g.url}/2/projects/${g.projectId}${path}`, {
+    method,
+    headers: { Authorization: `OAuth ${token}`, ...(json ? { 'Content-Type': 'application/json' } : {}) },
+    body: json ? JSON.stringify(json) : undefined,
+  });
+  return { status: res.status, body: (await res.json()) as any };
+}

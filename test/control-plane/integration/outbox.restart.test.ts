@@ -3,18 +3,9 @@
 // answer went back), are both delivered by the restarted process, under their first ids.
 import t from 'tap';
 import { freshPgDatabase, tempDir, ENGINES } from '../../helpers/db.ts';
-import { kill9, startGantryProcess, type GantryProcess } from '../../helpers/process.ts';
+import { kill9, projectCall as call, startGantryProcess } from '../../helpers/process.ts';
 import { startReceiver, type Received } from '../../helpers/receiver.ts';
 import { until } from '../../helpers/runner.ts';
-
-async function call(g: GantryProcess, token: string, method: string, path: string, json?: unknown) {
-  const res = await fetch(`${g.url}/2/projects/${g.projectId}${path}`, {
-    method,
-    headers: { Authorization: `OAuth ${token}`, ...(json ? { 'Content-Type': 'application/json' } : {}) },
-    body: json ? JSON.stringify(json) : undefined,
-  });
-  return { status: res.status, body: (await res.json()) as any };
-}
 
 for (const engine of ENGINES) {
   t.test(`deliveries survive kill -9 before and during their send (${engine})`, async (t) => {

@@ -2,16 +2,7 @@
 // creation got a 2xx reply is there after a restart, on both engines.
 import t from 'tap';
 import { freshPgDatabase, tempDir, ENGINES } from '../../helpers/db.ts';
-import { kill9, startGantryProcess, type GantryProcess } from '../../helpers/process.ts';
-
-async function call(g: GantryProcess, token: string, method: string, path: string, json?: unknown) {
-  const res = await fetch(`${g.url}/2/projects/${g.projectId}${path}`, {
-    method,
-    headers: { Authorization: `OAuth ${token}`, ...(json ? { 'Content-Type': 'application/json' } : {}) },
-    body: json ? JSON.stringify(json) : undefined,
-  });
-  return { status: res.status, body: (await res.json()) as any };
-}
+import { kill9, projectCall as call, startGantryProcess } from '../../helpers/process.ts';
 
 for (const engine of ENGINES) {
   t.test(`acknowledged writes survive kill -9 (${engine})`, async (t) => {

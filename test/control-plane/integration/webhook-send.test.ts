@@ -14,7 +14,7 @@ import type { AddressInfo } from 'node:net';
 import t, { type Test } from 'tap';
 import { Webhook } from 'standardwebhooks';
 import { parseEgressAllow } from '../../../lib/egress.ts';
-import { newSigningSecret, sendWebhook, signatureHeader, signingKey, type WebhookAttempt } from '../../../control-plane/outbox/webhook-send.ts';
+import { newSigningSecret, sendWebhook, signatureHeader, signingKey, webhookAgents, type WebhookAttempt } from '../../../control-plane/outbox/webhook-send.ts';
 import { tempDir } from '../../helpers/db.ts';
 
 const loopback = parseEgressAllow('127.0.0.0/8');
@@ -211,6 +211,69 @@ t.test('a huge answer: only maxResponseBytes read, then the connection dropped',
   const none = await sendWebhook(attempt(r.url, { maxResponseBytes: 0 }));
   t.match(none, { ok: true, statusCode: 200 });
   t.notOk(none.response, 'nothing read');
+});
+
+t.test('through the agents: one connection carries attempt after attempt; an answer cut at the cap closes it', async (t) => {
+  const agents = webhookAgents();
+  t.teardown(() => {
+    agents.http.destroy();
+    agents.https.destroy();
+  });
+  let big = false;
+  const r = await receiver(t, (_req, res) => {
+    if (big) res.writeHead(200, { 'content-type': 'text/plain' }).end(Buffer.alloc(8192, 'y'));
+    else res.writeHead(204).end();
+  });
+  let connections = 0;
+  r.server.on('connection', () => connections++);
+  for (let i = 0; i < 5; i++) t.match(await sendWebhook(attempt(r.url, { agents })), { ok: true, statusCode: 204 });
+  t.equal(r.received.length, 5);
+  t.equal(connections, 1, 'five attempts over one kept-open connection');
+
+  big = true;
+  t.match(await sendWebhook(attempt(r.url, { agents, maxResponseBytes: 4096 })), { ok: true, statusCode: 200 });
+  big = false;
+  t.match(await sendWebhook(attempt(r.url, { agents })), { ok: true, statusCode: 204 });
+  t.equal(connections, 2, 'the connection whose answer was not read to its end is not reused');
+
+  // Without agents (the default), every attempt has its own.
+  await sendWebhook(attempt(r.url));
+  await sendWebhook(attempt(r.url));
+  t.equal(connections, 4);
+});
+
+t.test('through the agents: a kept-open connection the receiver reset is retried once on a new one', async (t) => {
+  const agents = webhookAgents();
+  t.teardown(() => agents.http.destroy());
+  // A raw receiver: its first connection answers one request and resets on the next; later
+  // connections answer every request.
+  const answered: number[] = [];
+  let n = 0;
+  const server = net.createServer((sock) => {
+    const conn = ++n;
+    let requests = 0;
+    let buf = '';
+    sock.on('data', (d: Buffer) => {
+      buf += d.toString('latin1');
+      // Each request here is small: its headers and body arrive before the blank line's body ends.
+      const end = buf.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const length = Number(/content-length: (\d+)/i.exec(buf.slice(0, end))?.[1] ?? 0);
+      if (buf.length < end + 4 + length) return;
+      buf = buf.slice(end + 4 + length);
+      requests++;
+      if (conn === 1 && requests === 2) return void sock.resetAndDestroy();
+      answered.push(conn);
+      sock.write('HTTP/1.1 204 No Content\r\nConnection: keep-alive\r\n\r\n');
+    });
+    sock.on('error', () => undefined);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
+  t.match(await sendWebhook(attempt(url, { agents })), { ok: true, statusCode: 204 });
+  t.match(await sendWebhook(attempt(url, { agents })), { ok: true, statusCode: 204 }, 'the reset on reuse is not the attempt\'s result');
+  t.same(answered, [1, 2], 'the second attempt went out again on a second connection');
 });
 
 t.test('a redirect is not followed', async (t) => {
