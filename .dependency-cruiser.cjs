@@ -10,6 +10,12 @@
  *   `proto/` and `cloud-config/`, never a sibling program. The one edge between programs: the
  *   control plane runs the autoscaler through the interface the autoscaler declares, so it
  *   imports `autoscaler/index.ts`, `ports.ts` and `types.ts` and nothing else of it.
+ * - `cli/` is the command line, a client of the public REST API only: it imports itself and
+ *   `lib/`, never a program (`control-plane/`, `runner/`, `autoscaler/`), so it loads quickly
+ *   and cannot reach the database or a private endpoint.
+ * - `dashboard/` is the web dashboard, browser code and a client of the public REST API only:
+ *   it imports itself (and npm packages), nothing of the server's folders (not even `lib/`,
+ *   which is Node code).
  * - No import cycle, between modules or between folders.
  *
  * Type-only imports count everywhere. A type-only edge between programs still makes one
@@ -60,6 +66,8 @@ module.exports = {
     }),
     program('autoscaler', { description: 'itself, lib/, proto/ and cloud-config/', pattern: '^(autoscaler|lib|proto|cloud-config)/' }),
     program('runner', { description: 'itself, lib/, proto/ and cloud-config/', pattern: '^(runner|lib|proto|cloud-config)/' }),
+    program('cli', { description: 'itself and lib/ (a client of the public API: no program, no proto/)', pattern: '^(cli|lib)/' }),
+    program('dashboard', { description: 'itself (browser code, a client of the public API: nothing of the server)', pattern: '^dashboard/' }),
     {
       name: 'no-cycle',
       comment: 'modules that import each other, directly or through others (type-only imports count)',

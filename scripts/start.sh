@@ -10,6 +10,7 @@ major=$(node -p 'process.versions.node.split(".")[0]')
 [ "$major" -ge 20 ] || { echo "gantry: Node.js 20 or newer is needed, found $(node --version)" >&2; exit 1; }
 
 bash scripts/npm-deps.sh
+bash scripts/dashboard.sh
 
 # The local runner runs tasks in Docker: make sure an engine answers.
 if [ "${GANTRY_LOCAL_RUNNERS:-1}" != 0 ] && ! docker info >/dev/null 2>&1; then

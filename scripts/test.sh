@@ -17,6 +17,7 @@ if [ "$installed" != "$(cat node_modules/.gantry-lock-hash)" ]; then
   echo "[test] building tap's plugin set"
   npx tap build >/dev/null
 fi
+bash scripts/dashboard.sh
 
 echo "[test] generated code"
 command -v protoc >/dev/null 2>&1 || {
@@ -28,6 +29,7 @@ bash scripts/gen-proto.sh --check
 
 echo "[test] typecheck"
 npx tsc --noEmit -p .
+npx tsc --noEmit -p dashboard
 
 export GANTRY_TEST_PG_URL=${GANTRY_TEST_PG_URL:-postgres://gantry:gantry@127.0.0.1:5432/postgres}
 export GANTRY_TEST_ETCD=${GANTRY_TEST_ETCD:-http://127.0.0.1:2379}

@@ -20,6 +20,7 @@ import { workersRouter } from './routes/workers.ts';
 import { ROUTER_OPTIONS, type ApiDeps, type ApiState } from './state.ts';
 import { settledWithin } from '../../lib/deadline.ts';
 import { presentFarm } from './present.ts';
+import { serveDashboard } from './dashboard.ts';
 
 /**
  * The one answer to every error: `{"msg": message}` with the status of its kind
@@ -89,6 +90,8 @@ export function createApp(deps: ApiDeps): Koa<ApiState> {
     );
   });
 
+  // The web dashboard's built files at `/` and `/assets/...`; every other request goes on to the API.
+  app.use(serveDashboard());
   // Not thrown: the router then sets Allow, which a 405 must carry (RFC 9110 15.5.6); the
   // error middleware above turns its bodyless 405/501 into the JSON 405.
   for (const r of apiRouters(deps)) {
@@ -169,6 +172,10 @@ export function apiRouters(deps: ApiDeps): Router<ApiState>[] {
   // Stacks are deprecated: Gantry runs Docker images, so the list is empty.
   v2.get('/stacks', requireUser, validated(ep('listStacks')), (ctx) => {
     ctx.body = [];
+  });
+  v2.get('/projects', requireUser, validated(ep('listProjects')), async (ctx) => {
+    const projects = await deps.store.accounts.listProjects(ctx.state.userId!);
+    ctx.body = { projects: projects.map((p) => ({ id: p.id, name: p.name, created_at: p.createdAt.toISOString() })) };
   });
   v2.get('/status', requireUser, validated(ep('getStatus')), async (ctx) => {
     ctx.body = presentFarm(await deps.store.status.farm({ userId: ctx.state.userId! }));

@@ -59,6 +59,8 @@ export interface ClusterLoadPoint {
   runners: number;
   slots: number;
   instances: { add: number; live: number; kill: number };
+  /** The autoscaler's fast EWMA of demand then; null before it had any. */
+  ewma: number | null;
 }
 
 interface ClusterLoadRow {
@@ -71,6 +73,7 @@ interface ClusterLoadRow {
   instances_add: number;
   instances_live: number;
   instances_kill: number;
+  ewma: number | null;
 }
 
 function toClusterLoad(r: ClusterLoadRow): ClusterLoadPoint {
@@ -82,6 +85,7 @@ function toClusterLoad(r: ClusterLoadRow): ClusterLoadPoint {
     runners: r.runners,
     slots: r.slots,
     instances: { add: r.instances_add, live: r.instances_live, kill: r.instances_kill },
+    ewma: r.ewma === null ? null : Number(r.ewma),
   };
 }
 
@@ -105,29 +109,32 @@ SELECT project_id, $1, code_id, priority, sum(pending)::int, sum(queued)::int, s
  * Per cluster, what the autoscaler's snapshot reads (store/autoscale.ts): busy leases,
  * tasks that could be leased now (eligible, not leased, package not paused and below its
  * max_concurrency), connected runners and their slots (draining runners' not counted, as
- * the gauges count them), and instances by state.
+ * the gauges count them), instances by state, and the autoscaler's EWMA of demand.
  */
 const RECORD_CLUSTERS = `
 WITH live AS (SELECT code_id, count(*) AS n FROM task_leases WHERE ended_at IS NULL GROUP BY code_id)
-INSERT INTO cluster_load (cluster, at, busy, queued, runners, slots, instances_add, instances_live, instances_kill)
-SELECT cluster, $1, sum(busy)::int, sum(queued)::int, sum(runners)::int, sum(slots)::int, sum(i_add)::int, sum(i_live)::int, sum(i_kill)::int
+INSERT INTO cluster_load (cluster, at, busy, queued, runners, slots, instances_add, instances_live, instances_kill, ewma)
+SELECT cluster, $1, sum(busy)::int, sum(queued)::int, sum(runners)::int, sum(slots)::int, sum(i_add)::int, sum(i_live)::int, sum(i_kill)::int, max(ewma)
 FROM (
-  SELECT cluster, count(*) AS busy, 0 AS queued, 0 AS runners, 0 AS slots, 0 AS i_add, 0 AS i_live, 0 AS i_kill
+  SELECT cluster, count(*) AS busy, 0 AS queued, 0 AS runners, 0 AS slots, 0 AS i_add, 0 AS i_live, 0 AS i_kill, NULL::float8 AS ewma
   FROM task_leases WHERE ended_at IS NULL AND state IN ('accepted', 'running') GROUP BY cluster
   UNION ALL
-  SELECT t.cluster, 0, count(*), 0, 0, 0, 0, 0
+  SELECT t.cluster, 0, count(*), 0, 0, 0, 0, 0, NULL
   FROM tasks t JOIN codes c ON c.id = t.code_id AND NOT c.paused JOIN code_revisions r ON r.id = c.latest_revision_id
     LEFT JOIN live ON live.code_id = t.code_id
   WHERE t.status = 'queued' AND t.lease_id IS NULL AND t.eligible_at <= $2
     AND (r.max_concurrency IS NULL OR r.max_concurrency > coalesce(live.n, 0))
   GROUP BY t.cluster
   UNION ALL
-  SELECT c.name, 0, 0, count(*), coalesce(sum(r.slots) FILTER (WHERE NOT r.draining), 0), 0, 0, 0
+  SELECT c.name, 0, 0, count(*), coalesce(sum(r.slots) FILTER (WHERE NOT r.draining), 0), 0, 0, 0, NULL
   FROM runners r JOIN clusters c ON c.id = r.cluster_id WHERE r.connected AND r.last_beat_at > $3 GROUP BY c.name
   UNION ALL
   SELECT c.name, 0, 0, 0, 0, count(*) FILTER (WHERE i.type = 'ADD'), count(*) FILTER (WHERE i.type = 'LIVE'),
-    count(*) FILTER (WHERE i.type = 'KILL')
+    count(*) FILTER (WHERE i.type = 'KILL'), NULL
   FROM cluster_instances i JOIN clusters c ON c.id = i.cluster_id WHERE i.type <> 'TERMINATE' GROUP BY c.name
+  UNION ALL
+  SELECT c.name, 0, 0, 0, 0, 0, 0, 0, a.ewma
+  FROM autoscaler_state a JOIN clusters c ON c.id = a.cluster_id AND c.deleted_at IS NULL
 ) s GROUP BY cluster`;
 
 /** The WHERE conditions of a load filter over queue_load (or its roll-up) `q`, codes `c`, revisions `r`. */

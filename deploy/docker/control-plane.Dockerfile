@@ -15,7 +15,9 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund --loglevel=error
 COPY tsconfig.json tsconfig.build.json ./
 COPY scripts/build.ts ./scripts/
+COPY dashboard ./dashboard
 COPY lib ./lib
+COPY cli ./cli
 COPY proto ./proto
 COPY cloud-config ./cloud-config
 COPY autoscaler ./autoscaler

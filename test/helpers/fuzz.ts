@@ -1952,8 +1952,8 @@ function unrouted(d: Draw, w: World): WireRequest {
   const p = w.me.projectId;
   const kind = d.pick(['unknown-path', 'unknown-root', 'trailing-slash', 'double-slash', 'traversal', 'encoded-slash', 'long-path', 'star', 'case', 'dot-segment', 'bytes', 'empty-segment']);
   const target = {
-    'unknown-path': d.pick([`/2/projects/${p}/nope`, '/2/nope', '/2/projects', `/2/projects/${p}`, '/2', '/3/stacks', `/2/projects/${p}/codes/x/y/z`]),
-    'unknown-root': d.pick(['/', '/favicon.ico', '/index.html', '/.env', '/api', '/healthz/x', '/metricsx']),
+    'unknown-path': d.pick([`/2/projects/${p}/nope`, '/2/nope', '/2/project', `/2/projects/${p}`, '/2', '/3/stacks', `/2/projects/${p}/codes/x/y/z`]),
+    'unknown-root': d.pick(['/dashboard', '/favicon.ico', '/index.html', '/.env', '/api', '/healthz/x', '/metricsx']),
     'trailing-slash': d.pick(['/2/stacks/', `/2/projects/${p}/codes/`, '/healthz/', '/2/clusters/']),
     'double-slash': d.pick(['//2/stacks', '/2//stacks', `/2/projects//${p}/codes`, '/2/clusters//']),
     traversal: d.pick(['/2/../healthz', '/2/stacks/..', `/2/projects/${p}/codes/../tasks`, '/2/%2e%2e/healthz', '/..%2f..%2fetc/passwd']),

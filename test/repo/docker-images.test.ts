@@ -44,7 +44,11 @@ async function baseImage(): Promise<string> {
   if (!fs.existsSync(BUSYBOX)) throw new Error(`${BUSYBOX} is required (Debian package busybox-static; scripts/services.sh docker)`);
   const node = fs.realpathSync(process.execPath);
   const npm = path.resolve(path.dirname(fs.realpathSync((await run('sh', ['-c', 'command -v npm'])).stdout.trim())), '..');
-  const libs = await libraries(node);
+  // node's libraries, and those of the native module the build stage runs (rolldown, Vite's
+  // bundler, needs librt and libdl): node:20-bookworm-slim has all of libc6.
+  const binding = path.join(ROOT, 'node_modules/@rolldown/binding-linux-x64-gnu');
+  const native = fs.existsSync(binding) ? fs.readdirSync(binding).filter((f) => f.endsWith('.node')).map((f) => path.join(binding, f)) : [];
+  const libs = [...new Set([...(await libraries(node)), ...(await Promise.all(native.map(libraries))).flat()])].sort();
   const hash = createHash('sha256').update('node-base v1\n');
   for (const f of [node, BUSYBOX, CA_BUNDLE, path.join(npm, 'package.json'), ...libs]) hash.update(`${f}\n`).update(fs.readFileSync(f));
   const tag = `gantry-test/node-base:${hash.digest('hex').slice(0, 16)}`;

@@ -18,7 +18,7 @@ const config = createRequire(import.meta.url)(path.join(ROOT, '.dependency-cruis
   options: Record<string, unknown>;
 };
 /** Everything of ours with imports: the programs, the libraries, and the tests, benchmarks and scripts that use them. */
-const TREES = ['autoscaler', 'bench', 'bin', 'cloud-config', 'control-plane', 'lib', 'proto', 'runner', 'scripts', 'test'];
+const TREES = ['autoscaler', 'bench', 'bin', 'cli', 'cloud-config', 'control-plane', 'dashboard', 'lib', 'proto', 'runner', 'scripts', 'test'];
 
 async function violations(baseDir: string, trees: string[]): Promise<{ lines: string[]; modules: Set<string> }> {
   const r = await cruise(
@@ -34,7 +34,7 @@ function sources(trees: string[]): string[] {
   return trees.flatMap((d) =>
     fs
       .readdirSync(path.join(ROOT, d), { recursive: true, encoding: 'utf8' })
-      .filter((f) => /\.(ts|js|mjs|cjs)$/.test(f) && !f.split(path.sep).includes('node_modules'))
+      .filter((f) => /\.(ts|tsx|js|mjs|cjs)$/.test(f) && !f.split(path.sep).some((s) => s === 'node_modules' || s === 'dist'))
       .map((f) => path.posix.join(d, ...f.split(path.sep))),
   );
 }
@@ -72,6 +72,9 @@ t.test('the rules catch forbidden imports and cycles (a small tree with one of e
     'control-plane/grpc/gateway.ts': "import type { D } from '../dispatch/dispatcher.ts';\nexport type G = D;\n",
     'runner/agent.ts': "import { a } from '../lib/a.ts';\nimport type { Port } from '../autoscaler/ports.ts';\nexport class Runner { p?: Port; a = a; }\n",
     'runner/main.ts': "import { gone } from './missing.ts';\nexport const m = gone;\n",
+    'cli/main.ts': "import { a } from '../lib/a.ts';\nimport type { Config } from '../control-plane/config.ts';\nexport const c = (x?: Config) => (x ? a : a);\n",
+    'dashboard/src/main.ts': "import { a } from '../../lib/a.ts';\nimport { page } from './page.ts';\nexport const m = [a, page];\n",
+    'dashboard/src/page.ts': "import type { Config } from '../../control-plane/config.ts';\nexport const page = (c?: Config) => c;\n",
   };
   for (const [f, text] of Object.entries(files)) {
     fs.mkdirSync(path.dirname(path.join(dir, f)), { recursive: true });
@@ -87,6 +90,9 @@ t.test('the rules catch forbidden imports and cycles (a small tree with one of e
     'control-plane-imports: control-plane/server.ts → autoscaler/loop.ts',
     'runner-imports: runner/agent.ts → autoscaler/ports.ts (type-only)',
     'resolvable: runner/main.ts → ./missing.ts',
+    'cli-imports: cli/main.ts → control-plane/config.ts (type-only)',
+    'dashboard-imports: dashboard/src/main.ts → lib/a.ts',
+    'dashboard-imports: dashboard/src/page.ts → control-plane/config.ts (type-only)',
   ];
   for (const w of want) t.ok(lines.includes(w), `caught: ${w}`);
   t.ok(lines.some((l) => /^no-cycle: lib\/(a|b)\.ts → /.test(l)), 'caught: the module cycle lib/a.ts ↔ lib/b.ts');
@@ -94,7 +100,7 @@ t.test('the rules catch forbidden imports and cycles (a small tree with one of e
     lines.some((l) => l.startsWith('no-folder-cycle: control-plane/dispatch → control-plane/grpc')),
     'caught: the folder cycle control-plane/dispatch ↔ control-plane/grpc, made of type-only imports',
   );
-  const allowed = ['control-plane/server.ts → autoscaler/index.ts', 'control-plane/server.ts → autoscaler/ports.ts', 'control-plane/server.ts → proto/gen/x.ts', 'runner/agent.ts → lib/a.ts'];
+  const allowed = ['control-plane/server.ts → autoscaler/index.ts', 'control-plane/server.ts → autoscaler/ports.ts', 'control-plane/server.ts → proto/gen/x.ts', 'runner/agent.ts → lib/a.ts', 'cli/main.ts → lib/a.ts', 'dashboard/src/main.ts → dashboard/src/page.ts'];
   for (const a of allowed) t.notOk(lines.some((l) => l.includes(`: ${a}`)), `allowed: ${a}`);
   t.ok(lines.length >= want.length + 2, `and found them all:\n${lines.join('\n')}`);
 });

@@ -442,7 +442,7 @@ export function clustersRouter(): Router<ApiState> {
       count,
       next: pageUrl(ctx, ctx.url, p.page + 1, p.perPage, count),
       previous: p.page > 0 ? pageUrl(ctx, ctx.url, Math.min(p.page - 1, last), p.perPage, count) : null,
-      results: points.map((x) => ({ time: x.at.toISOString(), busy: x.busy, queued: x.queued, runners: x.runners, slots: x.slots, instances: x.instances })),
+      results: points.map((x) => ({ time: x.at.toISOString(), busy: x.busy, queued: x.queued, runners: x.runners, slots: x.slots, instances: x.instances, ewma: x.ewma })),
     };
   });
 

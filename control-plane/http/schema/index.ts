@@ -5,7 +5,7 @@ import type { Endpoint } from './endpoint.ts';
 import { executionEndpoints } from './executions.ts';
 import { queueEndpoints } from './queue.ts';
 import { scheduleEndpoints } from './schedules.ts';
-import { systemEndpoints } from './system.ts';
+import { projectEndpoints, systemEndpoints } from './system.ts';
 import { taskEndpoints } from './tasks.ts';
 import { workerEndpoints } from './workers.ts';
 
@@ -20,6 +20,7 @@ export const ENDPOINTS: readonly Endpoint[] = [
   ...queueEndpoints,
   ...clusterEndpoints,
   ...workerEndpoints,
+  ...projectEndpoints,
 ];
 
 /** The endpoint with this operationId (throws for an unknown one: a typo in a router). */

@@ -113,6 +113,7 @@ export function openApiDocument(version = PACKAGE_VERSION): Json {
     jsonSchemaDialect: 'https://spec.openapis.org/oas/3.1/dialect/base',
     servers: [{ url: '/' }],
     tags: [
+      { name: 'projects', description: 'The projects a token can use' },
       { name: 'codes', description: 'Code packages: Docker images, optionally with a zip' },
       { name: 'tasks', description: 'Tasks: queue, inspect, cancel, retry' },
       { name: 'schedules', description: 'Schedules that queue tasks over time' },

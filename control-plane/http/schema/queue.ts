@@ -197,7 +197,7 @@ export const queueEndpoints = [
     query: Obj({ started: LoadQuery.properties.started, ended: LoadQuery.properties.ended, ...PAGING, ...OAuthQuery }),
     responses: {
       200: {
-        description: 'per recorded instant: busy leases, tasks that could be leased, connected runners and their slots, instances by state',
+        description: "per recorded instant: busy leases, tasks that could be leased, connected runners and their slots, instances by state, the autoscaler's EWMA",
         schema: Paged(
           Reply(
             {
@@ -207,6 +207,7 @@ export const queueEndpoints = [
               runners: Type.Integer({ minimum: 0 }),
               slots: Type.Integer({ minimum: 0 }),
               instances: Reply({ add: Type.Integer({ minimum: 0 }), live: Type.Integer({ minimum: 0 }), kill: Type.Integer({ minimum: 0 }) }),
+              ewma: Type.Union([Type.Number({ minimum: 0 }), Type.Null()], { description: "the autoscaler's fast EWMA of demand (busy + queued) then; null before it had one" }),
             },
             [],
             { title: 'ClusterLoadPoint' },

@@ -1,6 +1,6 @@
 import { Type, type TSchema } from '@sinclair/typebox';
 import { AuthQuery } from './common.ts';
-import { endpoint } from './endpoint.ts';
+import { endpoint, type Endpoint } from './endpoint.ts';
 import { TASK_STATUSES } from '../../store/codes.ts';
 import { DateTime, ErrorBody, Id, Reply } from './kit.ts';
 
@@ -177,6 +177,32 @@ export const systemEndpoints = [
     query: AuthQuery,
     responses: {
       200: { description: 'an empty list', schema: Type.Array(Type.String(), { maxItems: 0 }) },
+      401: { description: 'no valid OAuth token', schema: ErrorBody },
+    },
+  }),
+];
+
+/**
+ * The projects a token can use (the dashboard's project switcher). Listed after every other
+ * endpoint so the fuzzer's per-operation seeds of the others stay as they were.
+ */
+export const projectEndpoints: readonly Endpoint[] = [
+  endpoint({
+    id: 'listProjects',
+    method: 'GET',
+    path: '/2/projects',
+    tag: 'projects',
+    summary: "The projects the token's user owns, oldest first (every one its token can use)",
+    auth: 'user',
+    query: AuthQuery,
+    responses: {
+      200: {
+        description: "the user's projects",
+        schema: Type.Object(
+          { projects: Type.Array(Reply({ id: Id(), name: Type.String(), created_at: DateTime() }, [], { title: 'Project' })) },
+          { additionalProperties: false },
+        ),
+      },
       401: { description: 'no valid OAuth token', schema: ErrorBody },
     },
   }),

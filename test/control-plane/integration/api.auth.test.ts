@@ -223,7 +223,7 @@ for (const engine of ENGINES) {
         '/2/nothing',
         '/2/',
         '/2',
-        '/2/projects',
+        '/2/project',
         `/2/projects/${a.projectId}`,
         `${p}/nothing`,
         `${p}/codes/${mine.codeId}/nothing`,

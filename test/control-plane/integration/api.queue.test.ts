@@ -105,6 +105,8 @@ for (const engine of ENGINES) {
           [id, cluster.id, type, clock.now()],
         );
       }
+      // The fleet's autoscaler has a state: its EWMA is recorded with the load.
+      await api.store.db.query(`INSERT INTO autoscaler_state (cluster_id, state, ewma, updated_at) VALUES ($1, '{}'::jsonb, 3.5, $2)`, [cluster.id, clock.now()]);
       const queuedA = await queue(u, 'alpha', 3, { priority: 2 });
       await queue(u, 'alpha', 2, { delay: 3600 }); // pending
       const runningB = await queue(u, 'beta', 2);
@@ -125,9 +127,9 @@ for (const engine of ENGINES) {
       );
       t.equal(rows.rows[0].at.getTime(), T0, 'the instant is the start of its interval');
       const cl = (await api.store.queueLoad.clusterLoad('default', new Date(T0), new Date(T0))).points;
-      t.match(cl, [{ cluster: 'default', busy: 2, queued: 4, runners: 0, slots: 0, instances: { add: 0, live: 0, kill: 0 } }], "the autoscaler's demand: busy + leasable now");
+      t.match(cl, [{ cluster: 'default', busy: 2, queued: 4, runners: 0, slots: 0, instances: { add: 0, live: 0, kill: 0 }, ewma: null }], "the autoscaler's demand: busy + leasable now (no autoscaler state: no EWMA)");
       const fleet = (await api.store.queueLoad.clusterLoad('fleet', new Date(T0), new Date(T0))).points;
-      t.match(fleet, [{ cluster: 'fleet', busy: 0, queued: 0, runners: 2, slots: 4, instances: { add: 1, live: 1, kill: 0 } }], 'the fleet: runners, slots (a draining runner\'s not counted), instances by state');
+      t.match(fleet, [{ cluster: 'fleet', busy: 0, queued: 0, runners: 2, slots: 4, instances: { add: 1, live: 1, kill: 0 }, ewma: 3.5 }], 'the fleet: runners, slots (a draining runner\'s not counted), instances by state, the EWMA');
       clock.set(T0 + 50_000);
       await tick();
       const again = await api.store.queueLoad.record(new Date(T0), 15_000, FENCE);
@@ -141,7 +143,7 @@ for (const engine of ENGINES) {
       const r = await api.request('GET', `/2/clusters/${cluster.id}/load?per_page=2`);
       t.equal(r.status, 200, r.text);
       t.equal(r.body.count, 5, "the cluster's five instants");
-      t.same(r.body.results[0], { time: new Date(T0).toISOString(), busy: 0, queued: 0, runners: 2, slots: 4, instances: { add: 1, live: 1, kill: 0 } });
+      t.same(r.body.results[0], { time: new Date(T0).toISOString(), busy: 0, queued: 0, runners: 2, slots: 4, instances: { add: 1, live: 1, kill: 0 }, ewma: 3.5 });
       t.match(r.body.next, new RegExp(`/2/clusters/${cluster.id}/load\\?.*page=1`));
       isError(t, await api.request('GET', `/2/clusters/${cluster.id}/load?started=P40D`), 400, /at most 31 days/);
       const other = await api.newUser();
