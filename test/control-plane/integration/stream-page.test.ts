@@ -4,10 +4,13 @@
  * on a real runner with Docker; its lines appear while it runs, stdout and stderr apart, a
  * `<script>` in the log is shown as text, and the end is shown. The token travels in the
  * fragment only and leaves the address bar. A screenshot is kept as docs/stream-page.png.
+ * The task waits after its lines until the test lets it end (a file touched in its container
+ * by `docker exec`), so "shown while it ran" holds however slow the machine is.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
+import Dockerode from 'dockerode';
 import { chromium } from 'playwright-core';
 import { startTestApi, uploadCode } from '../../helpers/api.ts';
 import { tempDir } from '../../helpers/db.ts';
@@ -24,7 +27,7 @@ t.test('the stream page shows the log live, escaped, and its end', async (t) => 
   const cluster = await testCluster(api);
   await startTestRunner(t, api, { cluster, env: { GANTRY_RUNNER_SLOTS: '1' } });
   const command =
-    'echo "<script>document.title=\'owned\'</script> starting"; i=0; while [ $i -lt 20 ]; do echo "line $i"; [ $((i % 4)) -eq 3 ] && echo "warn $i" >&2; i=$((i+1)); sleep 0.1; done';
+    'echo "<script>document.title=\'owned\'</script> starting"; i=0; while [ $i -lt 20 ]; do echo "line $i"; [ $((i % 4)) -eq 3 ] && echo "warn $i" >&2; i=$((i+1)); sleep 0.1; done; n=0; while [ ! -e /tmp/go ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done; echo finished';
   t.equal((await uploadCode(api.user, { name: 'ticker', image: TEST_IMAGE, command, log_streams: 'separate' })).status, 200);
   const [id] = await queueTasks(api, 'ticker');
 
@@ -44,6 +47,9 @@ t.test('the stream page shows the log live, escaped, and its end', async (t) => 
   const running = (await api.user.project('GET', `/tasks/${id}`)).body.status;
   t.equal(running, 'running', 'lines were shown while the task ran');
   t.equal(await page.locator('#end').isHidden(), true, 'no end yet');
+  const execution = (await api.user.project('GET', `/tasks/${id}/executions/1`)).body;
+  const go = await new Dockerode().getContainer(execution.container_id).exec({ Cmd: ['touch', '/tmp/go'] });
+  await go.start({ Detach: true });
 
   // The end.
   await page.locator('#end').waitFor({ state: 'visible', timeout: 30000 });
