@@ -30,6 +30,17 @@ export const requireUser: Middleware<ApiState> = async (ctx, next) => {
 };
 
 /**
+ * Whether the request's user is an operator (an e-mail in GANTRY_OPERATORS): operators see
+ * every cluster and its runners, not only their own and those shared to them.
+ */
+export async function isOperator(ctx: { state: ApiState }): Promise<boolean> {
+  const { store, config } = ctx.state.deps;
+  if (config.operators.length === 0) return false;
+  const email = (await store.accounts.findUser(ctx.state.userId!))?.email.toLowerCase();
+  return email !== undefined && config.operators.includes(email);
+}
+
+/**
  * Requires a token whose user owns the project in the path; sets `ctx.state.projectId`.
  * Another user's project answers 404, exactly like one that does not exist.
  */

@@ -63,6 +63,21 @@ function statSamples(store: Store, level: StatLevel, days: number): Category {
 }
 
 /**
+ * Series of recorded machine stats none of whose samples is left, once no recorder has
+ * resolved them for the raw samples' period (the runners of an autoscaled fleet come and go).
+ */
+function statSeries(store: Store, days: number): Category {
+  return {
+    name: 'stats_series',
+    days,
+    pass: () => async (cutoff, limit, fence) => {
+      const result = await store.series.deleteUnused(cutoff, limit, fence);
+      return { result, done: result.maxRows < limit };
+    },
+  };
+}
+
+/**
  * Retention (leader work): every `intervalS` a pass deletes what is finished and older than
  * its period — finished tasks with their logs and leases (a retry chain whole, once all of
  * it is finished and old), then finished schedules none of whose tasks is kept — in batches
@@ -71,7 +86,8 @@ function statSamples(store: Store, level: StatLevel, days: number): Category {
  * leader's pass starts over and finds what is left. Tasks go before schedules, so a
  * schedule whose last tasks go in a pass can go in the same pass. The recorded queue load
  * follows: its per-interval rows, then its hourly roll-up, each with its own period. Recorded
- * machine stats go last, each level (raw, minutes, hours) by its own period.
+ * machine stats go last, each level (raw, minutes, hours) by its own period, then the series
+ * left with no samples at all.
  */
 export function retentionJob(o: {
   store: Store;
@@ -89,6 +105,7 @@ export function retentionJob(o: {
     statSamples(store, 'raw', settings.statsRawDays),
     statSamples(store, '1m', settings.statsMinuteDays),
     statSamples(store, '1h', settings.statsHourDays),
+    statSeries(store, settings.statsRawDays),
   ];
   return {
     name: 'retention',

@@ -449,6 +449,13 @@ export class ClustersStore {
     return undefined;
   }
 
+  /** Every live cluster, whoever owns it, oldest first (for operators). */
+  async listEvery(page: Page): Promise<ClusterDetail[]> {
+    const { limit, offset } = pageSql(page);
+    const r = await this.c.db.query<DetailRow>(`SELECT ${DETAIL_COLS} FROM clusters WHERE deleted_at IS NULL ORDER BY id LIMIT $1 OFFSET $2`, [limit, offset]);
+    return r.rows.map(toDetail);
+  }
+
   /** The user's live clusters and those shared to them, oldest first. */
   async listForUser(userId: string, page: Page): Promise<ClusterDetail[]> {
     const { limit, offset } = pageSql(page);

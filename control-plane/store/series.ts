@@ -78,12 +78,16 @@ function realArray(values: readonly number[]): string {
 export class SeriesStore {
   constructor(private readonly c: StoreCtx) {}
 
-  /** The series id of a runner's layout, made on first use (a layout changes rarely: a disk, an interface). */
+  /**
+   * The series id of a runner's layout, made on first use (a layout changes rarely: a disk,
+   * an interface), and marked resolved now: retention leaves it alone for a while (see
+   * deleteUnused).
+   */
   async resolve(l: SeriesLayout): Promise<number> {
     const r = await this.c.db.query<{ id: number }>(
-      `INSERT INTO runner_stat_series (runner_id, cluster_id, layout_md5, metrics, variants, created_at)
-       VALUES ($1, $2, $3, $4, $5, $6)
-       ON CONFLICT (runner_id, layout_md5) DO UPDATE SET cluster_id = excluded.cluster_id
+      `INSERT INTO runner_stat_series (runner_id, cluster_id, layout_md5, metrics, variants, created_at, resolved_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $6)
+       ON CONFLICT (runner_id, layout_md5) DO UPDATE SET cluster_id = excluded.cluster_id, resolved_at = excluded.resolved_at
        RETURNING id`,
       [l.runnerId, l.clusterId, l.md5, l.metrics, l.variants, this.c.clock.now()],
     );
@@ -206,6 +210,29 @@ export class SeriesStore {
       );
       const kind = `stats_${level}`;
       return { deleted: { [kind]: r.rowCount }, statements: r.rowCount > 0 ? 1 : 0, maxRows: r.rowCount };
+    });
+  }
+
+  /**
+   * Retention: deletes at most `limit` series none of whose samples is left at any level and
+   * that no recorder has resolved since `cutoff`, fenced. A recorder resolving one of them at
+   * the same moment either updates it first (the row is locked: it is skipped, and the
+   * delete's own check of resolved_at sees the new value) or waits for the delete and makes
+   * it anew: it never writes samples into a series that is gone.
+   */
+  async deleteUnused(cutoff: Date, limit: number, fence?: Fence): Promise<BatchResult> {
+    return this.c.db.tx(async (q) => {
+      await checkFence(q, fence);
+      const unused = Object.values(STAT_TABLES)
+        .map((table) => `NOT EXISTS (SELECT 1 FROM ${table} x WHERE x.series_id = s.id)`)
+        .join(' AND ');
+      const r = await q.query(
+        `DELETE FROM runner_stat_series WHERE resolved_at < $1 AND id = ANY(ARRAY(
+           SELECT s.id FROM runner_stat_series s WHERE s.resolved_at < $1 AND ${unused}
+           LIMIT $2 FOR UPDATE SKIP LOCKED))`,
+        [cutoff, limit],
+      );
+      return { deleted: { stats_series: r.rowCount }, statements: r.rowCount > 0 ? 1 : 0, maxRows: r.rowCount };
     });
   }
 }

@@ -29,8 +29,19 @@ const NAV: [string, string][] = [
   ['queue', 'Queue'],
 ];
 
-function Page({ route }: { route: Route }) {
+/** Sections that show one project's things (the rest show the user's farm, clusters and runners). */
+const PROJECT_SECTIONS = new Set(['codes', 'tasks', 'schedules', 'queue']);
+
+function Page({ route, project }: { route: Route; project: boolean }) {
   const [section = '', id] = route.path;
+  if (!project && PROJECT_SECTIONS.has(section)) {
+    return (
+      <p class="error" id="no-project">
+        This user has no project yet: an operator makes one with <code>gantry project create --user EMAIL --name NAME</code>. The farm,
+        clusters and runners need none.
+      </p>
+    );
+  }
   switch (section) {
     case '':
       return <Home />;
@@ -62,7 +73,9 @@ function Shell({ onProject }: { onProject: () => void }) {
       onProject();
     }
   }, [list, current, onProject]);
-  if (!list || !list.some((p) => p.id === current)) return <Loading error={projects.error ?? (list?.length === 0 ? 'This token has no project.' : undefined)} />;
+  // A user with no project (an operator, say) still sees the farm, clusters and runners.
+  const none = list?.length === 0;
+  if (!list || (!none && !list.some((p) => p.id === current))) return <Loading error={projects.error} />;
   const section = route.path[0] ?? '';
   return (
     <>
@@ -76,31 +89,37 @@ function Shell({ onProject }: { onProject: () => void }) {
           ))}
         </nav>
         <span class="who">
-          <label>
-            <span class="sr">Project</span>
-            <select
-              id="project"
-              value={current ?? ''}
-              onChange={(e) => {
-                session.setProject((e.target as HTMLSelectElement).value);
-                onProject();
-                if (route.path.length > 1) location.hash = `#/${section}`;
-              }}
-            >
-              {list.map((p) => (
-                <option key={p.id} value={p.id}>
-                  {p.name} ({p.id.slice(-6)})
-                </option>
-              ))}
-            </select>
-          </label>
+          {none ? (
+            <span id="project" class="muted">
+              no project
+            </span>
+          ) : (
+            <label>
+              <span class="sr">Project</span>
+              <select
+                id="project"
+                value={current ?? ''}
+                onChange={(e) => {
+                  session.setProject((e.target as HTMLSelectElement).value);
+                  onProject();
+                  if (route.path.length > 1) location.hash = `#/${section}`;
+                }}
+              >
+                {list.map((p) => (
+                  <option key={p.id} value={p.id}>
+                    {p.name} ({p.id.slice(-6)})
+                  </option>
+                ))}
+              </select>
+            </label>
+          )}
           <button type="button" id="sign-out" onClick={() => session.signOut()}>
             Sign out
           </button>
         </span>
       </header>
       <main key={current}>
-        <Page route={route} />
+        <Page route={route} project={!none} />
       </main>
     </>
   );

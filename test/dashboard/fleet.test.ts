@@ -5,7 +5,8 @@
  * says KILL), its EWMA, and its load charts over 1 h and over a week of 10-second samples
  * (60,481 points per series, drawn without a long stall of the page); a runner's list entry and
  * its CPU, memory, disk and network charts, split per variant on request; the queue page's
- * status per code package and its load chart; the farm page. No script or console error.
+ * status per code package and its load chart; the farm page; an operator's page listing every
+ * cluster and opening another user's. No script or console error.
  */
 import t from 'tap';
 import { startTestApi, uploadCode } from '../helpers/api.ts';
@@ -15,7 +16,7 @@ import { queueTasks } from '../helpers/faults.ts';
 
 t.test('the fleet pages chart recorded data', async (t) => {
   buildDashboard();
-  const api = await startTestApi(t, 'postgres');
+  const api = await startTestApi(t, 'postgres', { env: { GANTRY_OPERATORS: 'ops@example.com' } });
   const code = (await uploadCode(api.user, { name: 'worker', command: 'true' })).body;
   const fleet = await seedFleet(api.store, { userId: api.user.userId, projectId: api.user.projectId, codeId: code.id });
   t.equal(fleet.loadPoints, 60_481, 'a week of 10-second instants');
@@ -117,6 +118,25 @@ t.test('the fleet pages chart recorded data', async (t) => {
     const shown = Number(await page.locator('#chart-load .plot').getAttribute('data-points'));
     const count = (await api.user.project('GET', '/load', { query: { per_page: 1, started: 'PT24H' } })).body.count;
     t.ok(Math.abs(shown - count) <= 2, `the chart holds the recorded points (${shown}, the API counts ${count})`);
+  });
+
+  await t.test("an operator's view: every cluster on asking, another user's opened", async (t) => {
+    const ops = await api.store.accounts.createUser('ops@example.com');
+    const { token } = await api.store.accounts.createToken(ops.id);
+    const { page: opsPage, errors: opsErrors } = await watchedPage(context);
+    await signIn(opsPage, api.url, token);
+    t.equal(await opsPage.locator('#project').textContent(), 'no project', 'an operator with no project of their own is signed in all the same');
+    await opsPage.goto(`${api.url}/#/tasks`);
+    t.match(await opsPage.locator('#no-project').textContent(), /no project yet: an operator makes one with gantry project create/, 'project pages say how to get one');
+    await opsPage.goto(`${api.url}/#/clusters`);
+    await opsPage.locator('#all-clusters').waitFor();
+    await opsPage.locator('#clusters').waitFor();
+    t.equal(await opsPage.locator('#clusters a', { hasText: 'fleet' }).count(), 0, 'their own clusters only (none) at first');
+    await opsPage.check('#all-clusters');
+    await opsPage.click('#clusters a >> text=fleet');
+    await opsPage.locator('#instances tbody tr').nth(3).waitFor();
+    t.equal(await opsPage.locator('#instances tbody tr').count(), Object.keys(fleet.instances).length, "another user's cluster with its instances");
+    t.same(opsErrors, [], 'no errors on the operator\'s page');
   });
 
   t.same(errors, [], 'no script errors, no console errors, no CSP violations');

@@ -19,12 +19,12 @@ import {
   type ClusterSecretsInput,
   type NewCluster,
 } from '../../store/clusters.ts';
-import { requireUser } from '../auth.ts';
+import { isOperator, requireUser } from '../auth.ts';
 import { ep } from '../schema/index.ts';
 import { validated } from '../schema/endpoint.ts';
 import type { ClusterInput } from '../schema/clusters.ts';
 import { ROUTER_OPTIONS, type ApiDeps, type ApiState } from '../state.ts';
-import { pagination } from '../validate.ts';
+import { flag, pagination } from '../validate.ts';
 import { putOwn } from '../../../lib/record.ts';
 import { clean, type Json } from '../present.ts';
 import { loadRange, pageUrl, paging } from './queue.ts';
@@ -326,10 +326,10 @@ export function presentContainer(p: ContainerPolicy): Json {
 }
 
 /**
- * The full form (as Get Cluster). Only the owner sees sharing and autoscale settings; no
- * one sees a secret, only whether it is set.
+ * The full form (as Get Cluster). Only the owner and operators see sharing and autoscale
+ * settings; no one sees a secret, only whether it is set.
  */
-export function presentCluster(c: ClusterDetail, access: 'owner' | 'shared', live?: { total: number; available: number; instances: ClusterInstance[] }): Json {
+export function presentCluster(c: ClusterDetail, access: ClusterAccess, live?: { total: number; available: number; instances: ClusterInstance[] }): Json {
   const out: Json = {
     ...presentClusterSummary(c),
     runners_total: live?.total ?? 0,
@@ -338,7 +338,7 @@ export function presentCluster(c: ClusterDetail, access: 'owner' | 'shared', liv
     // Shown to shared users too: it decides what their tasks may do.
     container: presentContainer(c.container),
   };
-  if (access !== 'owner') return out;
+  if (access === 'shared') return out;
   out.shared_to = c.sharedTo;
   const autoscale: Json = {
     disable: c.disable,
@@ -362,16 +362,30 @@ export function presentCluster(c: ClusterDetail, access: 'owner' | 'shared', liv
 }
 
 type Ctx = RouterContext<ApiState>;
+/**
+ * How a user sees a cluster: its owner, a user it is shared to, or an operator (who reads
+ * every cluster's settings and may terminate its instances, but changes nothing else).
+ */
+type ClusterAccess = 'owner' | 'shared' | 'operator';
 
 export function clustersRouter(): Router<ApiState> {
   const r = new Router<ApiState>(ROUTER_OPTIONS);
 
-  /** The cluster in the path, if this user may see it (404 otherwise), or change it (403 for a shared user). */
-  const load = async (ctx: Ctx, owner?: string) => {
+  /**
+   * The cluster in the path, if this user may see it (404 otherwise), or do `owner` to it
+   * (403 for a shared user, and for an operator unless `operatorToo`).
+   */
+  const load = async (ctx: Ctx, owner?: string, operatorToo = false): Promise<{ cluster: ClusterDetail; access: ClusterAccess }> => {
     const id = ctx.params.clusterId ?? '';
-    const got = isId(id) ? await ctx.state.deps.store.clusters.getForUser(ctx.state.userId!, id) : undefined;
+    const { clusters } = ctx.state.deps.store;
+    let got: { cluster: ClusterDetail; access: ClusterAccess } | undefined = isId(id) ? await clusters.getForUser(ctx.state.userId!, id) : undefined;
+    // An operator reads any cluster (and changes only their own).
+    if (!got && isId(id) && (await isOperator(ctx))) {
+      const cluster = await clusters.detail(id);
+      if (cluster) got = { cluster, access: 'operator' };
+    }
     if (!got) throw notFound('Cluster not found');
-    if (owner && got.access !== 'owner') throw new HttpError(403, `Only the cluster's owner can ${owner}`, { code: 'forbidden' });
+    if (owner && got.access !== 'owner' && !(operatorToo && got.access === 'operator')) throw new HttpError(403, `Only the cluster's owner can ${owner}`, { code: 'forbidden' });
     return got;
   };
 
@@ -381,7 +395,11 @@ export function clustersRouter(): Router<ApiState> {
   };
 
   r.get('/clusters', requireUser, validated(ep('listClusters')), async (ctx) => {
-    const list = await ctx.state.deps.store.clusters.listForUser(ctx.state.userId!, pagination(ctx.state.query!));
+    const q = ctx.state.query!;
+    const every = flag(q, 'all');
+    if (every && !(await isOperator(ctx))) throw new HttpError(403, 'all=true lists every cluster, for operators only (GANTRY_OPERATORS)', { code: 'forbidden' });
+    const { clusters } = ctx.state.deps.store;
+    const list = every ? await clusters.listEvery(pagination(q)) : await clusters.listForUser(ctx.state.userId!, pagination(q));
     ctx.body = { clusters: list.map(presentClusterSummary) };
   });
 
@@ -469,7 +487,7 @@ export function clustersRouter(): Router<ApiState> {
   r.post('/clusters/:clusterId/terminate', requireUser, validated(ep('terminateClusterInstances')), async (ctx) => {
     const { deps } = ctx.state;
     const body = ctx.state.body!;
-    const { cluster } = await load(ctx, 'terminate its instances');
+    const { cluster } = await load(ctx, 'terminate its instances', true);
     const ids = (body as { instance_ids: string[] }).instance_ids;
     const out = await deps.store.clusters.markKill(cluster.id, ids);
     if (out.unknown.length > 0) {

@@ -5,7 +5,7 @@ import { METRIC_NAMES, categoryOf, flattenReported, type ReportedStats } from '.
 import { planRanges } from '../../series/read-plan.ts';
 import type { StatBucket } from '../../store/series.ts';
 import type { WorkerRecord } from '../../store/workers.ts';
-import { requireUser } from '../auth.ts';
+import { isOperator, requireUser } from '../auth.ts';
 import { validated } from '../schema/endpoint.ts';
 import { ep } from '../schema/index.ts';
 import { AGGREGATIONS, DEFAULT_TIMEOUT_S, MAX_POINTS } from '../schema/workers.ts';
@@ -39,9 +39,7 @@ const requireClusterToken: Middleware<ApiState> = async (ctx, next) => {
 
 /** The clusters whose workers the user sees. */
 async function visible(ctx: Ctx) {
-  const { store, config } = ctx.state.deps;
-  const operator = config.operators.length > 0 && config.operators.includes((await store.accounts.findUser(ctx.state.userId!))?.email.toLowerCase() ?? '');
-  return store.workers.visibleClusters(ctx.state.userId!, operator);
+  return ctx.state.deps.store.workers.visibleClusters(ctx.state.userId!, await isOperator(ctx));
 }
 
 /** The requested worker ids, each one the user sees (404 naming the first that is not). */

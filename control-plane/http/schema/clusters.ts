@@ -1,7 +1,7 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { CONTAINER_LIMITS, DOCKER_DEFAULT_CAPS, NETWORK_PATTERN } from '../../../lib/container-policy.ts';
 import { MAX_USER_TAGS } from '../../store/clusters.ts';
-import { AuthQuery, Batch, CLUSTER_NAME_PATTERN, PagingQuery } from './common.ts';
+import { AuthQuery, Batch, CLUSTER_NAME_PATTERN, Flag, OAuthQuery, Paging } from './common.ts';
 import { endpoint } from './endpoint.ts';
 import { Bool, DateTime, Dict, ErrorBody, Id, ID_PATTERN, Int, List, Obj, OneOf, Reply, Str } from './kit.ts';
 import { TEMPLATE_VARIABLES, USER_DATA_MAX_BYTES } from '../../../cloud-config/render.ts';
@@ -282,10 +282,14 @@ export const clusterEndpoints = [
     method: 'GET',
     path: '/2/clusters',
     tag: 'clusters',
-    summary: "List the user's clusters and those shared to them",
+    summary: "List the user's clusters and those shared to them; with all=true, every cluster (operators only)",
     auth: 'user',
-    query: PagingQuery,
-    responses: { 200: { description: 'the clusters', schema: Type.Object({ clusters: Type.Array(ClusterSummary) }, { additionalProperties: false }) }, ...errors },
+    query: Obj({ ...Paging, all: Flag('every live cluster, whoever owns it (operators, GANTRY_OPERATORS, only; 403 for others)'), ...OAuthQuery }),
+    responses: {
+      200: { description: 'the clusters', schema: Type.Object({ clusters: Type.Array(ClusterSummary) }, { additionalProperties: false }) },
+      ...errors,
+      403: { description: 'all=true from a user who is not an operator', schema: ErrorBody },
+    },
   }),
   endpoint({
     id: 'createCluster',
@@ -310,7 +314,7 @@ export const clusterEndpoints = [
     method: 'GET',
     path: '/2/clusters/:clusterId',
     tag: 'clusters',
-    summary: 'Get a cluster',
+    summary: 'Get a cluster (its owner, a user it is shared to, or an operator)',
     auth: 'user',
     params: ClusterParams,
     query: AuthQuery,
@@ -390,7 +394,7 @@ export const clusterEndpoints = [
     method: 'POST',
     path: '/2/clusters/:clusterId/terminate',
     tag: 'clusters',
-    summary: 'Mark instances KILL: their runners finish their tasks, then they are terminated',
+    summary: 'Mark instances KILL (the owner or an operator): their runners finish their tasks, then they are terminated',
     auth: 'user',
     params: ClusterParams,
     query: AuthQuery,

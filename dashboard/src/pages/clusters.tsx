@@ -4,12 +4,22 @@ import { Chart, RANGES, RangePicker, type RangeKey } from '../chart.tsx';
 import { allPoints, lastSeconds } from '../series.ts';
 import { Action, Fields, Loading, Status, Time, bytes, useEvery, useLoad } from '../ui.tsx';
 
-/** The clusters the user owns or is shared. */
+/** The clusters the user owns or is shared; for an operator (GANTRY_OPERATORS), every cluster on asking. */
 export function Clusters() {
-  const list = useLoad((signal) => api<{ clusters: Cluster[] }>('/2/clusters', { signal, query: { per_page: 100 } }), []);
+  const [every, setEvery] = useState(false);
+  const list = useLoad(
+    (signal) => api<{ clusters: Cluster[] }>('/2/clusters', { signal, query: { per_page: 100, ...(every ? { all: 'true' } : {}) } }),
+    [every],
+  );
   return (
     <>
       <h1>Clusters</h1>
+      <p class="actions">
+        <label>
+          <input id="all-clusters" type="checkbox" checked={every} onChange={(e) => setEvery((e.target as HTMLInputElement).checked)} /> every
+          cluster (operators)
+        </label>
+      </p>
       {!list.data ? (
         <Loading error={list.error} />
       ) : (

@@ -15,8 +15,8 @@ import type { ApiUser, Reply } from '../../helpers/api.ts';
 /**
  * The Clusters API (/2/clusters) over HTTP on both engines: every endpoint, defaults,
  * partial updates with tag merge, sharing and the queue check on tasks and schedules,
- * secrets sealed at rest and absent from replies and logs, key rotation, terminate, delete
- * and stats. One control plane per engine logs at trace level into a buffer that the last
+ * secrets sealed at rest and absent from replies and logs, key rotation, terminate, delete,
+ * stats and the operators' view of every cluster. One control plane per engine logs at trace level into a buffer that the last
  * subtest searches for secrets.
  */
 
@@ -90,7 +90,7 @@ for (const engine of ENGINES) {
     store.useSecrets(SecretBox.fromSpec(`k1:${K1}`));
     const logs = new LogBuffer();
     const log = createLogger({ name: 'gantry-test', level: 'trace', destination: logs });
-    const env = { GANTRY_PORT: '0', GANTRY_GRPC_PORT: '0', GANTRY_LOCAL_RUNNERS: '0', LOG_LEVEL: 'trace', GANTRY_CLUSTER_MAX_TIMEOUTS: 'long=86400' };
+    const env = { GANTRY_OPERATORS: `ops-${engine}@example.com`, GANTRY_PORT: '0', GANTRY_GRPC_PORT: '0', GANTRY_LOCAL_RUNNERS: '0', LOG_LEVEL: 'trace', GANTRY_CLUSTER_MAX_TIMEOUTS: 'long=86400' };
     const config = loadConfig(env);
     const cp = await startControlPlane(config, log, { store, clock, scheduler: false });
     t.teardown(() => cp.stop());
@@ -470,6 +470,49 @@ for (const engine of ENGINES) {
       const killAt = (await store.db.query<{ kill_at: Date }>(`SELECT kill_at FROM cluster_instances WHERE instance_id = 'i-live'`)).rows[0]!.kill_at;
       t.equal(new Date(killAt).toISOString(), clock.now().toISOString(), 'kill_at is now');
       t.same((await api.post(`/clusters/${id}/terminate`, { instance_ids: ['i-live'] })).body.already, ['i-live'], 'again: already KILL');
+    });
+
+    t.test('operators: every cluster with all=true, any cluster read, instances terminated, nothing else changed', async (t) => {
+      const ops = await store.accounts.createUser(`ops-${engine}@example.com`);
+      const o = as({ userId: ops.id, projectId: '', token: (await store.accounts.createToken(ops.id)).token, project: () => Promise.reject(new Error('unused')) });
+      const theirs = await create(t, { name: 'carols-fleet', autoscale: { aws: AWS, docker_auth: DOCKER_AUTH } }, carol);
+      await addInstance(theirs.id, 'i-carol-1', 'LIVE');
+      await addInstance(theirs.id, 'i-carol-2', 'LIVE');
+
+      const own = (await o.get('/clusters')).body.clusters;
+      t.same(own, [], 'without all=true an operator lists only their own clusters (none)');
+      const every = await o.get('/clusters?all=true&per_page=100');
+      t.equal(every.status, 200, every.text);
+      const names = every.body.clusters.map((x: { name: string }) => x.name);
+      t.ok(names.includes('carols-fleet') && names.includes('plain') && names.includes('ops-pool'), 'all=true lists every user\'s clusters and the operator-made ones');
+      t.equal(new Set(names).size, names.length, 'each once');
+      t.same(every.body.clusters.map((x: { name: string }) => x.name), (await store.db.query<{ name: string }>('SELECT name FROM clusters WHERE deleted_at IS NULL ORDER BY id')).rows.map((r) => r.name), 'every live cluster, oldest first');
+      t.same((await o.get('/clusters?all=true&per_page=1&page=1')).body.clusters.map((x: { name: string }) => x.name), [names[1]], 'paged');
+      isError(t, await as(bob).get('/clusters?all=true'), 403, 'all=true lists every cluster, for operators only (GANTRY_OPERATORS)');
+      t.same((await o.get('/clusters?all=0')).body.clusters, [], 'all=0 is the own list, like every flag of the API');
+
+      const seen = await o.get(`/clusters/${theirs.id}`);
+      t.equal(seen.status, 200, seen.text);
+      t.equal(seen.body.cluster.autoscale.aws.instance_type, 'c5.xlarge', 'an operator sees the settings');
+      t.equal(seen.body.cluster.autoscale.docker_auth_set, true, 'and whether a secret is set');
+      t.same(seen.body.cluster.machines.map((m: { instance_id: string }) => m.instance_id).sort(), ['i-carol-1', 'i-carol-2'], 'and the instances');
+      for (const secret of SECRETS) t.notOk(seen.text.includes(secret), 'but never a secret');
+      t.equal((await o.get(`/clusters/${theirs.id}/stats`)).body.cluster.instances.length, 2, 'stats');
+      t.equal((await o.get(`/clusters/${theirs.id}/load`)).status, 200, 'recorded load');
+
+      const marked = await o.post(`/clusters/${theirs.id}/terminate`, { instance_ids: ['i-carol-1'] });
+      t.equal(marked.status, 200, marked.text);
+      t.same(marked.body.marked, ['i-carol-1'], 'an operator terminates an instance');
+      t.same(await instanceTypes(theirs.id), { 'i-carol-1': 'KILL', 'i-carol-2': 'LIVE' });
+
+      const before = await rawRow(theirs.id);
+      isError(t, await o.put(`/clusters/${theirs.id}`, { memory: GiB }), 403, /^Only the cluster's owner can update it/);
+      isError(t, await o.post(`/clusters/${theirs.id}/credentials`), 403, /owner can rotate its runner token/);
+      isError(t, await o.del(`/clusters/${theirs.id}`), 403, /owner can delete it/);
+      t.same(await rawRow(theirs.id), before, 'nothing else changed');
+      t.same(await instanceTypes(theirs.id), { 'i-carol-1': 'KILL', 'i-carol-2': 'LIVE' }, 'and no instance was touched by the refusals');
+      isError(t, await as(bob).get(`/clusters/${theirs.id}`), 404, 'Cluster not found');
+      isError(t, await as(bob).post(`/clusters/${theirs.id}/terminate`, { instance_ids: ['i-carol-2'] }), 404, 'Cluster not found');
     });
 
     t.test('stats: ewma, queued, runner slots live and per instance', async (t) => {

@@ -5,38 +5,8 @@
 import t from 'tap';
 import { crc32 } from '../../../lib/crc32.ts';
 import { ManualClock } from '../../../lib/clock.ts';
-import type { Store } from '../../../control-plane/store/index.ts';
-import type { LogWrite } from '../../../control-plane/store/logs.ts';
 import { ENGINES, freshStore } from '../../helpers/db.ts';
-
-async function leaseFor(store: Store, name: string) {
-  const u = await store.accounts.createUser(`${name}@x`);
-  const p = await store.accounts.createProject(u.id, 'p');
-  const { cluster: c } = await store.clusters.create(name);
-  const runner = (await store.runners.connect(
-    { runnerId: `r-${name}`, clusterId: c.id, bootId: 'b', hostname: 'h', agentVersion: '1', dockerVersion: '1', instanceId: '', slots: 4, memoryMb: 2048 },
-    's1',
-    'server',
-  ))!;
-  const code = await store.codes.upload(p.id, 'logger', { image: 'busybox' });
-  const [taskId] = await store.tasks.queue([
-    {
-      projectId: p.id, codeId: code.id, codeName: code.name, revisionId: code.latestRevisionId, rev: code.rev,
-      retries: 0, retriesDelay: 0, payload: 'x', priority: 0, cluster: name, timeout: 60, delay: 0, label: null,
-    },
-  ]);
-  const [offer] = await store.claims.claim({ id: runner.id, epoch: runner.sessionEpoch, cluster: name }, 1, { acceptDeadlineMs: 10_000, ageingS: 600 });
-  return { runnerId: runner.id, taskId: taskId!, leaseId: offer!.leaseId, attempt: offer!.attempt };
-}
-
-const frame = (l: { leaseId: string; attempt: number }, offset: number, text: string, final?: { totalBytes: number; crc: number }): LogWrite => ({
-  leaseId: l.leaseId,
-  attempt: l.attempt,
-  offset,
-  stream: 1,
-  data: Buffer.from(text),
-  ...(final ? { final } : {}),
-});
+import { leaseFor, logFrame as frame } from '../../helpers/claims.ts';
 
 for (const engine of ENGINES) {
   t.test(`log store on ${engine}`, async (t) => {

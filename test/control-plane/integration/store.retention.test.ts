@@ -16,7 +16,7 @@ const SETTINGS: RetentionSettings = {
   tasksDays: 30, schedulesDays: 30, batch: 1000, pauseMs: 0, intervalS: 3600,
   queueLoadDays: 0, queueLoadHourlyDays: 0, statsRawDays: 0, statsMinuteDays: 0, statsHourDays: 0,
 };
-// (Recorded machine stats and their retention: api.workers.test.ts.)
+// (Recorded machine stats and their retention by level: api.workers.test.ts; their series: here.)
 const FINAL = ['complete', 'error', 'cancelled', 'killed', 'timeout'];
 
 function job(store: Store, clock: ManualClock, settings: Partial<RetentionSettings> = {}, onLine?: (l: Record<string, any>) => void) {
@@ -200,6 +200,52 @@ for (const engine of ENGINES) {
       const again = job(store, clock, { batch: 3 });
       await again.pass();
       t.same(await existing(store, ids), [], 'the next pass deletes the rest');
+    });
+
+    t.test("machine-stats series go once none of their samples is left and no recorder has used them for the raw period", async (t) => {
+      const clock = new ManualClock(Date.UTC(2026, 5, 1));
+      const store = await freshStore(t, engine, clock);
+      const layout = (runnerId: string, md5 = 'aa') => ({ runnerId, clusterId: 'c1', md5, metrics: ['cpu_usage', 'memory_used'], variants: ['', ''] });
+      const sample = (seriesId: number, at: Date) => store.series.insert([{ seriesId, ts: at, busy: 0, values: [1, 2] }]);
+      const seriesIds = async () => (await store.db.query<{ id: number }>('SELECT id FROM runner_stat_series ORDER BY id')).rows.map((r) => Number(r.id));
+      const days = (n: number) => new Date(clock.now().getTime() - n * DAY);
+      // Made 10 days ago: a runner gone long since (its samples gone), one gone whose minutes
+      // are still kept, one that came back today with the same layout, one still beating.
+      clock.set(days(10).getTime());
+      const gone = await store.series.resolve(layout('r-gone'));
+      const minutes = await store.series.resolve(layout('r-minutes'));
+      const back = await store.series.resolve(layout('r-back'));
+      const live = await store.series.resolve(layout('r-live'));
+      await sample(gone, clock.now());
+      clock.set(Date.UTC(2026, 5, 1));
+      await store.db.query(`INSERT INTO runner_stats_1m (series_id, ts, n, busy, avg, min, max, last) VALUES ($1, $2, 1, 0, '{1,2}', '{1,2}', '{1,2}', '{1,2}')`, [minutes, days(5)]);
+      t.equal(await store.series.resolve(layout('r-back')), back, 'a runner coming back finds its series');
+      await sample(live, days(0.001));
+      // One made an hour ago that has no sample yet: its recorder is about to write one.
+      const fresh = await store.series.resolve(layout('r-fresh'));
+      // And one of a layout a live runner left 10 days ago (its samples gone with the raw period).
+      clock.set(days(10).getTime());
+      const oldLayout = await store.series.resolve(layout('r-live', 'bb'));
+      clock.set(Date.UTC(2026, 5, 1));
+
+      const r = job(store, clock, { statsRawDays: 2, statsMinuteDays: 30, statsHourDays: 365, batch: 2 });
+      await r.pass();
+      t.same(await seriesIds(), [minutes, back, live, fresh].sort((a, b) => a - b), 'the unused series are gone (the first with its raw sample, past 2 days); the rest kept');
+      t.notOk((await seriesIds()).includes(oldLayout), "a live runner's old layout goes too");
+      t.same(await deletedByKind(r.metrics), { stats_raw: 1, stats_series: 2 }, 'counted');
+      t.ok(r.batches().length >= 2, 'in batches of at most 2');
+      const keys = await store.series.metricKeys(['c1']);
+      t.same(keys.sort(), ['cpu_usage', 'memory_used'], 'metric keys still come from the kept series');
+
+      // A runner coming back after its series went gets a new one, and its samples are read.
+      const again = await store.series.resolve(layout('r-gone'));
+      t.not(again, gone, 'a new series');
+      await sample(again, clock.now());
+      t.equal(Number((await store.db.query<{ n: string }>('SELECT count(*) AS n FROM runner_stats_raw WHERE series_id = $1', [again])).rows[0]!.n), 1);
+      const off = job(store, clock, { statsRawDays: 0, statsMinuteDays: 0, statsHourDays: 0 });
+      clock.set(Date.UTC(2027, 5, 1));
+      await off.pass();
+      t.equal((await seriesIds()).length, 5, 'raw samples kept for ever (0 days): series too');
     });
 
     t.test("a stale leader's batch is refused whole", async (t) => {
