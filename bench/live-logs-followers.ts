@@ -4,7 +4,7 @@
  * (node:http, parsed as EventSource does) or WebSockets, notes the kernel's uptime when each
  * `at <uptime>` line reaches a follower, prints `ready` once every follower is connected and,
  * when every follow has ended, one JSON line: the latencies (ms) of the lines printed after
- * each follower connected.
+ * every follower of this process was connected (the steady state, not the connection storm).
  *
  * Usage (by bench/live-logs.ts): node --import tsx bench/live-logs-followers.ts <url> <n> <sse|ws>
  *   with the token in GANTRY_BENCH_TOKEN.
@@ -19,8 +19,9 @@ const uptimeMs = () => Number(fs.readFileSync('/proc/uptime', 'utf8').split(' ')
 const out: number[] = [];
 
 /** One follower: resolves when it is connected, and `done` when its follow has ended. */
+/** When every follower of this process was connected: lines printed before are not counted. */
+let since = Infinity;
 function follow(): { connected: Promise<void>; done: Promise<void> } {
-  let since = Infinity;
   const take = (text: string, now: number) => {
     for (const m of text.matchAll(/^at (\d+\.\d+)$/gm)) {
       const at = Number(m[1]) * 1000;
@@ -32,10 +33,7 @@ function follow(): { connected: Promise<void>; done: Promise<void> } {
   const done = new Promise<void>((resolve, reject) => {
     if (transport === 'ws') {
       const s = new WebSocket(`${url.replace('http', 'ws')}/ws`, { headers: { Authorization: `OAuth ${token}` } });
-      s.on('open', () => {
-        since = uptimeMs();
-        connected();
-      });
+      s.on('open', () => connected());
       s.on('message', (d) => take(d.toString(), uptimeMs()));
       s.on('close', () => resolve());
       s.on('error', reject);
@@ -43,7 +41,6 @@ function follow(): { connected: Promise<void>; done: Promise<void> } {
     }
     const req = http.get(url, { headers: { Accept: 'text/event-stream', Authorization: `OAuth ${token}` } }, (res) => {
       if (res.statusCode !== 200) return reject(new Error(`follow answered ${res.statusCode}`));
-      since = uptimeMs();
       connected();
       res.setEncoding('utf8');
       let buf = '';
@@ -69,6 +66,7 @@ function follow(): { connected: Promise<void>; done: Promise<void> } {
 
 const all = Array.from({ length: Number(count) }, follow);
 await Promise.all(all.map((f) => f.connected));
+since = uptimeMs();
 process.stdout.write('ready\n');
 await Promise.all(all.map((f) => f.done));
 process.stdout.write(`${JSON.stringify(out)}\n`);

@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import type { ParameterizedContext } from 'koa';
 import { badRequest } from '../errors.ts';
-import type { FollowEvent, LogFeed } from '../live/log-feed.ts';
+import { encodedOnce, type DataEvent, type FollowEvent, type LogFeed } from '../live/log-feed.ts';
 import type { ApiState } from './state.ts';
 import { flag } from './validate.ts';
 import { STREAM_PAGE, STREAM_PAGE_CSP } from './stream-page.ts';
@@ -57,16 +57,19 @@ export async function* textEvents(events: AsyncIterable<FollowEvent>, stream?: '
     if (stream && e.stream !== stream) continue;
     let data = e.data;
     let offset = e.offset;
-    if (held && held.offset + held.data.length === e.offset && held.stream === e.stream) {
-      data = Buffer.concat([held.data, data]);
-      offset = held.offset;
+    const merged = held !== undefined && held.offset + held.data.length === e.offset && held.stream === e.stream;
+    if (merged) {
+      data = Buffer.concat([held!.data, data]);
+      offset = held!.offset;
     } else if (held) {
       yield { kind: 'data', ...held };
     }
     held = undefined;
     const whole = wholeUtf8(data);
     if (whole < data.length) held = { offset: offset + whole, stream: e.stream, data: Buffer.from(data.subarray(whole)) };
-    if (whole > 0) yield { kind: 'data', offset, stream: e.stream, data: data.subarray(0, whole) };
+    // A piece passed on whole stays the tail's shared event (its encodings are shared too).
+    if (whole === data.length && !merged) yield e;
+    else if (whole > 0) yield { kind: 'data', offset, stream: e.stream, data: data.subarray(0, whole) };
   }
 }
 
@@ -116,13 +119,14 @@ async function* plain(events: AsyncIterable<FollowEvent>, stream?: string): Asyn
 }
 
 const event = (name: string, data: unknown, id?: number) => Buffer.from(`${id === undefined ? '' : `id: ${id}\n`}event: ${name}\ndata: ${JSON.stringify(data)}\n\n`);
+const logEvent = (e: DataEvent) => event('log', { offset: e.offset, stream: e.stream, text: e.data.toString('utf8') }, e.offset + e.data.length);
 
 async function* sse(events: AsyncIterable<FollowEvent>, start: FollowStart, from: number): AsyncGenerator<Buffer> {
   // retry: how soon an EventSource reconnects (with Last-Event-ID) after a cut connection.
   yield Buffer.from(`retry: 1000\n\n`);
   yield event('start', { task_id: start.taskId, execution: start.execution, status: start.status, offset: from });
   for await (const e of events) {
-    if (e.kind === 'data') yield event('log', { offset: e.offset, stream: e.stream, text: e.data.toString('utf8') }, e.offset + e.data.length);
+    if (e.kind === 'data') yield encodedOnce(e, 'sse', logEvent);
     else if (e.kind === 'behind') yield event('behind', { offset: e.offset, size: e.size });
     // A new attempt's log starts at byte 0: the id says so, for a reconnect.
     else if (e.kind === 'attempt') yield event('execution', { attempt: e.attempt }, 0);

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import http from 'node:http';
 import type https from 'node:https';
 import type net from 'node:net';
@@ -5,7 +6,7 @@ import type { Duplex } from 'node:stream';
 import type { ParameterizedContext } from 'koa';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { HttpError, badRequest } from '../errors.ts';
-import type { LogFeed } from '../live/log-feed.ts';
+import { encodedOnce, type DataEvent, type LogFeed } from '../live/log-feed.ts';
 import { rawJson } from './client-error.ts';
 import { textEvents, type FollowStart } from './log-follow.ts';
 import type { ApiState } from './state.ts';
@@ -81,6 +82,10 @@ export function takeUpgrade(
   wss.handleUpgrade(ctx.req, pending.socket, pending.head, (ws) => void pump(ws, feed, start, from, o, ctx.state.log));
 }
 
+/** Text frames must be UTF-8: bytes that are not (a binary log) go as their replacement characters. */
+const textMessage = (e: DataEvent) => (isUtf8(e.data) ? e.data : Buffer.from(e.data.toString('utf8')));
+const jsonMessage = (e: DataEvent) => Buffer.from(JSON.stringify({ type: 'log', offset: e.offset, stream: e.stream, text: e.data.toString('utf8') }));
+
 async function pump(
   ws: WebSocket,
   feed: LogFeed,
@@ -93,16 +98,16 @@ async function pump(
   ws.on('close', () => aborted.abort());
   ws.on('error', () => aborted.abort());
   // Sent one at a time, each once the last is on the wire: a slow client holds only its own follow.
-  const send = (data: string) =>
+  const send = (data: string | Buffer) =>
     new Promise<void>((resolve) => {
       if (ws.readyState !== ws.OPEN) return resolve();
-      ws.send(data, () => resolve());
+      ws.send(data, { binary: false }, () => resolve());
     });
   try {
     if (o.json) await send(JSON.stringify({ type: 'start', task_id: start.taskId, execution: start.execution, status: start.status, offset: from }));
     let ended = false;
     for await (const e of textEvents(feed.follow(start.taskId, start.attempt, from, aborted.signal), o.stream)) {
-      if (e.kind === 'data') await send(o.json ? JSON.stringify({ type: 'log', offset: e.offset, stream: e.stream, text: e.data.toString('utf8') }) : e.data.toString('utf8'));
+      if (e.kind === 'data') await send(encodedOnce(e, o.json ? 'ws-json' : 'ws-text', o.json ? jsonMessage : textMessage));
       else if (!o.json) ended = e.kind === 'end';
       else if (e.kind === 'behind') await send(JSON.stringify({ type: 'behind', offset: e.offset, size: e.size }));
       else if (e.kind === 'attempt') await send(JSON.stringify({ type: 'execution', attempt: e.attempt }));

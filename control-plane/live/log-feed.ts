@@ -28,26 +28,45 @@ export interface LogEnd {
   logComplete: boolean;
 }
 
+/** A piece as a follower reads it. The tail's own are shared by all its followers (see `encodedOnce`). */
+export type DataEvent = { kind: 'data' } & LogPiece;
+
 /** What a follower reads, in order: its log's pieces, a note that it fell behind, the end. */
 export type FollowEvent =
-  | ({ kind: 'data' } & LogPiece)
+  | DataEvent
   | { kind: 'behind'; offset: number; size: number }
   /** A follow of the task's current attempt moved on to a new one, read from its byte 0. */
   | { kind: 'attempt'; attempt: number }
   | ({ kind: 'end' } & LogEnd);
 
 const STREAMS = ['note', 'stdout', 'stderr'] as const;
-const pieceOf = (c: LogChunk): LogPiece => ({ offset: c.offset, stream: STREAMS[c.stream] ?? 'note', data: Buffer.from(c.data.buffer, c.data.byteOffset, c.data.byteLength) });
+const pieceOf = (c: LogChunk): DataEvent => ({ kind: 'data', offset: c.offset, stream: STREAMS[c.stream] ?? 'note', data: Buffer.from(c.data.buffer, c.data.byteOffset, c.data.byteLength) });
 
-/** `p` from byte `from` on (p holds it). */
-const cut = (p: LogPiece, from: number): LogPiece => (from <= p.offset ? p : { ...p, offset: from, data: p.data.subarray(from - p.offset) });
+/** `p` from byte `from` on (p holds it): `p` itself when it starts there. */
+const cut = (p: DataEvent, from: number): DataEvent => (from <= p.offset ? p : { ...p, offset: from, data: p.data.subarray(from - p.offset) });
+
+const encodings = new WeakMap<DataEvent, Map<string, Buffer>>();
+
+/**
+ * `e` encoded by `encode` as format `format`, once for every follower holding the same
+ * event: a tail's pieces reach all its followers as one object, so a line shown to a
+ * thousand followers is turned into an SSE event or a WebSocket message once, not a
+ * thousand times.
+ */
+export function encodedOnce(e: DataEvent, format: string, encode: (e: DataEvent) => Buffer): Buffer {
+  let m = encodings.get(e);
+  if (!m) encodings.set(e, (m = new Map()));
+  let b = m.get(format);
+  if (!b) m.set(format, (b = encode(e)));
+  return b;
+}
 
 /**
  * One followed attempt's log, shared by every follower of it on this replica: read once per
  * wake from the store, its recent output kept in a bounded window (`bufferBytes`).
  */
 class Tail {
-  readonly pieces: LogPiece[] = [];
+  readonly pieces: DataEvent[] = [];
   /** Offset of the window's first byte, and of the byte after its last. */
   start = 0;
   end = 0;
@@ -124,7 +143,7 @@ class Tail {
     return undefined;
   }
 
-  private push(p: LogPiece): void {
+  private push(p: DataEvent): void {
     if (p.data.length === 0) return;
     this.pieces.push(p);
     this.end = p.offset + p.data.length;
@@ -138,8 +157,8 @@ class Tail {
   }
 
   /** Pieces of the window from `from` on (from within the window). */
-  from(from: number): LogPiece[] {
-    const out: LogPiece[] = [];
+  from(from: number): DataEvent[] {
+    const out: DataEvent[] = [];
     for (const p of this.pieces) if (p.offset + p.data.length > from) out.push(cut(p, from));
     return out;
   }
@@ -263,7 +282,7 @@ export class LogFeed {
             const p = cut(pieceOf(r), pos);
             if (p.data.length === 0) continue;
             pos = p.offset + p.data.length;
-            yield { kind: 'data', ...p };
+            yield p;
             if (stop.aborted) return undefined;
           }
           continue;
@@ -273,7 +292,7 @@ export class LogFeed {
           for (const p of tail.from(pos)) {
             if (p.offset !== pos) break; // the window moved past us while we were writing
             pos = p.offset + p.data.length;
-            yield { kind: 'data', ...p };
+            yield p;
             if (stop.aborted) return undefined;
           }
           continue;
