@@ -42,19 +42,19 @@ export interface Ranges {
   h: Range;
 }
 
-/** One bucket of one metric (and variant, when split) of one runner. */
-export interface StatBucket {
+/** The buckets of one metric (and variant, when split) of one runner, oldest first, column by column. */
+export interface StatSeries {
   runnerId: string;
   metric: string;
   /** '' when not split by variant. */
   variant: string;
-  /** The bucket's start, seconds since the epoch. */
-  date: number;
-  avg: number;
-  min: number;
-  max: number;
-  last: number;
-  count: number;
+  /** Each bucket's start, seconds since the epoch. */
+  dates: number[];
+  avg: number[];
+  min: number[];
+  max: number[];
+  last: number[];
+  count: number[];
 }
 
 export interface ActivityBucket {
@@ -147,25 +147,19 @@ export class SeriesStore {
     });
   }
 
-  /** workers.get_stats: buckets of the requested metrics of the runners of these clusters. */
-  async read(o: { clusterIds: string[]; runnerIds?: string[]; keys: string[]; split: boolean; intervalS: number; ranges: Ranges }): Promise<StatBucket[]> {
+  /** workers.get_stats: the buckets of the requested metrics of the runners of these clusters. */
+  async read(o: { clusterIds: string[]; runnerIds?: string[]; keys: string[]; split: boolean; intervalS: number; ranges: Ranges }): Promise<StatSeries[]> {
     const { raw, m, h } = o.ranges;
-    const r = await run<{ runner_id: string; metric: string; variant: string; d: string; avg: number; min: number; max: number; last: number; count: string }>(
+    const r = await run<{ runner_id: string; metric: string; variant: string; buckets: string }>(
       this.c.db,
       READ,
       [o.clusterIds, o.runnerIds?.length ? o.runnerIds : null, o.keys, o.split, o.intervalS, raw[0], raw[1], m[0], m[1], h[0], h[1]],
     );
-    return r.rows.map((x) => ({
-      runnerId: x.runner_id,
-      metric: x.metric,
-      variant: x.variant,
-      date: Number(x.d),
-      avg: Number(x.avg),
-      min: Number(x.min),
-      max: Number(x.max),
-      last: Number(x.last),
-      count: Number(x.count),
-    }));
+    return r.rows.map((x) => {
+      const rows = JSON.parse(x.buckets) as number[][];
+      const col = (i: number) => rows.map((b) => b[i]!);
+      return { runnerId: x.runner_id, metric: x.metric, variant: x.variant, dates: col(0), avg: col(1), min: col(2), max: col(3), last: col(4), count: col(5) };
+    });
   }
 
   /** workers.get_activity_report: runners reporting, and those with a busy slot, per bucket. */

@@ -3,7 +3,7 @@ import type { Middleware } from 'koa';
 import { ConflictError, HttpError, badRequest, notFound } from '../../errors.ts';
 import { METRIC_NAMES, categoryOf, flattenReported, type ReportedStats } from '../../series/machine-stats.ts';
 import { planRanges } from '../../series/read-plan.ts';
-import type { StatBucket } from '../../store/series.ts';
+import type { StatSeries } from '../../store/series.ts';
 import type { WorkerRecord } from '../../store/workers.ts';
 import { isOperator, requireUser } from '../auth.ts';
 import { validated } from '../schema/endpoint.ts';
@@ -96,23 +96,20 @@ function present(w: WorkerRecord, now: Date) {
 }
 
 /** Buckets as get_stats answers them: per worker, per metric (and variant), dates and the requested statistics. */
-function statsReply(buckets: StatBucket[], wanted: Map<string, Aggregation[]>, split: boolean) {
-  const workers = new Map<string, Map<string, { metric: string; variant: string; rows: StatBucket[] }>>();
-  for (const b of buckets) {
-    const series = workers.get(b.runnerId) ?? new Map();
-    workers.set(b.runnerId, series);
-    const key = `${b.metric}\u0000${b.variant}`;
-    const s = series.get(key) ?? { metric: b.metric, variant: b.variant, rows: [] };
-    series.set(key, s);
-    s.rows.push(b);
+function statsReply(series: StatSeries[], wanted: Map<string, Aggregation[]>, split: boolean) {
+  const workers = new Map<string, StatSeries[]>();
+  for (const s of series) {
+    const list = workers.get(s.runnerId) ?? [];
+    workers.set(s.runnerId, list);
+    list.push(s);
   }
-  return [...workers].map(([worker, series]) => ({
+  return [...workers].map(([worker, list]) => ({
     worker,
-    metrics: [...series.values()].map((s) => ({
+    metrics: list.map((s) => ({
       metric: s.metric,
       ...(split ? { variant: s.variant } : {}),
-      dates: s.rows.map((r) => r.date),
-      stats: (wanted.get(s.metric) ?? ['avg']).map((aggregation) => ({ aggregation, values: s.rows.map((r) => r[aggregation]) })),
+      dates: s.dates,
+      stats: (wanted.get(s.metric) ?? ['avg']).map((aggregation) => ({ aggregation, values: s[aggregation] })),
     })),
   }));
 }
@@ -214,8 +211,8 @@ export function workersRouter(): Router<ApiState> {
         `this get_stats would read about ${samples} samples (${workers} workers × ${wanted.size} keys × ${Math.ceil(instants)} stored instants each), at most ${MAX_READ_SAMPLES}: ask for fewer worker_ids or items, or a shorter from_date..to_date`,
       );
     }
-    const buckets = await store.series.read({ clusterIds, ...(ids ? { runnerIds: ids } : {}), keys: [...wanted.keys()], split, intervalS: range.intervalS, ranges });
-    ctx.body = { workers: statsReply(buckets, wanted, split) };
+    const series = await store.series.read({ clusterIds, ...(ids ? { runnerIds: ids } : {}), keys: [...wanted.keys()], split, intervalS: range.intervalS, ranges });
+    ctx.body = { workers: statsReply(series, wanted, split) };
   });
 
   r.post('/workers.get_activity_report', requireUser, validated(ep('getWorkerActivity')), async (ctx) => {
