@@ -91,6 +91,11 @@ export interface ControlPlaneConfig {
    * keys die with it when the replica does.
    */
   readonly coordTtlS: number;
+  /**
+   * How long this replica may fail to reach PostgreSQL before it stands down from the
+   * election (coord/db-watch.ts), so a replica that reaches it leads. Default: 2 TTLs.
+   */
+  readonly leaderDbGraceMs: number;
   /** How often the leader reconciles concurrency slots against PostgreSQL's live leases. */
   readonly slotReconcileMs: number;
   /** Smallest `run_every` a schedule may have (IronWorker: 60 s; tests shorten it). */
@@ -423,6 +428,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     etcdEndpoints: Object.freeze(parseEndpoints(e.str('ETCD_ENDPOINTS'))),
     etcdPrefix: parsePrefix(e.str('GANTRY_ETCD_PREFIX', '/gantry/')),
     coordTtlS: e.int('GANTRY_COORD_TTL_S', 10, { min: 1, max: 300 }),
+    leaderDbGraceMs: e.int('GANTRY_LEADER_DB_GRACE_MS', 2000 * e.int('GANTRY_COORD_TTL_S', 10, { min: 1, max: 300 }), { min: 500, max: 600000 }),
     slotReconcileMs: e.int('GANTRY_SLOT_RECONCILE_MS', 2000, { min: 50, max: 600_000 }),
     minRunEveryS: e.int('GANTRY_MIN_RUN_EVERY_S', 60, { min: 1, max: 60 }),
     secretKeys: e.str('GANTRY_SECRET_KEYS'),

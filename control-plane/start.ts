@@ -28,6 +28,7 @@ import { createCoordinator } from './coord/index.ts';
 import { loadSecretBox } from '../lib/secretbox.ts';
 import { checkTuning, createAutoscaler, type Autoscaler } from '../autoscaler/index.ts';
 import { runLeaderWork, type LeaderJob } from './coord/leader.ts';
+import { watchDatabaseForLeadership } from './coord/db-watch.ts';
 import type { Coordinator } from './coord/types.ts';
 import { presentTask } from './http/present.ts';
 
@@ -184,6 +185,17 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
     releases.add('runner gateway', stopGateway);
     await coord.start();
     releases.add('coordinator', () => coord.stop());
+    if (coord.kind === 'etcd') {
+      // A replica cut from PostgreSQL gives way to one that reaches it (coord/db-watch.ts).
+      const watch = watchDatabaseForLeadership({
+        coord,
+        ping: () => store.db.ping(),
+        everyMs: Math.max(250, Math.min(config.leaderDbGraceMs / 4, (config.coordTtlS * 1000) / 4)),
+        graceMs: config.leaderDbGraceMs,
+        log: log.child({ component: 'coord' }),
+      });
+      releases.add('database watch', () => watch.stop());
+    }
     metrics.coordinatorUp.set(coord.status().healthy ? 1 : 0);
     dispatcher.start(config.dispatchTickMs);
     const addr = server.address() as AddressInfo;

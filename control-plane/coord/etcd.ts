@@ -20,6 +20,8 @@ interface Session {
   candidateKey: string;
   /** When a keepalive last succeeded (or the lease was granted). */
   lastOk: number;
+  /** Whether the candidate key is on the lease (it follows `standing`, see syncCandidacy). */
+  candidate: boolean;
 }
 
 /**
@@ -32,7 +34,9 @@ interface Session {
  * candidate key on its lease; the lowest create revision leads, and that revision is the term
  * that fences its writes in PostgreSQL. Leader work stops at once when the lease is lost, when
  * keepalives have not succeeded for 3/4 of the TTL (so before etcd can expire the lease and
- * elect someone else), or when a periodic read no longer shows this replica first.
+ * elect someone else), when a periodic read no longer shows this replica first, or when the
+ * replica stands down (setCandidate: it cannot reach PostgreSQL) and takes its candidate key
+ * away, so the next candidate leads.
  */
 export class EtcdCoordinator implements Coordinator {
   readonly kind = 'etcd' as const;
@@ -59,6 +63,9 @@ export class EtcdCoordinator implements Coordinator {
   private evaluating: Promise<void> = Promise.resolve();
   /** Slots this replica put: holder (lease id) -> their keys (a package slot, a project slot). */
   private readonly held = new Map<string, string[]>();
+  /** Whether this replica stands for leadership (setCandidate); candidacy changes run one at a time. */
+  private standing = true;
+  private candidacy: Promise<void> = Promise.resolve();
   private pending: CoordEvent[] = [];
   private flushScheduled = false;
   private eventSeq = 0;
@@ -176,7 +183,7 @@ export class EtcdCoordinator implements Coordinator {
       throw err;
     }
     const leaseHex = BigInt(leaseId).toString(16);
-    const s: Session = { lease, leaseId, candidateKey: this.keys.candidate(leaseHex), lastOk: Date.now() };
+    const s: Session = { lease, leaseId, candidateKey: this.keys.candidate(leaseHex), lastOk: Date.now(), candidate: false };
     lease.on('keepaliveSucceeded', () => {
       s.lastOk = Date.now();
     });
@@ -185,7 +192,10 @@ export class EtcdCoordinator implements Coordinator {
     });
     try {
       await lease.put(this.keys.replica(this.replicaId)).value(JSON.stringify({ replicaId: this.replicaId, since: new Date().toISOString() }));
-      await lease.put(s.candidateKey).value(this.replicaId);
+      if (this.standing) {
+        await lease.put(s.candidateKey).value(this.replicaId);
+        s.candidate = true;
+      }
     } catch (err) {
       this.staleLeases.add(leaseId);
       lease.release();
@@ -244,7 +254,7 @@ export class EtcdCoordinator implements Coordinator {
     }
     if (this.session !== s) return;
     this.leaderName = first?.value.toString();
-    const mine = first !== undefined && first.key.toString() === s.candidateKey;
+    const mine = this.standing && first !== undefined && first.key.toString() === s.candidateKey;
     if (mine && !this.leadership && this.fresh(s)) {
       const term = Number(first!.create_revision);
       const ctl = new AbortController();
@@ -254,6 +264,33 @@ export class EtcdCoordinator implements Coordinator {
     } else if (!mine && this.leadership) {
       this.stepDown(`another replica leads (${this.leaderName ?? 'none'})`);
     }
+  }
+
+  setCandidate(stand: boolean, why: string): void {
+    if (this.standing === stand || this.stopped) return;
+    this.standing = stand;
+    if (!stand) this.stepDown(`stood down: ${why}`);
+    this.log.warn({ why }, stand ? 'standing for leadership again' : 'stood down from the election');
+    this.syncCandidacy();
+  }
+
+  /**
+   * Puts or deletes the session's candidate key to match `standing` (one change at a time;
+   * retried by check() until it holds). Standing again puts a new key, so the replica comes
+   * behind those that stood meanwhile; a key left behind by a failed delete would name this
+   * replica the leader to the others while it does no leader work.
+   */
+  private syncCandidacy(): void {
+    this.candidacy = this.candidacy
+      .then(async () => {
+        const s = this.session;
+        if (!s || s.candidate === this.standing) return;
+        if (this.standing) await s.lease.put(s.candidateKey).value(this.replicaId);
+        else await this.client.delete().key(s.candidateKey).exec();
+        s.candidate = !s.candidate;
+        this.scheduleEvaluate();
+      })
+      .catch((err: unknown) => this.log.warn({ err: (err as Error).message, standing: this.standing }, 'could not change candidacy; trying again'));
   }
 
   /** A keepalive succeeded recently enough that etcd cannot have expired the lease. */
@@ -268,6 +305,7 @@ export class EtcdCoordinator implements Coordinator {
       this.loseSession(`no successful etcd keepalive for ${Date.now() - s.lastOk} ms (TTL ${this.ttlMs} ms)`);
       return;
     }
+    if (s.candidate !== this.standing) this.syncCandidacy();
     this.scheduleEvaluate();
   }
 

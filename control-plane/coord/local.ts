@@ -40,6 +40,9 @@ export class LocalCoordinator implements Coordinator {
     };
   }
 
+  /** One replica: there is no one to give leadership to (its leader work waits out the database). */
+  setCandidate(): void {}
+
   onLeadership(cb: (l: Leadership) => void): void {
     this.leaderCbs.push(cb);
     if (this.leadership) cb({ term: this.leadership.term, signal: this.leadership.ctl.signal });

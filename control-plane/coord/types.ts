@@ -53,6 +53,13 @@ export interface Coordinator {
   ping(): Promise<boolean>;
   /** Called with each leadership this replica wins (run leader work until its signal aborts). */
   onLeadership(cb: (l: Leadership) => void): void;
+  /**
+   * Whether this replica stands for leadership (true at start). A replica that cannot reach
+   * PostgreSQL stands down (coord/db-watch.ts): it gives up leadership at once and is not
+   * elected again until it stands again, behind the replicas that stood meanwhile. The
+   * local coordinator, alone, has no one to give way to and ignores it.
+   */
+  setCandidate(stand: boolean, why: string): void;
   /** Called with every event published by another replica. */
   onEvent(cb: (e: CoordEvent) => void): void;
   /** Called when the coordinator becomes healthy or unhealthy. */

@@ -3,6 +3,7 @@ import { Etcd3 } from 'etcd3';
 import { ManualClock } from '../../../lib/clock.ts';
 import { silentLogger } from '../../../lib/logger.ts';
 import { EtcdCoordinator } from '../../../control-plane/coord/etcd.ts';
+import { watchDatabaseForLeadership } from '../../../control-plane/coord/db-watch.ts';
 import { EtcdKeys } from '../../../control-plane/coord/keys.ts';
 import type { CoordEvent, Leadership } from '../../../control-plane/coord/types.ts';
 import { checkFence, FencedError } from '../../../control-plane/store/fence.ts';
@@ -28,6 +29,16 @@ async function coordinator(t: Test, o: { prefix: string; id: string; endpoint?: 
 }
 
 type Coord = Awaited<ReturnType<typeof coordinator>>;
+
+/** The replicas standing for leadership under `prefix` (their candidate keys' values). */
+async function candidates(prefix: string): Promise<string[]> {
+  const etcd = new Etcd3({ hosts: [etcdEndpoint()] });
+  try {
+    return Object.values(await etcd.getAll().prefix(new EtcdKeys(prefix).electionPrefix()).strings());
+  } finally {
+    etcd.close();
+  }
+}
 const leaders = (cs: Coord[]) => cs.filter((x) => x.leading());
 
 t.test('one leader among three; when it stops another is elected with a higher term', async (t) => {
@@ -46,6 +57,53 @@ t.test('one leader among three; when it stops another is elected with a higher t
   t.ok(next.c.status().term! > term1, 'the successor has a higher term');
   for (const x of rest) t.equal(x.c.status().leader, next.c.replicaId);
   t.equal(leaders(cs).length, 1, 'still exactly one leader');
+});
+
+t.test('a replica that stands down gives way at once; standing again it comes behind the others', async (t) => {
+  const prefix = etcdPrefix(t);
+  const a = await coordinator(t, { prefix, id: 'a' });
+  const b = await coordinator(t, { prefix, id: 'b' });
+  await until('a leads', async () => a.leading() && b.c.status().leader === 'a', 5000);
+  const term = a.c.status().term!;
+  a.c.setCandidate(false, 'the database has not answered');
+  t.ok(a.leaderships[0]!.signal.aborted, "standing down aborts the leader's work at once");
+  t.equal(a.c.status().isLeader, false);
+  await until('b leads', async () => b.leading() && a.c.status().leader === 'b', 5000);
+  t.ok(b.c.status().term! > term, 'with a higher term');
+  t.equal(a.c.status().healthy, true, 'a keeps its session (its slots and events) while it stands down');
+  a.c.setCandidate(false, 'still');
+  a.c.setCandidate(true, 'the database answers again');
+  // A's new candidate key is behind b's: b keeps leading, a follows.
+  await until('a is a candidate again', async () => (await candidates(prefix)).includes('a'), 5000);
+  t.equal(b.c.status().leader, 'b');
+  t.equal(leaders([a, b]).length, 1, 'one leader');
+  t.notOk(a.leading(), 'a does not lead while b does');
+  await b.c.stop();
+  await until('a leads again once b is gone', async () => a.leading(), 5000);
+  t.ok(a.c.status().term! > b.leaderships.at(-1)!.term, 'with a newer term');
+});
+
+t.test('the database watch: a leader whose database stops answering stands down after the grace, and stands again when it answers', async (t) => {
+  const prefix = etcdPrefix(t);
+  const a = await coordinator(t, { prefix, id: 'a' });
+  const b = await coordinator(t, { prefix, id: 'b' });
+  await until('a leads', async () => a.leading(), 5000);
+  let up = true;
+  // A cut database: the question hangs (half-open connections), it does not fail fast.
+  const ping = () => (up ? Promise.resolve(true) : new Promise<boolean>(() => {}));
+  const watch = watchDatabaseForLeadership({ coord: a.c, ping, everyMs: 100, graceMs: 800, log: silentLogger() });
+  t.teardown(() => watch.stop());
+  await new Promise((r) => setTimeout(r, 400));
+  t.ok(a.leading(), 'a database that answers: a keeps leading');
+  up = false;
+  const cut = Date.now();
+  await until('b leads', async () => b.leading(), 5000);
+  const took = Date.now() - cut;
+  t.ok(took >= 700, `not before the grace (${took} ms)`);
+  t.notOk(a.leading(), 'a stood down');
+  up = true;
+  await until('a stands again', async () => (await candidates(prefix)).includes('a'), 5000);
+  t.ok(b.leading() && !a.leading(), 'behind b');
 });
 
 t.test('two replicas racing for the last slot never both admit; a crashed holder frees its slots by itself', async (t) => {
