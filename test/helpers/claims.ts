@@ -36,7 +36,7 @@ export async function claimableIds(store: Store, cluster: string, n = 100): Prom
  * A task of a new user on a new cluster `name`, claimed by a connected runner: the lease a
  * runner holds, to write its log through the store as the runner's log stream does.
  */
-export async function leaseFor(store: Store, name: string): Promise<{ runnerId: string; taskId: string; leaseId: string; attempt: number; projectId: string }> {
+export async function leaseFor(store: Store, name: string): Promise<{ runnerId: string; taskId: string; leaseId: string; attempt: number; projectId: string; userId: string }> {
   const u = await store.accounts.createUser(`${name}@x`);
   const p = await store.accounts.createProject(u.id, 'p');
   const { cluster: c } = await store.clusters.create(name);
@@ -53,7 +53,7 @@ export async function leaseFor(store: Store, name: string): Promise<{ runnerId: 
     },
   ]);
   const [offer] = await store.claims.claim({ id: runner.id, epoch: runner.sessionEpoch, cluster: name }, 1, { acceptDeadlineMs: 10_000, ageingS: 600 });
-  return { runnerId: runner.id, taskId: taskId!, leaseId: offer!.leaseId, attempt: offer!.attempt, projectId: p.id };
+  return { runnerId: runner.id, taskId: taskId!, leaseId: offer!.leaseId, attempt: offer!.attempt, projectId: p.id, userId: u.id };
 }
 
 /** A log frame of the lease at `offset` (stdout unless `stream`), as a runner sends it. */

@@ -5,6 +5,9 @@
  * reads the rest from the store byte for byte with no gap or duplicate, and is live again
  * from the window afterwards; another follower of the same log meanwhile gets every byte as
  * it is written, whatever the stalled one does; both end with the task, the log whole.
+ * Then through a control plane: a line shown to several WebSocket and SSE followers is the
+ * same for each, and log bytes that are not UTF-8 reach a WebSocket text frame as
+ * replacement characters (a text frame must be UTF-8), as they reach SSE.
  */
 import t from 'tap';
 import { crc32 } from '../../../lib/crc32.ts';
@@ -12,6 +15,8 @@ import { silentLogger } from '../../../lib/logger.ts';
 import { LogFeed, type FollowEvent } from '../../../control-plane/live/log-feed.ts';
 import { ENGINES, freshStore } from '../../helpers/db.ts';
 import { leaseFor, logFrame } from '../../helpers/claims.ts';
+import { startTestApi } from '../../helpers/api.ts';
+import { openWs, sseEvents } from '../../helpers/live-logs.ts';
 
 const WINDOW = 64 * 1024;
 const PIECE = 4096;
@@ -101,3 +106,29 @@ for (const engine of ENGINES) {
     t.same(feed.counts(), { logs: 0, followers: 0 }, 'nothing left followed');
   });
 }
+
+t.test('WebSocket and SSE followers get the same text; bytes that are not UTF-8 as replacement characters', async (t) => {
+  const api = await startTestApi(t, 'pglite');
+  const l = await leaseFor(api.store, 'feed-ws');
+  const { token } = await api.store.accounts.createToken(l.userId);
+  const base = `${api.url}/2/projects/${l.projectId}/tasks/${l.taskId}/log`;
+  const auth = { Authorization: `OAuth ${token}` };
+  const sockets = await Promise.all([0, 1, 2].map(() => openWs(`${base.replace('http', 'ws')}/ws`, auth)));
+  const stop = new AbortController();
+  t.teardown(() => stop.abort());
+  const sse = sseEvents(base, auth, stop.signal);
+  t.equal((await sse.next()).value?.event, 'start');
+  const text = Buffer.concat([Buffer.from('ok é '), Buffer.from([0xff, 0xfe]), Buffer.from(' end\n')]);
+  const [r] = await api.store.logs.appendMany(l.runnerId, [logFrame(l, 0, text)]);
+  t.equal(r!.committed, text.length);
+  for (const s of sockets) await s.received(1);
+  t.same(sockets.map((s) => s.messages), [0, 1, 2].map(() => ['ok é \ufffd\ufffd end\n']), 'each socket: the line, the bad bytes replaced');
+  const ev = (await sse.next()).value!;
+  t.same(JSON.parse(ev.data), { offset: 0, stream: 'stdout', text: 'ok é \ufffd\ufffd end\n' }, 'SSE: the same text');
+  t.equal(ev.id, String(text.length), 'its id the byte offset after it');
+  const good = Buffer.from('plain line\n');
+  await api.store.logs.appendMany(l.runnerId, [logFrame(l, text.length, good)]);
+  for (const s of sockets) await s.received(2);
+  t.same(sockets.map((s) => s.messages[1]), ['plain line\n', 'plain line\n', 'plain line\n'], 'a UTF-8 line as it is');
+  for (const s of sockets) s.close();
+});
