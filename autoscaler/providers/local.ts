@@ -179,7 +179,22 @@ export function isRunnerProcess(pid: number, instanceId: string): boolean {
   }
 }
 
-/** Pids of this user's processes that are the runner of `instanceId` (Linux; empty elsewhere). */
+/** The parent pid of `pid` (Linux), or undefined. */
+function parentOf(pid: number): number | undefined {
+  try {
+    const m = /^PPid:\s*(\d+)$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Pids of this user's processes that are the runner of `instanceId` (Linux; empty elsewhere).
+ * A child the runner is forking at that moment (its stats sampler runs commands) looks like
+ * the runner until it execs: same command line, same environment. Such a child's parent is
+ * itself a match, so it is left out.
+ */
 function findRunnerPids(instanceId: string): number[] {
   if (process.platform !== 'linux') return [];
   let entries: string[];
@@ -188,7 +203,10 @@ function findRunnerPids(instanceId: string): number[] {
   } catch {
     return [];
   }
-  return entries.filter((e) => /^\d+$/.test(e)).map(Number).filter((pid) => pid !== process.pid && isRunnerProcess(pid, instanceId));
+  const pids = entries.filter((e) => /^\d+$/.test(e)).map(Number).filter((pid) => pid !== process.pid && isRunnerProcess(pid, instanceId));
+  if (pids.length < 2) return pids;
+  const set = new Set(pids);
+  return pids.filter((pid) => !set.has(parentOf(pid) ?? -1));
 }
 
 function validate(o: LocalProviderOptions): void {
