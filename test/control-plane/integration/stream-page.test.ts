@@ -49,7 +49,8 @@ t.test('the stream page shows the log live, escaped, and its end', async (t) => 
   t.equal(await page.locator('#end').isHidden(), true, 'no end yet');
   const execution = (await api.user.project('GET', `/tasks/${id}/executions/1`)).body;
   const go = await new Dockerode().getContainer(execution.container_id).exec({ Cmd: ['touch', '/tmp/go'] });
-  await go.start({ Detach: true });
+  // The answer is a stream: read to its end, or its socket holds the process open for minutes.
+  (await go.start({ Detach: true })).resume();
 
   // The end.
   await page.locator('#end').waitFor({ state: 'visible', timeout: 30000 });
