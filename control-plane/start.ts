@@ -192,7 +192,6 @@ export async function startControlPlane(config: ControlPlaneConfig, log: Logger,
         ping: () => store.db.ping(),
         everyMs: Math.max(250, Math.min(config.leaderDbGraceMs / 4, (config.coordTtlS * 1000) / 4)),
         graceMs: config.leaderDbGraceMs,
-        log: log.child({ component: 'coord' }),
       });
       releases.add('database watch', () => watch.stop());
     }

@@ -1,4 +1,3 @@
-import type { Logger } from '../../lib/logger.ts';
 import type { Coordinator } from './types.ts';
 
 /**
@@ -18,10 +17,8 @@ export function watchDatabaseForLeadership(o: {
   ping: () => Promise<boolean>;
   everyMs: number;
   graceMs: number;
-  log: Logger;
 }): { stop(): void } {
   let lastOk = Date.now();
-  let standing = true;
   let inFlight: { answer: Promise<boolean>; since: number } | undefined;
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
@@ -45,16 +42,12 @@ export function watchDatabaseForLeadership(o: {
     const ok = await ask();
     if (stopped) return;
     const now = Date.now();
+    // setCandidate acts (and logs) only when the candidacy changes.
     if (ok) {
       lastOk = now;
-      if (!standing) {
-        standing = true;
-        o.coord.setCandidate(true, 'the database answers again');
-      }
-    } else if (standing && now - lastOk >= o.graceMs) {
-      standing = false;
-      o.log.warn({ silentMs: now - lastOk, graceMs: o.graceMs }, 'database unreachable: standing down from the election');
-      o.coord.setCandidate(false, `the database has not answered for ${now - lastOk} ms`);
+      o.coord.setCandidate(true, 'the database answers again');
+    } else if (now - lastOk >= o.graceMs) {
+      o.coord.setCandidate(false, `the database has not answered for ${now - lastOk} ms (grace ${o.graceMs} ms)`);
     }
     timer = setTimeout(() => void round(), o.everyMs);
     timer.unref();

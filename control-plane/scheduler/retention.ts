@@ -38,44 +38,31 @@ function finishedTasks(store: Store, days: number): Category {
   };
 }
 
-/** Rows of a table that go by one time column (schedule history, the recorded queue load). */
-function expiring(store: Store, spec: ExpiringRows, days: number): Category {
+/** A category deleted by one statement a batch, done when a batch deletes fewer than `limit`. */
+function batched(name: string, days: number, batch: (cutoff: Date, limit: number, fence: Fence) => Promise<BatchResult>): Category {
   return {
-    name: spec.kind,
+    name,
     days,
     pass: () => async (cutoff, limit, fence) => {
-      const result = await store.retention.deleteExpired(spec, cutoff, limit, fence);
+      const result = await batch(cutoff, limit, fence);
       return { result, done: result.maxRows < limit };
     },
   };
 }
 
+/** Rows of a table that go by one time column (schedule history, the recorded queue load). */
+const expiring = (store: Store, spec: ExpiringRows, days: number) =>
+  batched(spec.kind, days, (cutoff, limit, fence) => store.retention.deleteExpired(spec, cutoff, limit, fence));
+
 /** Recorded machine stats of one level (raw samples, minutes, hours), by their time, in no order. */
-function statSamples(store: Store, level: StatLevel, days: number): Category {
-  return {
-    name: `stats_${level}`,
-    days,
-    pass: () => async (cutoff, limit, fence) => {
-      const result = await store.series.deleteExpired(level, cutoff, limit, fence);
-      return { result, done: result.maxRows < limit };
-    },
-  };
-}
+const statSamples = (store: Store, level: StatLevel, days: number) =>
+  batched(`stats_${level}`, days, (cutoff, limit, fence) => store.series.deleteExpired(level, cutoff, limit, fence));
 
 /**
  * Series of recorded machine stats none of whose samples is left, once no recorder has
  * resolved them for the raw samples' period (the runners of an autoscaled fleet come and go).
  */
-function statSeries(store: Store, days: number): Category {
-  return {
-    name: 'stats_series',
-    days,
-    pass: () => async (cutoff, limit, fence) => {
-      const result = await store.series.deleteUnused(cutoff, limit, fence);
-      return { result, done: result.maxRows < limit };
-    },
-  };
-}
+const statSeries = (store: Store, days: number) => batched('stats_series', days, (cutoff, limit, fence) => store.series.deleteUnused(cutoff, limit, fence));
 
 /**
  * Retention (leader work): every `intervalS` a pass deletes what is finished and older than

@@ -91,7 +91,7 @@ t.test('the database watch: a leader whose database stops answering stands down 
   let up = true;
   // A cut database: the question hangs (half-open connections), it does not fail fast.
   const ping = () => (up ? Promise.resolve(true) : new Promise<boolean>(() => {}));
-  const watch = watchDatabaseForLeadership({ coord: a.c, ping, everyMs: 100, graceMs: 800, log: silentLogger() });
+  const watch = watchDatabaseForLeadership({ coord: a.c, ping, everyMs: 100, graceMs: 800 });
   t.teardown(() => watch.stop());
   await new Promise((r) => setTimeout(r, 400));
   t.ok(a.leading(), 'a database that answers: a keeps leading');
